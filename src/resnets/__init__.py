@@ -1,0 +1,11 @@
+"""resnets: the ResNet family for PyTorch.
+
+Build (:func:`create_model`), inspect (:func:`summary`), and more through the ``resnets`` CLI.
+"""
+
+from .errors import ResnetsError
+from .models import ResNet, ResNetConfig, create_model, get_model_spec, list_models
+
+__version__ = "0.1.0"
+
+__all__ = ["ResNet", "ResNetConfig", "ResnetsError", "create_model", "get_model_spec", "list_models"]

@@ -1,0 +1,141 @@
+"""Model names: each maps to a :class:`ResNetConfig`, an input size and normalisation.
+
+Names follow torchvision and timm where they exist (``resnet50``, ``resnext50_32x4d``,
+``resnet50d``), so users' habits and checkpoints carry over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ResnetsError
+from .resnet import ResNet, ResNetConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+# Runtime options that every model accepts, beside the fields of ResNetConfig.
+MODEL_OPTIONS = ("zero_init_residual", "drop_path_rate", "drop_rate")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: architecture plus the data it expects."""
+
+    name: str
+    config: ResNetConfig
+    description: str
+    input_size: int = 224
+    num_classes: int = 1000
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+_DEPTHS = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"model {spec.name!r} is registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _register_family() -> None:
+    for depth, (block, layers) in _DEPTHS.items():
+        base = ResNetConfig(block=block, layers=layers)
+        register(ModelSpec(f"resnet{depth}", base, f"ResNet-{depth} (v1.5 for bottleneck nets)"))
+        register(ModelSpec(f"resnet{depth}c", dataclasses.replace(base, stem="deep"),
+                           f"ResNet-{depth}-C: deep 3x3 stem"))
+        register(ModelSpec(f"resnet{depth}d", dataclasses.replace(base, stem="deep", shortcut="avg_down"),
+                           f"ResNet-{depth}-D: deep 3x3 stem, average-pool shortcut"))
+        register(ModelSpec(f"preact_resnet{depth}",
+                           dataclasses.replace(base, block=f"preact_{block}"),
+                           f"Pre-activation ResNet-{depth} (ResNet v2)"))
+        if block == "bottleneck":
+            register(ModelSpec(f"resnet{depth}_v1", dataclasses.replace(base, stride_in_1x1=True),
+                               f"ResNet-{depth} v1: stride on the first 1x1 conv (paper, Caffe, Keras)"))
+    wide = {"resnext50_32x4d": (50, 32, 4), "resnext101_32x8d": (101, 32, 8),
+            "resnext101_64x4d": (101, 64, 4), "wide_resnet50_2": (50, 1, 128),
+            "wide_resnet101_2": (101, 1, 128)}
+    for name, (depth, groups, width) in wide.items():
+        config = ResNetConfig(block="bottleneck", layers=_DEPTHS[depth][1], groups=groups,
+                              width_per_group=width)
+        kind = "Wide ResNet" if groups == 1 else f"ResNeXt ({groups}x{width}d)"
+        register(ModelSpec(name, config, f"{kind}-{depth}"))
+    for depth in (20, 32, 44, 56, 110):
+        n = (depth - 2) // 6
+        config = ResNetConfig(block="basic", layers=(n, n, n), widths=(16, 32, 64), stem="cifar",
+                              stem_width=16, shortcut="zero_pad")
+        register(ModelSpec(f"resnet{depth}", config, f"CIFAR ResNet-{depth} (paper, option A shortcut)",
+                           input_size=32, num_classes=10, mean=CIFAR_MEAN, std=CIFAR_STD))
+    register(ModelSpec("resnet18_cifar", ResNetConfig(block="basic", layers=(2, 2, 2, 2), stem="cifar"),
+                       "ResNet-18 with a 3x3/1 stem and no max-pool, for 32x32 images",
+                       input_size=32, num_classes=10, mean=CIFAR_MEAN, std=CIFAR_STD))
+
+
+_register_family()
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registered model names, optionally filtered by a shell-style pattern (``"resnet5*"``)."""
+    names = sorted(_REGISTRY, key=_natural_key)
+    return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
+
+
+def _natural_key(name: str) -> tuple:
+    import re
+
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """The registered spec of ``name``; a :class:`ResnetsError` suggesting close names if unknown."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see `resnets models`"
+        raise ResnetsError(f"unknown model {name!r}{hint}") from None
+
+
+def create_model(name: str, num_classes: int | None = None, in_chans: int = 3, **options: Any) -> ResNet:
+    """Build a registered model by name.
+
+    Args:
+        name: a name from :func:`list_models`.
+        num_classes: classifier outputs; defaults to the model's own (1000, or 10 for CIFAR
+            nets); 0 builds no head.
+        in_chans: input channels.
+        **options: ``zero_init_residual``, ``drop_path_rate``, ``drop_rate``, or any field of
+            :class:`ResNetConfig` to override (``stride_in_1x1=True``, ``shortcut="projection"``).
+    """
+    spec = get_model_spec(name)
+    config_fields = {f.name for f in dataclasses.fields(ResNetConfig)}
+    unknown = set(options) - config_fields - set(MODEL_OPTIONS)
+    if unknown:
+        allowed = ", ".join(sorted(config_fields | set(MODEL_OPTIONS)))
+        raise ResnetsError(f"unknown option(s) {', '.join(sorted(unknown))} for {name}; allowed: {allowed}")
+    overrides = {k: v for k, v in options.items() if k in config_fields}
+    runtime = {k: v for k, v in options.items() if k in MODEL_OPTIONS}
+    if "layers" in overrides:
+        overrides["layers"] = tuple(overrides["layers"])
+    config = dataclasses.replace(spec.config, **overrides)
+    classes = spec.num_classes if num_classes is None else num_classes
+    model = ResNet(config, num_classes=classes, in_chans=in_chans, **runtime)
+    model.model_name = name
+    return model

@@ -1,0 +1,232 @@
+"""One configurable ResNet: stem, stages of residual blocks, head.
+
+Every member of the family (ImageNet ResNets v1/v1.5, ResNet-C/D, ResNeXt, Wide ResNet,
+pre-activation ResNets, the CIFAR ResNets of the paper) is a :class:`ResNetConfig` handed to
+:class:`ResNet`. Parameter names are torchvision's (``conv1``, ``bn1``, ``layer1``...``fc``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ResnetsError
+from .blocks import BLOCKS, ShortcutKind, conv3x3, make_shortcut, zero_init_last
+
+StemKind = Literal["imagenet", "deep", "cifar"]
+
+
+@dataclass(frozen=True)
+class ResNetConfig:
+    """The architecture. Runtime choices (classes, input channels, regularisation) are not here.
+
+    block: ``basic``, ``bottleneck``, ``preact_basic`` or ``preact_bottleneck``.
+    layers: blocks per stage.
+    widths: the ``planes`` of each stage (a bottleneck stage outputs 4x that).
+    stem: ``imagenet`` (7x7/2 conv + 3x3/2 max-pool), ``deep`` (three 3x3 convs, ResNet-C/D,
+        + max-pool) or ``cifar`` (one 3x3/1 conv, no pool).
+    stem_width: output channels of the stem.
+    shortcut: ``projection`` (1x1 conv + BN, option B), ``avg_down`` (ResNet-D) or
+        ``zero_pad`` (parameter-free option A of the CIFAR nets).
+    stride_in_1x1: v1 stride placement (first 1x1 conv) instead of v1.5 (3x3 conv).
+    """
+
+    block: str
+    layers: tuple[int, ...]
+    widths: tuple[int, ...] = (64, 128, 256, 512)
+    stem: StemKind = "imagenet"
+    stem_width: int = 64
+    deep_stem_width: int = 32
+    shortcut: ShortcutKind = "projection"
+    groups: int = 1
+    width_per_group: int = 64
+    stride_in_1x1: bool = False
+
+    @property
+    def preact(self) -> bool:
+        return self.block.startswith("preact")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class FeatureInfo:
+    """One stage's output, for use as a backbone: channels, total stride, module name."""
+
+    num_chs: int
+    reduction: int
+    module: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _validate(config: ResNetConfig, num_classes: int, in_chans: int, drop_path_rate: float,
+              drop_rate: float) -> None:
+    if config.block not in BLOCKS:
+        raise ResnetsError(f"unknown block {config.block!r}; choose from {', '.join(BLOCKS)}")
+    if len(config.layers) != len(config.widths) or not config.layers:
+        raise ResnetsError("layers and widths must name the same, non-zero number of stages")
+    if any(n < 1 for n in config.layers):
+        raise ResnetsError(f"every stage needs at least one block, got layers={config.layers}")
+    if config.shortcut not in ("projection", "avg_down", "zero_pad"):
+        raise ResnetsError(f"unknown shortcut {config.shortcut!r}; use projection, avg_down or zero_pad")
+    if config.stem not in ("imagenet", "deep", "cifar"):
+        raise ResnetsError(f"unknown stem {config.stem!r}; use imagenet, deep or cifar")
+    if not isinstance(num_classes, int) or num_classes < 0:
+        raise ResnetsError(f"num_classes must be a non-negative integer (0: no head), got {num_classes!r}")
+    if not isinstance(in_chans, int) or in_chans < 1:
+        raise ResnetsError(f"in_chans must be a positive integer, got {in_chans!r}")
+    for label, rate in (("drop_path_rate", drop_path_rate), ("drop_rate", drop_rate)):
+        if not 0.0 <= rate < 1.0:
+            raise ResnetsError(f"{label} must be in [0, 1), got {rate}")
+
+
+class ResNet(nn.Module):
+    """A residual network built from a :class:`ResNetConfig`.
+
+    Args:
+        config: the architecture.
+        num_classes: outputs of the classifier; 0 builds no head (``forward`` returns embeddings).
+        in_chans: channels of the input image.
+        zero_init_residual: start every residual branch at zero (each block begins as identity).
+        drop_path_rate: stochastic depth, rising linearly from 0 to this rate over the blocks.
+        drop_rate: dropout before the classifier.
+    """
+
+    def __init__(self, config: ResNetConfig, num_classes: int = 1000, in_chans: int = 3,
+                 zero_init_residual: bool = False, drop_path_rate: float = 0.0,
+                 drop_rate: float = 0.0) -> None:
+        super().__init__()
+        _validate(config, num_classes, in_chans, drop_path_rate, drop_rate)
+        self.config = config
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        block = BLOCKS[config.block]
+        self._build_stem(config, in_chans)
+        self.feature_info: list[FeatureInfo] = []
+        self._build_stages(config, block, drop_path_rate)
+        self.num_features = self.feature_info[-1].num_chs
+        if config.preact:
+            self.norm = nn.BatchNorm2d(self.num_features)
+            self.final_act = nn.ReLU(inplace=True)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
+        self.num_classes = num_classes
+        self.fc: nn.Module = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        self._init_weights(zero_init_residual)
+
+    # -- construction -------------------------------------------------------------------------
+    def _build_stem(self, config: ResNetConfig, in_chans: int) -> None:
+        width = config.stem_width
+        if config.stem == "deep":
+            mid = config.deep_stem_width
+            self.conv1: nn.Module = nn.Sequential(
+                conv3x3(in_chans, mid, stride=2), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
+                conv3x3(mid, mid), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
+                conv3x3(mid, width))
+        elif config.stem == "cifar":
+            self.conv1 = conv3x3(in_chans, width)
+        else:
+            self.conv1 = nn.Conv2d(in_chans, width, 7, stride=2, padding=3, bias=False)
+        # A pre-activation net normalises the stem's output inside its first block instead.
+        if not config.preact:
+            self.bn1 = nn.BatchNorm2d(width)
+            self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.Identity() if config.stem == "cifar" else nn.MaxPool2d(3, 2, padding=1)
+        self._stem_reduction = 1 if config.stem == "cifar" else 4
+
+    def _build_stages(self, config: ResNetConfig, block: type[nn.Module], drop_path_rate: float) -> None:
+        total_blocks = sum(config.layers)
+        norm = None if config.preact else nn.BatchNorm2d
+        in_ch, reduction, index = config.stem_width, self._stem_reduction, 0
+        for stage, (planes, depth) in enumerate(zip(config.widths, config.layers)):
+            stride = 1 if stage == 0 else 2
+            reduction *= stride
+            out_ch = planes * block.expansion
+            blocks = []
+            for i in range(depth):
+                rate = drop_path_rate * index / max(total_blocks - 1, 1)
+                block_stride = stride if i == 0 else 1
+                shortcut = make_shortcut(config.shortcut, in_ch, out_ch, block_stride, norm)
+                blocks.append(block(in_ch, planes, block_stride, shortcut, groups=config.groups,
+                                    base_width=config.width_per_group, drop_path_rate=rate,
+                                    stride_in_1x1=config.stride_in_1x1))
+                in_ch, index = out_ch, index + 1
+            name = f"layer{stage + 1}"
+            self.add_module(name, nn.Sequential(*blocks))
+            self.feature_info.append(FeatureInfo(out_ch, reduction, name))
+
+    def _init_weights(self, zero_init_residual: bool) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        if zero_init_residual:
+            for stage in self.stages():
+                for block in stage:
+                    zero_init_last(block)
+
+    # -- introspection ------------------------------------------------------------------------
+    def stages(self) -> list[nn.Sequential]:
+        return [getattr(self, info.module) for info in self.feature_info]
+
+    @property
+    def min_input_size(self) -> int:
+        """The smallest input side for which the last stage still sees a whole pixel."""
+        return self.feature_info[-1].reduction
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head with a fresh one of ``num_classes`` outputs (0: no head)."""
+        if not isinstance(num_classes, int) or num_classes < 0:
+            raise ResnetsError(f"num_classes must be a non-negative integer, got {num_classes!r}")
+        self.num_classes = num_classes
+        device = next(self.parameters()).device
+        self.fc = nn.Linear(self.num_features, num_classes).to(device) if num_classes else nn.Identity()
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward_stem(self, x: Tensor) -> Tensor:
+        x = self.conv1(x)
+        if not self.config.preact:
+            x = self.relu(self.bn1(x))
+        return self.maxpool(x)
+
+    def _finish(self, x: Tensor) -> Tensor:
+        return self.final_act(self.norm(x)) if self.config.preact else x
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The last stage's feature map (B, num_features, H/32, W/32 for ImageNet nets)."""
+        x = self.forward_stem(x)
+        for stage in self.stages():
+            x = stage(x)
+        return self._finish(x)
+
+    def forward_intermediates(self, x: Tensor) -> list[Tensor]:
+        """Every stage's feature map, for detection or segmentation backbones.
+
+        Strides are given by ``feature_info`` (4, 8, 16, 32 for the ImageNet nets). The last
+        map of a pre-activation net is normalised, as ``forward_features`` returns it.
+        """
+        x = self.forward_stem(x)
+        maps = []
+        for stage in self.stages():
+            x = stage(x)
+            maps.append(x)
+        maps[-1] = self._finish(maps[-1])
+        return maps
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Pool and classify a feature map; ``pre_logits=True`` returns the pooled embedding."""
+        x = torch.flatten(self.avgpool(x), 1)
+        x = self.dropout(x)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
