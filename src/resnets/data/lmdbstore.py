@@ -19,6 +19,7 @@ import io
 import json
 import os
 import struct
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -45,12 +46,28 @@ def is_lmdb(path: Path) -> bool:
         (path.is_dir() and (path / "data.mdb").is_file())
 
 
+# One read-only environment per database file and process: LMDB forbids opening the same
+# file twice in a process, and handles do not survive fork. Keyed by inode, so a database
+# re-packed in place (a new file) gets a new environment.
+_ENVIRONMENTS: dict[tuple[int, str, int, int], lmdb.Environment] = {}
+_ENVIRONMENTS_LOCK = threading.Lock()
+
+
 def _open_env(path: Path) -> lmdb.Environment:
-    try:
-        return lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False,
-                         subdir=path.is_dir(), max_readers=512)
-    except lmdb.Error as error:
-        raise ResnetsError(f"cannot open LMDB database {path}: {error}") from None
+    stat = path.stat()
+    key = (os.getpid(), str(path.resolve()), stat.st_ino, stat.st_mtime_ns)
+    with _ENVIRONMENTS_LOCK:
+        env = _ENVIRONMENTS.get(key)
+        if env is None:
+            for stale in [k for k in _ENVIRONMENTS if k[1] == key[1] and k[0] == key[0]]:
+                _ENVIRONMENTS.pop(stale).close()
+            try:
+                env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False,
+                                subdir=path.is_dir(), max_readers=512)
+            except lmdb.Error as error:
+                raise ResnetsError(f"cannot open LMDB database {path}: {error}") from None
+            _ENVIRONMENTS[key] = env
+        return env
 
 
 def _record_key(index: int) -> bytes:
@@ -60,20 +77,20 @@ def _record_key(index: int) -> bytes:
 class LmdbDataset(EncodedImageDataset):
     """Records ``start`` to ``stop`` of a database made by :func:`pack_lmdb`.
 
-    Each process opens its own environment on first use (LMDB handles do not survive fork).
+    The environment (shared by all datasets of the file in this process) is looked up again
+    after a fork, so the dataset can be pickled to DataLoader worker processes.
     """
 
     def __init__(self, path: Path, start: int, labels: list[int], classes: list[str], split: str | None):
         self.path, self.start = path, start
         self.targets, self.classes = labels, classes
         self.source = f"{path}" + (f" [{split}]" if split else "")
-        self._env = None
-        self._pid: int | None = None
+        self._env: tuple[int, lmdb.Environment] | None = None
 
     def _record(self, index: int) -> tuple[str, bytes]:
-        if self._env is None or self._pid != os.getpid():
-            self._env, self._pid = _open_env(self.path), os.getpid()
-        with self._env.begin() as txn:
+        if self._env is None or self._env[0] != os.getpid():
+            self._env = (os.getpid(), _open_env(self.path))
+        with self._env[1].begin() as txn:
             value = txn.get(_record_key(self.start + index))
         if value is None:
             raise ResnetsError(f"{self.path} lacks record {self.start + index}; the database is damaged")
@@ -88,7 +105,7 @@ class LmdbDataset(EncodedImageDataset):
         return f"{self.path}:{self._record(index)[0]}"
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_env": None, "_pid": None}
+        return {**self.__dict__, "_env": None}
 
 
 class LmdbSource:
@@ -98,12 +115,8 @@ class LmdbSource:
 
     def __init__(self, path: Path):
         self.path = path
-        env = _open_env(path)
-        try:
-            with env.begin() as txn:
-                meta, labels = txn.get(b"__meta__"), txn.get(b"__labels__")
-        finally:
-            env.close()
+        with _open_env(path).begin() as txn:
+            meta, labels = txn.get(b"__meta__"), txn.get(b"__labels__")
         if meta is None or labels is None:
             raise ResnetsError(f"{path} is not a database made by `resnets data pack` (Caffe Datum "
                                f"databases are not read); repack the images with `resnets data pack`")
