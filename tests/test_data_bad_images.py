@@ -46,6 +46,8 @@ def test_odd_modes_decode_to_rgb(name):
     image = decode_image(data, name)
     assert image.mode == "RGB"
     np.testing.assert_array_equal(np.asarray(image), expected)
+    if name == "cmyk.jpg":  # a real colour conversion, not garbage: close to the RGB it came from
+        assert np.abs(np.asarray(image).astype(int) - RGB).mean() < 12
 
 
 def test_sixteen_bit_is_scaled_not_clipped():
