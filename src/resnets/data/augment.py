@@ -85,21 +85,22 @@ class BatchAugment:
         return torch.rand(batch, generator=generator) < self.hflip
 
     def _pad_crop_flip(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Zero-pad, then one random crop and flip per image, as a single gather."""
-        batch, _, height, width = images.shape
+        """Zero-pad, then one random crop and flip per image, as a single ``gather``."""
+        batch, channels, height, width = images.shape
         size, pad = self.img_size, self.padding
         if height + 2 * pad < size or width + 2 * pad < size:
             raise ResnetsError(f"cannot crop {size}x{size} from {height}x{width} images padded by {pad}")
         padded = torch.nn.functional.pad(images, (pad, pad, pad, pad)) if pad else images
+        padded_width = width + 2 * pad
         top = torch.randint(0, height + 2 * pad - size + 1, (batch,), generator=generator)
-        left = torch.randint(0, width + 2 * pad - size + 1, (batch,), generator=generator)
+        left = torch.randint(0, padded_width - size + 1, (batch,), generator=generator)
         steps = torch.arange(size)
         cols = torch.where(self._flips(batch, generator)[:, None], size - 1 - steps, steps) + left[:, None]
-        rows = (top[:, None] + steps).to(images.device)
-        cols = cols.to(images.device)
-        picked = padded.permute(0, 2, 3, 1)[torch.arange(batch, device=images.device)[:, None, None],
-                                            rows[:, :, None], cols[:, None, :]]
-        return picked.permute(0, 3, 1, 2)
+        rows = top[:, None] + steps
+        flat = (rows[:, :, None] * padded_width + cols[:, None, :]).view(batch, 1, size * size)
+        flat = flat.to(images.device).expand(batch, channels, size * size)
+        picked = padded.reshape(batch, channels, -1).gather(2, flat)
+        return picked.view(batch, channels, size, size)
 
     def _resized_crop_flip(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """torchvision's RandomResizedCrop box sampling, vectorised; boxes resampled by roi_align."""
