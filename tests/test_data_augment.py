@@ -9,7 +9,7 @@ import torch
 import torchvision.transforms.v2 as v2
 import torchvision.transforms.v2.functional as TF
 
-from resnets.data import BatchAugment, preset_for_model
+from resnets.data import BatchAugment, preset_for_model, storage_size
 from resnets.errors import ResnetsError
 from resnets.models.registry import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
 
@@ -114,3 +114,10 @@ def test_preset_for_model():
     assert preset_for_model("resnet50") == (IMAGENET_MEAN, IMAGENET_STD, 224, "imagenet")
     with pytest.raises(ResnetsError, match="unknown model"):
         preset_for_model("resnet51")
+
+
+def test_storage_size_keeps_room_for_the_eval_crop():
+    assert storage_size("imagenet", 224) == 256 and storage_size("cifar", 32) == 32
+    images = batch(2, 256, 256)
+    out = BatchAugment("imagenet", 224, MEAN, STD, train=False)(images)
+    torch.testing.assert_close(out, torchvision_normalise(TF.center_crop(images, [224, 224])), rtol=0, atol=1e-5)

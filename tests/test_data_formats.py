@@ -182,6 +182,9 @@ def test_lmdb_pack_failure_leaves_existing_file(tmp_path):
         pack_lmdb(tmp_path / "empty", tmp_path / "data.lmdb", progress=False)
     assert (tmp_path / "data.lmdb").read_bytes() == b"precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.lmdb", "empty"]
+    make_tree(tmp_path / "tree", splits=(None,), per_class=1)
+    with pytest.raises(ResnetsError, match="is a folder"):
+        pack_lmdb(tmp_path / "tree", tmp_path / "empty", progress=False)
 
 
 def test_foreign_lmdb_is_refused(tmp_path):

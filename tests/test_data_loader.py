@@ -110,3 +110,14 @@ def test_make_dataloader_streams_from_disk_and_skips_bad_files(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert all(x.shape[1:] == (3, 16, 16) for x, _ in train)
+
+
+def test_training_step_keeps_its_threads():
+    images, labels = indexed(40)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for _ in TensorLoader(images, labels, batch_size=8, augment=BatchAugment("none", 4)):
+            assert torch.get_num_threads() == 2  # batch preparation ran on one thread, then restored
+    finally:
+        torch.set_num_threads(before)

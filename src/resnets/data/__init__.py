@@ -12,7 +12,7 @@ Typical use::
         for x, y in loader: ...
 """
 
-from .augment import PRESETS, BatchAugment, preset_for_model
+from .augment import PRESETS, BatchAugment, preset_for_model, storage_size
 from .dataset import ImageDataset, stratified_split
 from .images import IMAGE_EXTENSIONS, BadImageError, BadImageWarning, decode_image
 from .lmdbstore import pack_lmdb
@@ -24,5 +24,5 @@ __all__ = [
     "BadImageError", "BadImageWarning", "BatchAugment", "DataSource", "IMAGE_EXTENSIONS", "ImageDataset",
     "MEMORY_LIMIT_BYTES", "PRESETS", "TensorLoader", "decode_image", "decode_to_memory", "fits_in_memory",
     "inspect_source", "load_splits", "make_dataloader", "memory_bytes", "open_dataset", "open_source", "pack_lmdb",
-    "preset_for_model", "shard_indices", "stratified_split", "torchvision_transform",
+    "preset_for_model", "shard_indices", "storage_size", "stratified_split", "torchvision_transform",
 ]

@@ -36,6 +36,15 @@ def preset_for_model(model: str | ModelSpec) -> tuple[tuple[float, ...], tuple[f
     return tuple(spec.mean), tuple(spec.std), spec.input_size, preset
 
 
+def storage_size(preset: str, img_size: int, crop_fraction: float = EVAL_CROP_FRACTION) -> int:
+    """The square size at which to keep decoded images in memory for a preset.
+
+    ``imagenet`` keeps the eval resize (``img_size / 0.875``, 256 for 224) so that evaluation
+    crops the centre of a larger image rather than upsampling; the others keep ``img_size``.
+    """
+    return math.floor(img_size / crop_fraction) if preset == "imagenet" else img_size
+
+
 class BatchAugment:
     """Callable turning a uint8 batch into a normalised float32 batch of ``img_size`` squares."""
 
@@ -74,7 +83,7 @@ class BatchAugment:
 
     def _eval_resize(self, images: torch.Tensor) -> torch.Tensor:
         size = self.img_size
-        resize_to = math.floor(size / self.crop_fraction) if self.preset == "imagenet" else size
+        resize_to = storage_size(self.preset, size, self.crop_fraction)
         if min(images.shape[-2:]) != resize_to:
             images = TF.resize(images, [resize_to], antialias=True)
         if tuple(images.shape[-2:]) != (size, size):

@@ -150,7 +150,9 @@ def pack_lmdb(src: str | os.PathLike, dst: str | os.PathLike, size: int | None =
     source = open_source(src)
     dst = Path(dst)
     if size is not None and size < 1:
-        raise ResnetsError(f"--size must be positive, got {size}")
+        raise ResnetsError(f"size must be positive, got {size}")
+    if dst.is_dir():
+        raise ResnetsError(f"{dst} is a folder; give the database file to write, e.g. {dst / 'data.lmdb'}")
     datasets = {name: source.dataset(name) for name in (source.splits or (None,))}
     total = sum(len(ds) for ds in datasets.values())
     spans: dict[str, list[int]] = {}

@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Protocol
 
+from tqdm.auto import tqdm
+
 from ..errors import ResnetsError
 from .dataset import ImageDataset, stratified_split
 
@@ -119,7 +121,8 @@ def inspect_source(path: str | os.PathLike, check: bool = False) -> dict:
             "images": len(dataset),
             "per_class": dict(zip(dataset.classes, dataset.class_counts()))}
         if check:
-            for index in range(len(dataset)):
+            for index in tqdm(range(len(dataset)), desc=f"checking {split or 'images'}", unit="img",
+                              leave=False):
                 try:
                     dataset[index]
                 except BadImageError:
