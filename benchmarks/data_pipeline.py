@@ -39,7 +39,8 @@ def main() -> None:
     parser.add_argument("--zip", type=Path, default=DEFAULT_ZIP)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--peer-images", type=int, default=10_000, help="images timed for the DataLoader peer")
+    parser.add_argument("--peer-images", type=int, default=10_000,
+                        help="images timed for the DataLoader peer")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     train, _ = load_splits(args.zip)

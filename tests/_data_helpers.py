@@ -17,9 +17,14 @@ def random_rgb(rng: np.random.Generator, height: int = 12, width: int = 10) -> n
     return rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
-def make_tree(root: Path, splits: tuple[str | None, ...] = ("train", "val"),
-              classes: tuple[str, ...] = ("cat", "dog", "emu"), per_class: int = 5, size: tuple[int, int] = (12, 10),
-              seed: int = 0) -> dict[str, np.ndarray]:
+def make_tree(
+    root: Path,
+    splits: tuple[str | None, ...] = ("train", "val"),
+    classes: tuple[str, ...] = ("cat", "dog", "emu"),
+    per_class: int = 5,
+    size: tuple[int, int] = (12, 10),
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
     """Write ``root/[split/]class/i.png`` (lossless); return the pixels of each file by relative path."""
     rng = np.random.default_rng(seed)
     written = {}
@@ -49,21 +54,30 @@ def encode(image: Image.Image, fmt: str, **options) -> bytes:
     return buffer.getvalue()
 
 
-def write_cifar10(folder: Path, batch_size: int = 4, protocol: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+def write_cifar10(
+    folder: Path, batch_size: int = 4, protocol: int = 2, seed: int = 0
+) -> dict[str, np.ndarray]:
     """A miniature ``cifar-10-batches-py`` folder; return the (N, 3072) data of train and test."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     names = ["plane", "car", "bird"]
-    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [n.encode() for n in names]},
-                                                       protocol=protocol))
+    (folder / "batches.meta").write_bytes(
+        pickle.dumps({b"label_names": [n.encode() for n in names]}, protocol=protocol)
+    )
     data = {"train": [], "test": []}
     for split, batch_names in (("train", [f"data_batch_{i}" for i in range(1, 6)]), ("test", ["test_batch"])):
         for name in batch_names:
             pixels = rng.integers(0, 256, (batch_size, 3072), dtype=np.uint8)
             labels = rng.integers(0, len(names), batch_size).tolist()
-            batch = {b"batch_label": name.encode(), b"labels": labels, b"data": pixels,
-                     b"filenames": [f"{name}_{i}.png".encode() for i in range(batch_size)]}
+            batch = {
+                b"batch_label": name.encode(),
+                b"labels": labels,
+                b"data": pixels,
+                b"filenames": [f"{name}_{i}.png".encode() for i in range(batch_size)],
+            }
             (folder / name).write_bytes(pickle.dumps(batch, protocol=protocol))
             data[split].append((pixels, labels))
-    return {split: (np.concatenate([p for p, _ in parts]), sum((l for _, l in parts), []))
-            for split, parts in data.items()}
+    return {
+        split: (np.concatenate([p for p, _ in parts]), sum((labels for _, labels in parts), []))
+        for split, parts in data.items()
+    }

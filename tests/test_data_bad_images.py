@@ -11,8 +11,14 @@ import torch
 from PIL import Image
 
 from _data_helpers import encode, make_tree, zip_tree
-from resnets.data import (BadImageError, BadImageWarning, decode_image, decode_to_memory, open_dataset,
-                          pack_lmdb)
+from resnets.data import (
+    BadImageError,
+    BadImageWarning,
+    decode_image,
+    decode_to_memory,
+    open_dataset,
+    pack_lmdb,
+)
 
 RNG = np.random.default_rng(7)
 RGB = RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8)
@@ -101,8 +107,9 @@ def test_decode_to_memory_needs_size_for_mixed_sizes(tmp_path):
     images, _ = decode_to_memory(dataset, size=(4, 5), progress=False)
     assert images.shape == (4, 3, 4, 5)
     square = Image.open(tmp_path / "a" / "000.png").resize((4, 4), Image.BILINEAR)
-    np.testing.assert_array_equal(decode_to_memory(dataset, size=4, progress=False)[0][0].permute(1, 2, 0).numpy(),
-                                  np.asarray(square))
+    np.testing.assert_array_equal(
+        decode_to_memory(dataset, size=4, progress=False)[0][0].permute(1, 2, 0).numpy(), np.asarray(square)
+    )
 
 
 def test_pack_skips_bad_files_too(tmp_path):

@@ -32,8 +32,13 @@ def test_missing_path_is_one_line_and_status_2(tmp_path, capsys):
 def test_missing_path_via_subprocess(tmp_path):
     src = Path(__file__).resolve().parents[1] / "src"
     env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    result = subprocess.run([sys.executable, "-m", "resnets", "data", "info", str(tmp_path / "nope")],
-                            capture_output=True, text=True, env=env, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "resnets", "data", "info", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == f"resnets: error: no such data set: {tmp_path / 'nope'}\n"
 
@@ -46,11 +51,18 @@ def test_pack_then_info_json(tmp_path, capsys):
     summary = json.loads(out)
     assert summary["splits"] == {"train": 15, "val": 15} and summary["skipped"][0].endswith("bad.jpg")
     assert "packing" in err  # progress bar on stderr
-    assert f"resnets: warning: skipped unreadable image {tmp_path / 'tree' / 'train' / 'cat' / 'bad.jpg'}\n" in err
+    assert (
+        f"resnets: warning: skipped unreadable image {tmp_path / 'tree' / 'train' / 'cat' / 'bad.jpg'}\n"
+        in err
+    )
     assert "resnets: warning: skipped 1 unreadable image(s) of 31" in err
     assert run(["data", "info", str(tmp_path / "t.lmdb"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["format"] == "lmdb" and report["splits"]["train"]["per_class"] == {"cat": 5, "dog": 5, "emu": 5}
+    assert report["format"] == "lmdb" and report["splits"]["train"]["per_class"] == {
+        "cat": 5,
+        "dog": 5,
+        "emu": 5,
+    }
 
 
 def test_info_check_lists_unreadable_files(tmp_path, capsys):

@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from _data_helpers import SHARED_DATA, make_tree, write_cifar10, zip_tree
-from resnets.data import (decode_to_memory, inspect_source, load_splits, open_dataset, open_source,
-                          pack_lmdb)
+from resnets.data import decode_to_memory, inspect_source, load_splits, open_dataset, open_source, pack_lmdb
 from resnets.errors import ResnetsError
 
 
@@ -92,7 +91,9 @@ def test_cifar10_pickle_folder_and_tarball(tmp_path, protocol):
             images, decoded_labels = decode_to_memory(dataset, progress=False)
             np.testing.assert_array_equal(images.numpy(), data.reshape(-1, 3, 32, 32))
             assert decoded_labels.tolist() == labels
-            np.testing.assert_array_equal(pixels_of(dataset, 2), data[2].reshape(3, 32, 32).transpose(1, 2, 0))
+            np.testing.assert_array_equal(
+                pixels_of(dataset, 2), data[2].reshape(3, 32, 32).transpose(1, 2, 0)
+            )
         assert open_dataset(path, split="train").describe(1).endswith("data_batch_1_1.png")
 
 
@@ -103,8 +104,12 @@ def test_cifar100_layout(tmp_path):
     meta = {"fine_label_names": [f"c{i}" for i in range(100)], "coarse_label_names": ["x"] * 20}
     (folder / "meta").write_bytes(pickle.dumps(meta))
     for split in ("train", "test"):
-        batch = {"data": rng.integers(0, 256, (6, 3072), dtype=np.uint8), "fine_labels": [99, 0, 5, 5, 1, 2],
-                 "coarse_labels": [0] * 6, "filenames": [f"{split}{i}.png" for i in range(6)]}
+        batch = {
+            "data": rng.integers(0, 256, (6, 3072), dtype=np.uint8),
+            "fine_labels": [99, 0, 5, 5, 1, 2],
+            "coarse_labels": [0] * 6,
+            "filenames": [f"{split}{i}.png" for i in range(6)],
+        }
         (folder / split).write_bytes(pickle.dumps(batch))
     train, test = load_splits(folder)
     assert len(train.classes) == 100 and train.targets == [99, 0, 5, 5, 1, 2] and len(test) == 6
@@ -124,9 +129,14 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     write_cifar10(folder)
     marker = tmp_path / "pwned"
-    (folder / "data_batch_1").write_bytes(pickle.dumps({"data": _RunsCommand(marker), "labels": []}, protocol=2))
-    with pytest.raises(ResnetsError, match=r"data_batch_1 is not a CIFAR batch .*refusing to load global "
-                                           r"(posix|os|nt)\.system"):
+    (folder / "data_batch_1").write_bytes(
+        pickle.dumps({"data": _RunsCommand(marker), "labels": []}, protocol=2)
+    )
+    with pytest.raises(
+        ResnetsError,
+        match=r"data_batch_1 is not a CIFAR batch .*refusing to load global "
+        r"(posix|os|nt)\.system",
+    ):
         open_dataset(folder, split="train")
     assert not marker.exists()
     (folder / "batches.meta").write_bytes(pickle.dumps(_RunsCommand(marker)))
@@ -152,7 +162,10 @@ def test_lmdb_pack_round_trip_gives_identical_pixels(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir() if p.is_file()] == ["data.lmdb"]  # no temp or lock file
     assert open_source(tmp_path / "data.lmdb").format == "lmdb"
     for split in ("train", "val"):
-        folder, packed = open_dataset(tmp_path / "tree", split=split), open_dataset(tmp_path / "data.lmdb", split=split)
+        folder, packed = (
+            open_dataset(tmp_path / "tree", split=split),
+            open_dataset(tmp_path / "data.lmdb", split=split),
+        )
         assert packed.classes == folder.classes and packed.targets == folder.targets
         assert packed.describe(2) == f"{tmp_path / 'data.lmdb'}:{folder.describe(2)}"
         assert packed.encoded(5) == folder.encoded(5)
@@ -160,7 +173,9 @@ def test_lmdb_pack_round_trip_gives_identical_pixels(tmp_path, capsys):
         reference, reference_labels = decode_to_memory(folder, progress=False)
         assert torch.equal(images, reference) and torch.equal(labels, reference_labels)
     clone = pickle.loads(pickle.dumps(open_dataset(tmp_path / "data.lmdb", split="val")))
-    np.testing.assert_array_equal(pixels_of(clone, 1), pixels_of(open_dataset(tmp_path / "tree", split="val"), 1))
+    np.testing.assert_array_equal(
+        pixels_of(clone, 1), pixels_of(open_dataset(tmp_path / "tree", split="val"), 1)
+    )
 
 
 def test_lmdb_pack_from_zip_and_cifar_with_resize(tmp_path):
@@ -171,7 +186,10 @@ def test_lmdb_pack_from_zip_and_cifar_with_resize(tmp_path):
     assert len(packed) == 15 and packed[0][0].size == (30, 20)  # shorter side 40 -> 20
     write_cifar10(tmp_path / "cifar")
     pack_lmdb(tmp_path / "cifar", tmp_path / "cifar.lmdb", progress=False)  # pixels stored as PNG
-    original, packed = open_dataset(tmp_path / "cifar", split="test"), open_dataset(tmp_path / "cifar.lmdb", split="test")
+    original, packed = (
+        open_dataset(tmp_path / "cifar", split="test"),
+        open_dataset(tmp_path / "cifar.lmdb", split="test"),
+    )
     assert torch.equal(decode_to_memory(original)[0], decode_to_memory(packed, progress=False)[0])
 
 
@@ -198,12 +216,18 @@ def test_foreign_lmdb_is_refused(tmp_path):
         open_source(tmp_path / "caffe.lmdb")
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: p / "missing", "no such data set"),
-    (lambda p: (p / "empty").mkdir() or p / "empty", "no images found"),
-    (lambda p: (p / "notes.txt").write_text("x") and p / "notes.txt", "unknown data format"),
-    (lambda p: (p / "bad.zip").write_bytes(b"PK not really") and p / "bad.zip", "cannot read zip archive"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p / "missing", "no such data set"),
+        (lambda p: (p / "empty").mkdir() or p / "empty", "no images found"),
+        (lambda p: (p / "notes.txt").write_text("x") and p / "notes.txt", "unknown data format"),
+        (
+            lambda p: (p / "bad.zip").write_bytes(b"PK not really") and p / "bad.zip",
+            "cannot read zip archive",
+        ),
+    ],
+)
 def test_open_errors_are_one_line(tmp_path, make, message):
     with pytest.raises(ResnetsError, match=message) as caught:
         open_dataset(make(tmp_path))
@@ -250,8 +274,18 @@ def test_real_cifar10_zip_read_in_place():
         pytest.skip(f"{archive} not present")
     train, test = load_splits(archive)
     assert len(train) == 50000 and len(test) == 10000
-    assert train.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                             "truck"]
+    assert train.classes == [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
     assert train.class_counts() == [5000] * 10
     sample = train.subset(range(0, 50000, 250))
     images, labels = decode_to_memory(sample, progress=False)

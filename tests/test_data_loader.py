@@ -44,8 +44,12 @@ def test_same_seed_and_epoch_give_the_same_batches():
     epoch3 = epoch_batches(first, 3)
     for (x1, y1), (x2, y2) in zip(epoch3, epoch_batches(resumed, 3)):
         assert torch.equal(y1, y2) and torch.equal(x1, x2)
-    assert not torch.equal(torch.cat([y for _, y in epoch3]), torch.cat([y for _, y in epoch_batches(first, 4)]))
-    assert not torch.equal(torch.cat([y for _, y in epoch3]), torch.cat([y for _, y in epoch_batches(make(1), 3)]))
+    assert not torch.equal(
+        torch.cat([y for _, y in epoch3]), torch.cat([y for _, y in epoch_batches(first, 4)])
+    )
+    assert not torch.equal(
+        torch.cat([y for _, y in epoch3]), torch.cat([y for _, y in epoch_batches(make(1), 3)])
+    )
     assert epoch3[0][0].dtype == torch.float32 and epoch3[0][0].shape == (8, 3, 4, 4)
 
 
@@ -62,7 +66,9 @@ def test_ranks_shard_the_epoch_like_distributed_sampler(n, world_size):
     images, labels = indexed(n)
     per_rank = []
     for rank in range(world_size):
-        loader = TensorLoader(images, labels, batch_size=4, drop_last=False, seed=2, rank=rank, world_size=world_size)
+        loader = TensorLoader(
+            images, labels, batch_size=4, drop_last=False, seed=2, rank=rank, world_size=world_size
+        )
         loader.set_epoch(1)
         per_rank.append(torch.cat([y for _, y in loader]).tolist())
     assert len({len(r) for r in per_rank}) == 1  # every rank runs the same number of steps
@@ -78,8 +84,10 @@ def test_ranks_shard_the_epoch_like_distributed_sampler(n, world_size):
 
 def test_drop_last_sharding_is_disjoint():
     images, labels = indexed(50)
-    seen = [torch.cat([y for _, y in TensorLoader(images, labels, batch_size=4, rank=r, world_size=3)]).tolist()
-            for r in range(3)]
+    seen = [
+        torch.cat([y for _, y in TensorLoader(images, labels, batch_size=4, rank=r, world_size=3)]).tolist()
+        for r in range(3)
+    ]
     assert all(len(s) == 16 for s in seen) and len(set(sum(seen, []))) == 48
 
 
@@ -97,15 +105,18 @@ def test_make_dataloader_streams_from_disk_and_skips_bad_files(tmp_path):
     make_tree(tmp_path, splits=(None,), per_class=4, size=(20, 20))
     (tmp_path / "cat" / "broken.png").write_bytes(b"not a png")
     dataset = open_dataset(tmp_path)
-    loader = make_dataloader(dataset, "imagenet", 16, (0.5,) * 3, (0.25,) * 3, train=False, batch_size=5,
-                             workers=0)
+    loader = make_dataloader(
+        dataset, "imagenet", 16, (0.5,) * 3, (0.25,) * 3, train=False, batch_size=5, workers=0
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         batches = list(loader)
     assert sum(len(y) for _, y in batches) == 12
     assert any("broken.png" in str(w.message) for w in caught)
     assert batches[0][0].shape[1:] == (3, 16, 16) and batches[0][0].dtype == torch.float32
-    train = make_dataloader(dataset, "cifar", 16, (0.5,) * 3, (0.25,) * 3, train=True, batch_size=4, workers=0)
+    train = make_dataloader(
+        dataset, "cifar", 16, (0.5,) * 3, (0.25,) * 3, train=True, batch_size=4, workers=0
+    )
     train.sampler.set_epoch(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

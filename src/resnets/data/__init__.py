@@ -23,6 +23,7 @@ from .sources import DataSource, inspect_source, load_splits, open_dataset, open
 __all__ = [
     "BadImageError", "BadImageWarning", "BatchAugment", "DataSource", "IMAGE_EXTENSIONS", "ImageDataset",
     "MEMORY_LIMIT_BYTES", "PRESETS", "TensorLoader", "decode_image", "decode_to_memory", "fits_in_memory",
-    "inspect_source", "load_splits", "make_dataloader", "memory_bytes", "open_dataset", "open_source", "pack_lmdb",
-    "preset_for_model", "shard_indices", "storage_size", "stratified_split", "torchvision_transform",
+    "inspect_source", "load_splits", "make_dataloader", "memory_bytes", "open_dataset", "open_source",
+    "pack_lmdb", "preset_for_model", "shard_indices", "storage_size", "stratified_split",
+    "torchvision_transform",
 ]

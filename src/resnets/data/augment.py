@@ -23,7 +23,7 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.ops import roi_align
 
 from ..errors import ResnetsError
-from ..models.registry import ModelSpec, get_model_spec
+from ..models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, get_model_spec
 
 PRESETS = ("cifar", "imagenet", "none")
 EVAL_CROP_FRACTION = 0.875
@@ -48,8 +48,8 @@ def storage_size(preset: str, img_size: int, crop_fraction: float = EVAL_CROP_FR
 class BatchAugment:
     """Callable turning a uint8 batch into a normalised float32 batch of ``img_size`` squares."""
 
-    def __init__(self, preset: str = "none", img_size: int = 224, mean: Sequence[float] = (0.485, 0.456, 0.406),
-                 std: Sequence[float] = (0.229, 0.224, 0.225), train: bool = True, padding: int = 4,
+    def __init__(self, preset: str = "none", img_size: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD, train: bool = True, padding: int = 4,
                  scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
                  hflip: float = 0.5, crop_fraction: float = EVAL_CROP_FRACTION):
         if preset not in PRESETS:

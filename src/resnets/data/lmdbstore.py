@@ -15,6 +15,7 @@ reads. Layout (our own, simpler than Caffe's ``Datum`` protobuf, which is not re
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -165,8 +166,8 @@ def pack_lmdb(src: str | os.PathLike, dst: str | os.PathLike, size: int | None =
             for split, dataset in datasets.items():
                 start = len(labels)
                 txn = env.begin(write=True)
-                for index, record in enumerate(pool.map(lambda i: _checked(dataset, i, size),
-                                                        range(len(dataset)))):
+                checked = pool.map(functools.partial(_checked, dataset, size=size), range(len(dataset)))
+                for index, record in enumerate(checked):
                     bar.update()
                     if record is None:
                         skipped.append(dataset.describe(index))

@@ -157,7 +157,8 @@ class _Transformed(torch.utils.data.Dataset):
         try:
             image, label = self.dataset[index]
         except BadImageError:
-            warnings.warn(f"skipped unreadable image {self.dataset.describe(index)}", BadImageWarning)
+            warnings.warn(f"skipped unreadable image {self.dataset.describe(index)}", BadImageWarning,
+                          stacklevel=2)
             return None
         return self.transform(image), label
 
