@@ -132,3 +132,19 @@ def test_training_step_keeps_its_threads():
             assert torch.get_num_threads() == 2  # batch preparation ran on one thread, then restored
     finally:
         torch.set_num_threads(before)
+
+
+def test_worker_processes_reopen_zip_and_lmdb(tmp_path):
+    from _data_helpers import zip_tree
+    from resnets.data import pack_lmdb
+
+    make_tree(tmp_path / "tree", splits=(None,), per_class=3, size=(8, 8))
+    pack_lmdb(tmp_path / "tree", tmp_path / "t.lmdb", progress=False)
+    for path in (zip_tree(tmp_path / "tree", tmp_path / "t.zip"), tmp_path / "t.lmdb"):
+        dataset = open_dataset(path)
+        dataset[0]  # the parent holds an open handle before the workers fork
+        expected = make_dataloader(dataset, "none", 8, (0.5,) * 3, (0.5,) * 3, False, batch_size=4, workers=0)
+        in_workers = make_dataloader(dataset, "none", 8, (0.5,) * 3, (0.5,) * 3, False, batch_size=4, workers=2)
+        for (x1, y1), (x2, y2) in zip(expected, in_workers, strict=True):
+            assert torch.equal(x1, x2) and torch.equal(y1, y2)
+        assert dataset[1][1] == 0  # the parent's handle still works

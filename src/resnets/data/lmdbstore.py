@@ -48,8 +48,8 @@ def is_lmdb(path: Path) -> bool:
 
 
 # One read-only environment per database file and process: LMDB forbids opening the same
-# file twice in a process, and handles do not survive fork. Keyed by inode, so a database
-# re-packed in place (a new file) gets a new environment.
+# file twice in a process, and handles do not survive fork. Keyed by process and inode, so a
+# forked worker or a database re-packed in place (a new file) gets a new environment.
 _ENVIRONMENTS: dict[tuple[int, str, int, int], lmdb.Environment] = {}
 _ENVIRONMENTS_LOCK = threading.Lock()
 
@@ -60,7 +60,9 @@ def _open_env(path: Path) -> lmdb.Environment:
     with _ENVIRONMENTS_LOCK:
         env = _ENVIRONMENTS.get(key)
         if env is None:
-            for stale in [k for k in _ENVIRONMENTS if k[1] == key[1] and k[0] == key[0]]:
+            # a stale file's, or one inherited through fork (lmdb refuses a second open of
+            # a file in a process, and a parent's handle must not be used in a child)
+            for stale in [k for k in _ENVIRONMENTS if k[1] == key[1]]:
                 _ENVIRONMENTS.pop(stale).close()
             try:
                 env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False,
