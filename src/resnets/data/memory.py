@@ -47,9 +47,9 @@ def decode_to_memory(dataset: ImageDataset, size: tuple[int, int] | int | None =
     """
     if isinstance(size, int):
         size = (size, size)
-    pixels = dataset.as_uint8()
-    if pixels is not None and (size is None or tuple(pixels.shape[-2:]) == tuple(size)):
-        return pixels, torch.as_tensor(dataset.targets, dtype=torch.int64)
+    stored = dataset.as_uint8()
+    if stored is not None and (size is None or tuple(stored.shape[-2:]) == tuple(size)):
+        return stored, torch.as_tensor(dataset.targets, dtype=torch.int64)
     count = len(dataset)
     if count == 0:
         raise ResnetsError(f"data set {dataset.source} is empty")
@@ -62,7 +62,8 @@ def decode_to_memory(dataset: ImageDataset, size: tuple[int, int] | int | None =
         if array is None:
             raise ResnetsError(f"no readable images in {dataset.source}")
         images = torch.empty((count, 3, *array.shape[:2]), dtype=torch.uint8)
-        images[first] = torch.from_numpy(array).permute(2, 0, 1)
+        pixels = images.numpy()  # numpy copies: no torch thread pool inside decoding threads
+        pixels[first] = array.transpose(2, 0, 1)
         readable[first] = True
 
         def fill(chunk: range) -> None:
@@ -74,7 +75,7 @@ def decode_to_memory(dataset: ImageDataset, size: tuple[int, int] | int | None =
                             f"images of {dataset.source} differ in size ({dataset.describe(index)} is "
                             f"{array.shape[1]}x{array.shape[0]}, others {images.shape[-1]}x"
                             f"{images.shape[-2]}); pass a size to resize them")
-                    images[index] = torch.from_numpy(array).permute(2, 0, 1)
+                    pixels[index] = array.transpose(2, 0, 1)
                     readable[index] = True
             bar.update(len(chunk))
 
@@ -103,4 +104,4 @@ def _load(dataset: ImageDataset, index: int, size: tuple[int, int] | None) -> np
         return None
     if size is not None and image.size != (size[1], size[0]):
         image = ImageOps.fit(image, (size[1], size[0]), Image.BILINEAR)
-    return np.array(image, dtype=np.uint8)
+    return np.asarray(image, dtype=np.uint8)
