@@ -65,6 +65,8 @@ def test_zip_read_in_place_matches_folder(tmp_path, wrapper):
         for index in range(len(from_zip)):
             np.testing.assert_array_equal(pixels_of(from_zip, index), pixels_of(from_folder, index))
     assert not any(p.name.endswith(".png") for p in tmp_path.iterdir())  # nothing unpacked
+    renamed = archive.rename(tmp_path / "data.bin")  # recognised by content, whatever its name
+    assert open_source(renamed).format == "zip"
 
 
 def test_zip_dataset_pickles_for_worker_processes(tmp_path):
@@ -155,7 +157,10 @@ def test_pickle_codec_gadget_is_refused(tmp_path):
         open_source(folder)
 
 
-def test_lmdb_pack_round_trip_gives_identical_pixels(tmp_path, capsys):
+def test_lmdb_pack_round_trip_gives_identical_pixels(tmp_path, monkeypatch):
+    from resnets.data import lmdbstore
+
+    monkeypatch.setattr(lmdbstore, "_WINDOW", 4)  # several write transactions per split
     make_tree(tmp_path / "tree")
     summary = pack_lmdb(tmp_path / "tree", tmp_path / "data.lmdb", progress=False)
     assert summary["splits"] == {"train": 15, "val": 15} and summary["skipped"] == []

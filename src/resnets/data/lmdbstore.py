@@ -40,6 +40,7 @@ FORMAT = "resnets-lmdb"
 VERSION = 1
 _RECORD_HEADER = struct.Struct("<IH")
 _MAP_SIZE = 2**40  # address space only: LMDB files grow as written
+_WINDOW = 1024  # images decoded ahead of the writer, and written per transaction
 
 
 def is_lmdb(path: Path) -> bool:
@@ -167,22 +168,20 @@ def pack_lmdb(src: str | os.PathLike, dst: str | os.PathLike, size: int | None =
         try:
             for split, dataset in datasets.items():
                 start = len(labels)
-                txn = env.begin(write=True)
-                checked = pool.map(functools.partial(_checked, dataset, size=size), range(len(dataset)))
-                for index, record in enumerate(checked):
-                    bar.update()
-                    if record is None:
-                        skipped.append(dataset.describe(index))
-                        warnings.warn(f"skipped unreadable image {skipped[-1]}", BadImageWarning,
-                                      stacklevel=2)
-                        continue
-                    txn.put(_record_key(len(labels)), _encode_record(dataset.targets[index],
-                                                                     dataset.describe(index), record))
-                    labels.append(dataset.targets[index])
-                    if len(labels) % 1000 == 0:
-                        txn.commit()
-                        txn = env.begin(write=True)
-                txn.commit()
+                check = functools.partial(_checked, dataset, size=size)
+                for window in range(0, len(dataset), _WINDOW):  # bounded memory, one commit each
+                    indices = range(window, min(window + _WINDOW, len(dataset)))
+                    with env.begin(write=True) as txn:
+                        for index, record in zip(indices, pool.map(check, indices)):
+                            bar.update()
+                            if record is None:
+                                skipped.append(dataset.describe(index))
+                                warnings.warn(f"skipped unreadable image {skipped[-1]}", BadImageWarning,
+                                              stacklevel=2)
+                                continue
+                            txn.put(_record_key(len(labels)), _encode_record(
+                                dataset.targets[index], dataset.describe(index), record))
+                            labels.append(dataset.targets[index])
                 spans[split or ""] = [start, len(labels)]
             meta = {"format": FORMAT, "version": VERSION, "classes": source.classes, "splits": spans}
             with env.begin(write=True) as txn:

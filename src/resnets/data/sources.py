@@ -7,6 +7,7 @@ pickles (folder or ``.tar.gz``), an LMDB database made by ``resnets data pack``.
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import Protocol
 
@@ -43,10 +44,10 @@ def open_source(path: str | os.PathLike) -> DataSource:
         return lmdbstore.LmdbSource(path)
     if path.is_dir():
         return cifar.CifarSource(path) if cifar.is_cifar_dir(path) else imagetree.FolderSource(path)
-    if path.suffix.lower() == ".zip":
-        return imagetree.ZipSource(path)
     if cifar.is_cifar_tar(path):
         return cifar.CifarSource(path)
+    if path.suffix.lower() == ".zip" or zipfile.is_zipfile(path):
+        return imagetree.ZipSource(path)
     raise ResnetsError(f"unknown data format: {path} (expected an image folder, a .zip of one, "
                        f"CIFAR python pickles or their .tar.gz, or an .lmdb from `resnets data pack`)")
 
