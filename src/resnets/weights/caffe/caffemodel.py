@@ -114,6 +114,24 @@ def read_caffemodel(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
     return weights
 
 
+_DATA_FIELD = 5  # BlobProto.data
+
+
+def _packed_floats(field_number: int, array: np.ndarray) -> bytes:
+    """The wire bytes of a packed float field: far faster than filling the field value by value."""
+    payload = np.ascontiguousarray(array, dtype="<f4").tobytes()
+    return _varint(field_number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        out.append(low | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
 def write_caffemodel(path: str | os.PathLike, net_name: str,
                      layers: Mapping[str, Sequence[np.ndarray]],
                      layer_types: Mapping[str, str] | None = None) -> None:
@@ -131,5 +149,5 @@ def write_caffemodel(path: str | os.PathLike, net_name: str,
             array = np.asarray(array, dtype=np.float32)
             blob = layer.blobs.add()
             blob.shape.dim.extend(array.shape)
-            blob.data.extend(array.ravel().tolist())
+            blob.MergeFromString(_packed_floats(_DATA_FIELD, array))
     atomic_write_bytes(path, net.SerializeToString())
