@@ -150,6 +150,9 @@ def _unconsumed_tops(steps: Sequence[_Step], input_name: str) -> list[str]:
 # -- reading the layer list -------------------------------------------------------------------
 def net_layers(net: Message, phase: str) -> list[CaffeLayer]:
     """The layers of ``net`` (current ``layer`` or V1 ``layers``) that run in ``phase``."""
+    if net.get("layer") and net.get("layers"):
+        raise ResnetsError("the prototxt has both `layer` and V1 `layers` entries; Caffe takes one "
+                           "kind per file: upgrade the V1 `layers` (caffe's upgrade_net_proto_text)")
     layers = []
     for message in net.get("layer", []) + net.get("layers", []):
         kind = str(first(message, "type", ""))
