@@ -73,6 +73,7 @@ def test_parse_prototxt_handles_comments_repeats_and_odd_syntax():
     assert old["type"] == ["CONVOLUTION"] and old["dims"] == [1, 2, -3] and old["weight"] == [-0.25]
     assert old["s"] == ['a"bc']
     assert parse_prototxt(format_prototxt(net)) == net
+    assert parse_prototxt('s: "caf\\u00e9 \\t日本"') == {"s": ["café \t日本"]}
 
 
 @pytest.mark.parametrize("text, line", [

@@ -90,6 +90,8 @@ def _conv_param(conv: nn.Conv2d) -> Message:
     for caffe_name, value in (("kernel", conv.kernel_size), ("stride", conv.stride),
                               ("pad", conv.padding), ("dilation", conv.dilation)):
         key = "kernel_size" if caffe_name == "kernel" else caffe_name
+        if caffe_name == "dilation" and value == (1, 1):
+            continue
         if value[0] == value[1]:
             param[key] = [int(value[0])]
         else:

@@ -43,16 +43,27 @@ def first(message: Message, field: str, default: Any = None) -> Any:
 
 def load_prototxt_text(path_or_text: str | os.PathLike) -> tuple[str, str]:
     """(text, source name): a path is read; a string holding a message is taken as the text."""
-    if isinstance(path_or_text, str) and ("{" in path_or_text or "\n" in path_or_text):
-        return path_or_text, "<prototxt text>"
     path = Path(path_or_text)
-    if not path.is_file():
+    if isinstance(path_or_text, str) and _looks_like_text(path_or_text) and not _is_file(path):
+        return path_or_text, "<prototxt text>"
+    if not _is_file(path):
         raise ResnetsError(f"prototxt file {str(path)!r} not found; check the path")
     try:
         return path.read_text(encoding="utf-8"), str(path)
     except UnicodeDecodeError:
         raise ResnetsError(f"{path} is not a text prototxt (binary data?); pass the .prototxt, "
                            "not the .caffemodel") from None
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long to be a path
+        return False
+
+
+def _looks_like_text(value: str) -> bool:
+    return "{" in value or "\n" in value or re.match(r"\s*[A-Za-z_]\w*\s*:(?![\\/])", value) is not None
 
 
 def parse_prototxt(path_or_text: str | os.PathLike) -> Message:
@@ -156,7 +167,10 @@ class _Parser:
             while (token := self._peek()) is not None and token[0] == "string":
                 value += token[1][1:-1]
                 self.pos += 1
-            return value.encode("utf-8").decode("unicode_escape") if "\\" in value else value
+            if "\\" not in value:
+                return value
+            # Non-ASCII text survives as \uXXXX escapes, which unicode_escape turns back.
+            return value.encode("latin-1", "backslashreplace").decode("unicode_escape")
         if kind == "number":
             number = text.rstrip("fF") if not text.lower().startswith(("0x", "-0x", "+0x")) else text
             if re.fullmatch(r"[-+]?(0[xX][0-9a-fA-F]+|\d+)", number):
