@@ -337,3 +337,15 @@ def test_import_into_another_architecture_is_a_one_line_error(tmp_path):
         caffe_to_state_dict(prototxt, caffemodel, create_model("resnet50"))
     with pytest.raises(ResnetsError, match=r"layer 'fc5' has shape \(5, 512\)"):
         caffe_to_state_dict(prototxt, caffemodel, create_model("resnet18", num_classes=7))
+
+
+def test_deep_stages_use_msra_numbered_block_names():
+    from resnets.weights.caffe.layout import resnet_layout
+
+    # Stage depths as in ResNet-101 (3, 4, 23, 3), with basic blocks to stay small.
+    layout = resnet_layout(create_model("resnet18", layers=(3, 4, 23, 3), num_classes=0))
+    names = [block.name for block in layout.blocks]
+    assert names[:8] == ["res2a", "res2b", "res2c", "res3a", "res3b1", "res3b2", "res3b3", "res4a"]
+    assert names[-4:] == ["res4b22", "res5a", "res5b", "res5c"]
+    assert layout.fc is None and layout.blocks[3].shortcut[0].caffe_bn == "bn3a_branch1"
+    assert [u.caffe_scale for u in layout.blocks[4].branch] == ["scale3b1_branch2a", "scale3b1_branch2b"]
