@@ -110,6 +110,8 @@ def test_caffemodel_round_trip(tmp_path):
     net = NetParameter()
     net.ParseFromString((tmp_path / "m.caffemodel").read_bytes())
     assert net.name == "net" and net.layer[0].type == "Convolution"
+    # The hand-assembled bytes are exactly what protobuf itself serializes.
+    assert net.SerializeToString() == (tmp_path / "m.caffemodel").read_bytes()
 
 
 def test_reads_legacy_v1_layers_and_4d_blob_dims(tmp_path):

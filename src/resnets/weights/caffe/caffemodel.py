@@ -114,13 +114,10 @@ def read_caffemodel(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
     return weights
 
 
-_DATA_FIELD = 5  # BlobProto.data
-
-
-def _packed_floats(field_number: int, array: np.ndarray) -> bytes:
-    """The wire bytes of a packed float field: far faster than filling the field value by value."""
-    payload = np.ascontiguousarray(array, dtype="<f4").tobytes()
-    return _varint(field_number << 3 | 2) + _varint(len(payload)) + payload
+# Field numbers used when writing: serialized protobuf messages may be concatenated (their
+# fields merge), so large float arrays are appended as raw packed bytes and never go through
+# a Python-level repeated field, which is orders of magnitude slower.
+_NET_LAYER, _LAYER_BLOBS, _BLOB_DATA = 100, 7, 5
 
 
 def _varint(value: int) -> bytes:
@@ -132,6 +129,18 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
+def _length_delimited(field_number: int, payload: bytes) -> bytes:
+    return _varint(field_number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _blob_bytes(array: np.ndarray) -> bytes:
+    array = np.ascontiguousarray(array, dtype="<f4")
+    header = _MESSAGES["BlobProto"]()
+    header.shape.dim.extend(array.shape)
+    # Field order as protobuf itself writes it (data = 5 before shape = 7): byte-identical files.
+    return _length_delimited(_BLOB_DATA, array.tobytes()) + header.SerializeToString()
+
+
 def write_caffemodel(path: str | os.PathLike, net_name: str,
                      layers: Mapping[str, Sequence[np.ndarray]],
                      layer_types: Mapping[str, str] | None = None) -> None:
@@ -140,14 +149,12 @@ def write_caffemodel(path: str | os.PathLike, net_name: str,
     ``layer_types`` optionally records each layer's Caffe type; Caffe itself matches weights to
     layers by name only. Blobs are stored as float32 with an N-d ``shape``.
     """
-    net = NetParameter(name=net_name)
+    parts = [NetParameter(name=net_name).SerializeToString()]
     for name, blobs in layers.items():
-        layer = net.layer.add(name=name)
+        header = _MESSAGES["LayerParameter"](name=name)
         if layer_types and name in layer_types:
-            layer.type = layer_types[name]
-        for array in blobs:
-            array = np.asarray(array, dtype=np.float32)
-            blob = layer.blobs.add()
-            blob.shape.dim.extend(array.shape)
-            blob.MergeFromString(_packed_floats(_DATA_FIELD, array))
-    atomic_write_bytes(path, net.SerializeToString())
+            header.type = layer_types[name]
+        layer = header.SerializeToString() + b"".join(
+            _length_delimited(_LAYER_BLOBS, _blob_bytes(array)) for array in blobs)
+        parts.append(_length_delimited(_NET_LAYER, layer))
+    atomic_write_bytes(path, b"".join(parts))
