@@ -91,6 +91,19 @@ def blob_to_array(blob) -> np.ndarray:
     return values.reshape(shape)
 
 
+def read_binaryproto(path: str | os.PathLike) -> np.ndarray:
+    """The array in a ``.binaryproto`` file (one BlobProto): Caffe's ``mean_file``, (1, C, H, W)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ResnetsError(f"mean file {str(path)!r} not found; check the path")
+    blob = _MESSAGES["BlobProto"]()
+    try:
+        blob.ParseFromString(path.read_bytes())
+    except DecodeError as error:
+        raise ResnetsError(f"{path} is not a readable binaryproto (truncated? {error})") from None
+    return blob_to_array(blob)
+
+
 def read_caffemodel(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
     """{layer name: [blob arrays]} of every layer with weights in a binary ``.caffemodel``.
 
