@@ -15,7 +15,7 @@ from resnets import ResnetsError, create_model
 from resnets.weights.caffe import (CaffeNet, caffe_to_state_dict, export_caffe, format_prototxt,
                                    from_prototxt, parse_prototxt, read_binaryproto, read_caffemodel,
                                    write_caffemodel)
-from resnets.weights.caffe.caffemodel import _MESSAGES, NetParameter
+from resnets.weights.caffe.caffemodel import BlobProto, NetParameter
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -130,7 +130,7 @@ def test_reads_legacy_v1_layers_and_4d_blob_dims(tmp_path):
 
 
 def test_reads_mean_binaryproto(tmp_path):
-    blob = _MESSAGES["BlobProto"](num=1, channels=3, height=2, width=2)
+    blob = BlobProto(num=1, channels=3, height=2, width=2)
     blob.data.extend(range(12))
     (tmp_path / "mean.binaryproto").write_bytes(blob.SerializeToString())
     mean = read_binaryproto(tmp_path / "mean.binaryproto")
