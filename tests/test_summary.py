@@ -101,3 +101,16 @@ def test_console_script_reports_errors_without_traceback():
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["resnets: error: unknown model 'nosuchnet'; see `resnets models`"]
+
+
+def test_cli_summarises_the_seed_caffe_prototxt(run_cli):
+    from pathlib import Path
+
+    prototxt = Path(__file__).parent / "data" / "resnet18-7class-train.prototxt"
+    status, out, _ = run_cli("summary", prototxt, "--json")
+    report = json.loads(out)
+    assert status == 0
+    assert report["data"]["num_classes"] == 7 and report["data"]["crop_size"] == 224
+    assert report["layers"][-1]["output_shape"] == [1, 7]
+    convs = [layer for layer in report["layers"] if layer["type"] == "Conv2d"]
+    assert len(convs) == 25

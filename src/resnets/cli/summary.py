@@ -50,5 +50,13 @@ def load_any_model(spec: str, num_classes: int | None) -> tuple[nn.Module, int]:
 def run(args: argparse.Namespace) -> int:
     model, natural_size = load_any_model(args.model, args.num_classes)
     result = summary(model, args.input_size or natural_size, depth=args.depth)
-    print(json.dumps(result.to_dict()) if args.json else result)
+    data_info = getattr(model, "data_info", None)  # what a Caffe prototxt's data layers declare
+    if data_info is not None:
+        result.extra["data"] = data_info.to_dict()
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return 0
+    print(result)
+    if data_info is not None:
+        print("Data layers: " + ", ".join(f"{k}={v}" for k, v in data_info.to_dict().items() if v not in (None, [], {})))
     return 0
