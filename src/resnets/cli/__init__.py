@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from typing import Sequence
 
 from ..errors import ResnetsError
 
 # Command modules, in the order `resnets --help` lists them.
-COMMANDS: tuple[str, ...] = ("train", "evaluate", "predict", "demo")
+COMMANDS: tuple[str, ...] = ("data", "train", "evaluate", "predict", "demo")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,9 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """Warnings (a skipped corrupt image...) as one ``resnets: warning: ...`` line on stderr."""
+    print(f"resnets: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns (and exits with) the status."""
     args = build_parser().parse_args(argv)
+    warnings.showwarning = _show_warning
     try:
         status = args.handler(args)
     except ResnetsError as error:

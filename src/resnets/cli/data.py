@@ -1,0 +1,56 @@
+"""``resnets data``: inspect a data set, or pack one into an LMDB database."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..data import inspect_source, pack_lmdb
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("data", help="inspect data sets, pack them into LMDB",
+                                   description="Inspect a data set or pack it into an LMDB database.")
+    commands = parser.add_subparsers(dest="data_command", metavar="ACTION", parser_class=type(parser))
+    commands.required = True
+
+    info = commands.add_parser("info", help="format, classes and image counts of a data set")
+    info.add_argument("path", help="image folder, .zip, CIFAR pickles (folder or .tar.gz) or .lmdb")
+    info.add_argument("--check", action="store_true", help="decode every image and list unreadable ones")
+    info.add_argument("--json", action="store_true", help="print one JSON document")
+    info.set_defaults(handler=_info)
+
+    pack = commands.add_parser("pack", help="write a data set into one LMDB database file")
+    pack.add_argument("src", help="image folder, .zip, or CIFAR pickles (folder or .tar.gz)")
+    pack.add_argument("dst", help="database file to write, e.g. train.lmdb")
+    pack.add_argument("--size", type=int, default=None,
+                      help="resize images so their shorter side is at most SIZE (re-encoded JPEG)")
+    pack.add_argument("--workers", type=int, default=2, help="decoding threads (default 2)")
+    pack.add_argument("--json", action="store_true", help="print one JSON document")
+    pack.set_defaults(handler=_pack)
+
+
+def _info(args: argparse.Namespace) -> int:
+    report = inspect_source(args.path, check=args.check)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{report['path']}: {report['format']}, {len(report['classes'])} classes")
+    for split, counts in report["splits"].items():
+        print(f"  {split}: {counts['images']} images")
+    if args.check:
+        print(f"  unreadable: {len(report['unreadable'])}")
+        for name in report["unreadable"]:
+            print(f"    {name}")
+    return 0
+
+
+def _pack(args: argparse.Namespace) -> int:
+    summary = pack_lmdb(args.src, args.dst, size=args.size, workers=args.workers)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    counts = ", ".join(f"{split} {count}" for split, count in summary["splits"].items())
+    print(f"wrote {summary['path']}: {counts} images, {len(summary['classes'])} classes, "
+          f"{len(summary['skipped'])} skipped")
+    return 0

@@ -1,0 +1,174 @@
+"""Image-folder trees, on disk or inside a zip archive (read in place, never unpacked).
+
+Both are the layout torchvision's ``ImageFolder`` reads, ``root/<class>/<file>``, optionally
+one level deeper per split: ``root/train/<class>/...`` and ``root/val/<class>/...`` (or
+``test/``). A zip whose entries all sit under one wrapper folder (``cifar10/train/...``) is
+read as if the wrapper were the root. Class labels are the sorted union of the class folders
+of all splits, so a label means the same class in every split.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import zipfile
+from pathlib import Path
+
+from ..errors import ResnetsError
+from .dataset import EncodedImageDataset
+from .images import is_image_name
+
+SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
+
+# (relative path with "/" separators, class name) per split; split None for an unsplit tree.
+Layout = dict[str | None, list[tuple[str, str]]]
+
+
+def layout_tree(paths: list[str], where: str) -> tuple[Layout, list[str]]:
+    """Group image file paths (relative, "/"-separated) by split and class; return (layout, classes).
+
+    The paths in the layout are the given ones, unchanged (wrapper folders included).
+    """
+    named = [(p, p.split("/")) for p in sorted(paths) if is_image_name(p) and not _hidden(p)]
+    depth = _wrapper_depth([parts for _, parts in named])
+    named = [(p, parts[depth:]) for p, parts in named]
+    tops = {parts[0] for _, parts in named if len(parts) >= 3}
+    layout: Layout = {}
+    if tops and tops <= set(SPLIT_NAMES) and all(len(parts) >= 3 for _, parts in named):
+        for path, parts in named:
+            layout.setdefault(parts[0], []).append((path, parts[1]))
+    else:
+        layout[None] = [(path, parts[0]) for path, parts in named if len(parts) >= 2]
+    layout = {split: items for split, items in layout.items() if items}
+    if not layout:
+        raise ResnetsError(f"no images found in {where}: expected class folders "
+                           f"(root/<class>/*.jpg or root/train/<class>/*.jpg)")
+    classes = sorted({cls for items in layout.values() for _, cls in items})
+    return layout, classes
+
+
+def _hidden(path: str) -> bool:
+    return "/." in f"/{path}" or "__MACOSX/" in path
+
+
+def _wrapper_depth(parts: list[list[str]]) -> int:
+    """How many leading folders all paths share as a mere wrapper (not a split or class level)."""
+    depth = 0
+    while parts:
+        firsts = {p[depth] for p in parts}
+        if (len(firsts) != 1 or next(iter(firsts)) in SPLIT_NAMES
+                or any(len(p) - depth < 3 for p in parts)):
+            break
+        depth += 1
+    return depth
+
+
+class FolderDataset(EncodedImageDataset):
+    """One split (or the whole) of an image-folder tree on disk."""
+
+    def __init__(self, root: Path, items: list[tuple[str, str]], classes: list[str], split: str | None):
+        self.root = root
+        self.files = [path for path, _ in items]
+        self.classes = classes
+        index = {name: k for k, name in enumerate(classes)}
+        self.targets = [index[cls] for _, cls in items]
+        self.source = f"{root}" + (f" [{split}]" if split else "")
+
+    def encoded(self, index: int) -> bytes:
+        return (self.root / self.files[index]).read_bytes()
+
+    def describe(self, index: int) -> str:
+        return str(self.root / self.files[index])
+
+
+# One open archive per file and process (reading the central directory of a 60,000-file
+# zip takes a second); reads are serialised by its lock and are quick next to decoding.
+_ARCHIVES: dict[tuple[int, str, int, int], tuple[zipfile.ZipFile, threading.Lock]] = {}
+_ARCHIVES_LOCK = threading.Lock()
+
+
+def _open_zip(archive: Path) -> tuple[zipfile.ZipFile, threading.Lock]:
+    stat = archive.stat()
+    key = (os.getpid(), str(archive.resolve()), stat.st_ino, stat.st_mtime_ns)
+    with _ARCHIVES_LOCK:
+        if key not in _ARCHIVES:
+            try:
+                _ARCHIVES[key] = (zipfile.ZipFile(archive), threading.Lock())
+            except (zipfile.BadZipFile, OSError) as error:
+                raise ResnetsError(f"cannot read zip archive {archive}: {error}") from None
+        return _ARCHIVES[key]
+
+
+class ZipDataset(EncodedImageDataset):
+    """One split (or the whole) of an image-folder tree inside a zip archive, read in place.
+
+    The archive is opened again after a fork, so the dataset can be pickled to DataLoader
+    worker processes and shared by threads.
+    """
+
+    def __init__(self, archive: Path, members: list[str], labels: list[int], classes: list[str],
+                 split: str | None):
+        self.archive = archive
+        self.members = members
+        self.targets = labels
+        self.classes = classes
+        self.source = f"{archive}" + (f" [{split}]" if split else "")
+        self._handle: tuple[int, zipfile.ZipFile, threading.Lock] | None = None
+
+    def encoded(self, index: int) -> bytes:
+        if self._handle is None or self._handle[0] != os.getpid():
+            self._handle = (os.getpid(), *_open_zip(self.archive))
+        _, handle, lock = self._handle
+        with lock:
+            return handle.read(self.members[index])
+
+    def describe(self, index: int) -> str:
+        return f"{self.archive}:{self.members[index]}"
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_handle": None}
+
+
+class FolderSource:
+    """An image-folder tree on disk."""
+
+    format = "folder"
+
+    def __init__(self, root: Path):
+        self.path = root
+        files = []
+        for directory, _, names in os.walk(root, followlinks=True):
+            rel = Path(directory).relative_to(root)
+            files.extend((rel / name).as_posix() for name in names)
+        self.layout, self.classes = layout_tree(files, str(root))
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return tuple(s for s in self.layout if s is not None)
+
+    def dataset(self, split: str | None) -> FolderDataset:
+        return FolderDataset(self.path, self.layout[split], self.classes, split)
+
+
+class ZipSource:
+    """An image-folder tree inside a zip archive."""
+
+    format = "zip"
+
+    def __init__(self, archive: Path):
+        self.path = archive
+        handle, lock = _open_zip(archive)
+        with lock:
+            names = [info.filename for info in handle.infolist() if not info.is_dir()]
+        self.layout, self.classes = layout_tree(names, str(archive))
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return tuple(s for s in self.layout if s is not None)
+
+    def dataset(self, split: str | None) -> ZipDataset:
+        index = {name: k for k, name in enumerate(self.classes)}
+        items = self.layout[split]
+        return ZipDataset(self.path, [path for path, _ in items],
+                          [index[cls] for _, cls in items], self.classes, split)
+

@@ -1,0 +1,164 @@
+"""Batches for training and evaluation.
+
+:class:`TensorLoader` serves data sets decoded into memory (:func:`decode_to_memory`):
+shuffling, sharding and augmentation are tensor operations, deterministic in (seed, epoch).
+:func:`make_dataloader` streams sets too large for memory from disk through a torch
+``DataLoader`` with torchvision transforms.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torchvision.transforms import v2
+
+from ..errors import ResnetsError
+from .augment import EVAL_CROP_FRACTION, PRESETS, BatchAugment
+from .dataset import ImageDataset
+from .images import BadImageError, BadImageWarning
+
+
+def _seed_for(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (seed, epoch, ...)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def shard_indices(order: torch.Tensor, rank: int, world_size: int, drop_last: bool) -> torch.Tensor:
+    """This rank's part of an epoch's ``order``, as ``DistributedSampler`` cuts it.
+
+    Every rank gets the same number of items: the tail is dropped when ``drop_last``, else
+    the order is padded by wrapping around (so a few items appear twice in the epoch).
+    """
+    total = len(order)
+    if drop_last:
+        order = order[: total - total % world_size]
+    elif total % world_size:
+        padding = world_size - total % world_size
+        order = torch.cat([order, order.repeat(padding // total + 1)[:padding]])
+    return order[rank::world_size]
+
+
+class TensorLoader:
+    """Iterable of (x, y) batches from uint8 images held in memory.
+
+    Each epoch's shuffle and augmentation come from generators seeded by (seed, epoch) (and the
+    rank, for augmentation), so a resumed run that calls :meth:`set_epoch` sees the very batches
+    the interrupted run would have. Iterating without :meth:`set_epoch` advances the epoch by one
+    after each full pass, so successive epochs differ.
+
+    ``x`` is ``augment(images)`` (float32) or the raw uint8 batch when ``augment`` is None;
+    ``y`` is int64. Both are on ``device``.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 128,
+                 shuffle: bool = True, drop_last: bool = True, augment: BatchAugment | None = None,
+                 seed: int = 0, device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1):
+        if len(images) != len(labels):
+            raise ResnetsError(f"{len(images)} images but {len(labels)} labels")
+        if batch_size < 1:
+            raise ResnetsError(f"batch size must be positive, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ResnetsError(f"rank {rank} is outside world size {world_size}")
+        self.images, self.labels = images, labels.to(torch.int64)
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.augment, self.seed, self.device = augment, seed, torch.device(device)
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        if len(self) == 0:
+            raise ResnetsError(f"{len(images)} images make no batch of {batch_size}"
+                               f"{f' per rank over {world_size} ranks' if world_size > 1 else ''}")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _per_rank(self) -> int:
+        total = len(self.images)
+        return total // self.world_size if self.drop_last else -(-total // self.world_size)
+
+    def __len__(self) -> int:
+        count = self._per_rank()
+        return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
+
+    def indices(self) -> torch.Tensor:
+        """This rank's item indices for the current epoch, in batch order."""
+        total = len(self.images)
+        if self.shuffle:
+            order = torch.randperm(total, generator=torch.Generator().manual_seed(
+                _seed_for(self.seed, self.epoch)))
+        else:
+            order = torch.arange(total)
+        mine = shard_indices(order, self.rank, self.world_size, self.drop_last)
+        return mine[: len(self) * self.batch_size]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        generator = torch.Generator().manual_seed(_seed_for(self.seed, self.epoch, self.rank, 1))
+        indices = self.indices()
+        for start in range(0, len(indices), self.batch_size):
+            batch = indices[start:start + self.batch_size]
+            x = self.images[batch].to(self.device, non_blocking=True)
+            y = self.labels[batch].to(self.device, non_blocking=True)
+            yield (self.augment(x, generator) if self.augment is not None else x), y
+        self.epoch += 1
+
+
+def torchvision_transform(preset: str, img_size: int, mean: Sequence[float], std: Sequence[float],
+                          train: bool) -> v2.Transform:
+    """The torchvision v2 pipeline (PIL image -> normalised float tensor) of a preset."""
+    if preset not in PRESETS:
+        raise ResnetsError(f"unknown augmentation preset {preset!r}; choose from {', '.join(PRESETS)}")
+    if train and preset == "cifar":
+        steps = [v2.RandomCrop(img_size, padding=4), v2.RandomHorizontalFlip()]
+    elif train and preset == "imagenet":
+        steps = [v2.RandomResizedCrop(img_size, antialias=True), v2.RandomHorizontalFlip()]
+    else:
+        resize = int(img_size / EVAL_CROP_FRACTION) if preset == "imagenet" else img_size
+        steps = [v2.Resize(resize, antialias=True), v2.CenterCrop(img_size)]
+    return v2.Compose([v2.PILToTensor(), *steps, v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize(list(mean), list(std))])
+
+
+class _Transformed(torch.utils.data.Dataset):
+    """``dataset`` through ``transform``; an unreadable image becomes None (dropped by the collate)."""
+
+    def __init__(self, dataset: ImageDataset, transform: v2.Transform):
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
+        try:
+            image, label = self.dataset[index]
+        except BadImageError:
+            warnings.warn(f"skipped unreadable image {self.dataset.describe(index)}", BadImageWarning)
+            return None
+        return self.transform(image), label
+
+
+def _collate_readable(samples: list) -> tuple[torch.Tensor, torch.Tensor]:
+    samples = [s for s in samples if s is not None]
+    if not samples:
+        return torch.empty(0, 3, 0, 0), torch.empty(0, dtype=torch.int64)
+    return torch.utils.data.default_collate(samples)
+
+
+def make_dataloader(dataset: ImageDataset, preset: str, img_size: int, mean: Sequence[float],
+                    std: Sequence[float], train: bool, batch_size: int, workers: int = 2,
+                    seed: int = 0, rank: int = 0, world_size: int = 1,
+                    pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """A torch DataLoader decoding from disk, for data sets too large for :func:`decode_to_memory`.
+
+    Training loaders shuffle (seeded; call ``loader.sampler.set_epoch(e)`` each epoch) and drop
+    the last partial batch. With ``world_size > 1`` a ``DistributedSampler`` shards the epoch.
+    Unreadable images are skipped with a warning, so a batch can be smaller than ``batch_size``.
+    """
+    transformed = _Transformed(dataset, torchvision_transform(preset, img_size, mean, std, train))
+    sampler = torch.utils.data.DistributedSampler(
+        transformed, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=train)
+    return torch.utils.data.DataLoader(
+        transformed, batch_size=batch_size, sampler=sampler, num_workers=workers,
+        collate_fn=_collate_readable, drop_last=train, pin_memory=pin_memory,
+        persistent_workers=workers > 0)

@@ -1,0 +1,106 @@
+"""Decoding a whole data set once into one uint8 tensor, for sets that fit in memory.
+
+Small data sets (CIFAR, Imagenette at 224 px) are decoded once, in worker threads (PIL
+releases the GIL while decoding), and then augmented as tensors in batches, so no epoch
+ever decodes a file again.
+"""
+
+from __future__ import annotations
+
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from tqdm.auto import tqdm
+
+from ..errors import ResnetsError
+from .dataset import ImageDataset
+from .images import BadImageError, BadImageWarning
+
+# Above this many bytes of decoded pixels, stream from disk with a DataLoader instead.
+MEMORY_LIMIT_BYTES = 4 * 2**30
+
+
+def memory_bytes(count: int, size: tuple[int, int]) -> int:
+    """Bytes of uint8 RGB pixels for ``count`` images of ``size`` (H, W)."""
+    return count * 3 * size[0] * size[1]
+
+
+def fits_in_memory(dataset: ImageDataset, size: tuple[int, int], limit: int = MEMORY_LIMIT_BYTES) -> bool:
+    return memory_bytes(len(dataset), size) <= limit
+
+
+def decode_to_memory(dataset: ImageDataset, size: tuple[int, int] | int | None = None, workers: int = 2,
+                     progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """All images of ``dataset`` as uint8 (N, 3, H, W) and their labels as int64 (N,).
+
+    Args:
+        size: (H, W) (or one int for square) to which each image is resized, shorter side
+            first, then centre-cropped; None keeps the images' own size, which must then be
+            the same for all of them.
+        workers: decoding threads.
+        progress: show a tqdm bar on stderr.
+
+    Unreadable files are skipped: one :class:`BadImageWarning` naming each, and one with the
+    count at the end. N counts the images kept.
+    """
+    if isinstance(size, int):
+        size = (size, size)
+    pixels = dataset.as_uint8()
+    if pixels is not None and (size is None or tuple(pixels.shape[-2:]) == tuple(size)):
+        return pixels, torch.as_tensor(dataset.targets, dtype=torch.int64)
+    count = len(dataset)
+    if count == 0:
+        raise ResnetsError(f"data set {dataset.source} is empty")
+    readable = torch.zeros(count, dtype=torch.bool)
+    bar = tqdm(total=count, desc="decoding", unit="img", disable=not progress, leave=False)
+    with bar:
+        first, array = next(((i, a) for i in range(count) if (a := _load(dataset, i, size)) is not None),
+                            (count, None))
+        bar.update(first + 1)
+        if array is None:
+            raise ResnetsError(f"no readable images in {dataset.source}")
+        images = torch.empty((count, 3, *array.shape[:2]), dtype=torch.uint8)
+        images[first] = torch.from_numpy(array).permute(2, 0, 1)
+        readable[first] = True
+
+        def fill(chunk: range) -> None:
+            for index in chunk:
+                array = _load(dataset, index, size)
+                if array is not None:
+                    if array.shape[:2] != tuple(images.shape[-2:]):
+                        raise ResnetsError(
+                            f"images of {dataset.source} differ in size ({dataset.describe(index)} is "
+                            f"{array.shape[1]}x{array.shape[0]}, others {images.shape[-1]}x"
+                            f"{images.shape[-2]}); pass a size to resize them")
+                    images[index] = torch.from_numpy(array).permute(2, 0, 1)
+                    readable[index] = True
+            bar.update(len(chunk))
+
+        chunks = [range(start, min(start + _CHUNK, count)) for start in range(first + 1, count, _CHUNK)]
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            list(pool.map(fill, chunks))  # re-raises a worker's error here
+    bad = [dataset.describe(int(i)) for i in torch.nonzero(~readable).flatten()]
+    for name in bad:
+        warnings.warn(f"skipped unreadable image {name}", BadImageWarning, stacklevel=2)
+    if bad:
+        warnings.warn(f"skipped {len(bad)} unreadable image(s) of {count} in {dataset.source}",
+                      BadImageWarning, stacklevel=2)
+        images = images[readable]
+    labels = torch.as_tensor(dataset.targets, dtype=torch.int64)
+    return images, labels[readable]
+
+
+_CHUNK = 256
+
+
+def _load(dataset: ImageDataset, index: int, size: tuple[int, int] | None) -> np.ndarray | None:
+    """Item ``index`` as an HWC uint8 array (fitted to ``size`` if given), or None if unreadable."""
+    try:
+        image = dataset[index][0]
+    except BadImageError:
+        return None
+    if size is not None and image.size != (size[1], size[0]):
+        image = ImageOps.fit(image, (size[1], size[0]), Image.BILINEAR)
+    return np.array(image, dtype=np.uint8)

@@ -1,0 +1,129 @@
+"""Opening a data set from a path, whatever its format, and choosing train / val splits.
+
+Formats, detected from the path: an image-folder tree (folder or ``.zip``), CIFAR-10/100
+pickles (folder or ``.tar.gz``), an LMDB database made by ``resnets data pack``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+from ..errors import ResnetsError
+from .dataset import ImageDataset, stratified_split
+
+# Preferred order when a tree has several held-out splits.
+VAL_SPLITS = ("val", "validation", "valid", "test")
+
+
+class DataSource(Protocol):
+    """A data set on disk: its format, class names and splits (empty for one unsplit tree)."""
+
+    format: str
+    path: Path
+    classes: list[str]
+
+    @property
+    def splits(self) -> tuple[str, ...]: ...
+
+    def dataset(self, split: str | None) -> ImageDataset: ...
+
+
+def open_source(path: str | os.PathLike) -> DataSource:
+    """The :class:`DataSource` at ``path``; ResnetsError (one line) if missing or of no known format."""
+    from . import cifar, imagetree, lmdbstore
+
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ResnetsError(f"no such data set: {path}")
+    if lmdbstore.is_lmdb(path):
+        return lmdbstore.LmdbSource(path)
+    if path.is_dir():
+        return cifar.CifarSource(path) if cifar.is_cifar_dir(path) else imagetree.FolderSource(path)
+    if path.suffix.lower() == ".zip":
+        return imagetree.ZipSource(path)
+    if cifar.is_cifar_tar(path):
+        return cifar.CifarSource(path)
+    raise ResnetsError(f"unknown data format: {path} (expected an image folder, a .zip of one, "
+                       f"CIFAR python pickles or their .tar.gz, or an .lmdb from `resnets data pack`)")
+
+
+def open_dataset(path: str | os.PathLike, split: str | None = None) -> ImageDataset:
+    """The data set at ``path`` (a split of it when the source has several).
+
+    ``split`` names a split (``"train"``, ``"val"``, ``"test"``...); it is required when the
+    source has several splits and must be None for a single unsplit tree.
+    """
+    source = open_source(path)
+    return _split_of(source, split)
+
+
+def _split_of(source: DataSource, split: str | None) -> ImageDataset:
+    splits = source.splits
+    if split is None and len(splits) > 1:
+        raise ResnetsError(f"{source.path} has splits {', '.join(splits)}: choose one with split=")
+    if split is None:
+        split = splits[0] if splits else None
+    elif split not in splits:
+        available = ", ".join(splits) if splits else "none (one unsplit tree)"
+        raise ResnetsError(f"{source.path} has no split {split!r}; splits: {available}")
+    dataset = source.dataset(split)
+    if len(dataset) == 0:
+        raise ResnetsError(f"data set {dataset.source} is empty")
+    return dataset
+
+
+def load_splits(path: str | os.PathLike, val_split: float | None = None,
+                seed: int = 0) -> tuple[ImageDataset, ImageDataset | None]:
+    """(train, val) data sets from ``path``.
+
+    A source with a held-out split (``val/``, ``validation/``, ``valid/`` or ``test/``, in that
+    order of preference) uses it, and ``val_split`` is not applied. Otherwise the training
+    tree (``train/`` or the unsplit root) is split per class: ``val_split`` of each class goes
+    to val, chosen by ``seed``. ``val`` is None when there is nothing to validate on.
+    """
+    if val_split is not None and not 0 <= val_split < 1:
+        raise ResnetsError(f"val_split must be in [0, 1), got {val_split}")
+    source = open_source(path)
+    splits = source.splits
+    train_name = "train" if "train" in splits else None
+    if splits and train_name is None:
+        raise ResnetsError(f"{source.path} has splits {', '.join(splits)} but no train split")
+    train = _split_of(source, train_name)
+    held_out = next((name for name in VAL_SPLITS if name in splits), None)
+    if held_out is not None:
+        return train, _split_of(source, held_out)
+    if not val_split:
+        return train, None
+    train_idx, val_idx = stratified_split(train.targets, val_split, seed)
+    if not val_idx:
+        raise ResnetsError(f"val_split={val_split} leaves no validation images in {train.source}")
+    return train.subset(train_idx), train.subset(val_idx)
+
+
+def inspect_source(path: str | os.PathLike, check: bool = False) -> dict:
+    """What ``resnets data info`` reports: format, classes, images per split and class.
+
+    With ``check``, every image is decoded and the unreadable ones are listed (slow on big sets).
+    """
+    from .images import BadImageError
+
+    source = open_source(path)
+    report: dict = {"path": str(source.path), "format": source.format, "classes": list(source.classes),
+                    "splits": {}}
+    unreadable: list[str] = []
+    for split in source.splits or (None,):
+        dataset = source.dataset(split)
+        report["splits"][split or "all"] = {
+            "images": len(dataset),
+            "per_class": dict(zip(dataset.classes, dataset.class_counts()))}
+        if check:
+            for index in range(len(dataset)):
+                try:
+                    dataset[index]
+                except BadImageError:
+                    unreadable.append(dataset.describe(index))
+    if check:
+        report["unreadable"] = unreadable
+    return report
