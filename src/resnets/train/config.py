@@ -80,7 +80,11 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        values = {k: v for k, v in values.items() if k in known}
+        # JSON turns tuples (layers=(1, 1, 1)) into lists; the model config wants tuples back.
+        values["model_options"] = {k: tuple(v) if isinstance(v, list) else v
+                                   for k, v in (values.get("model_options") or {}).items()}
+        return cls(**values)
 
 
 @dataclass

@@ -24,7 +24,8 @@ class InMemoryData:
         return len(self.class_names)
 
 
-def load_in_memory(path: str, img_size: int, val_split: float | None, seed: int, workers: int) -> InMemoryData:
+def load_in_memory(path: str, img_size: int, val_split: float | None, seed: int, workers: int,
+                   progress: bool = True) -> InMemoryData:
     """Open a data set (folder, zip, CIFAR pickles, LMDB), split it and decode it at ``img_size``."""
     from ..data import decode_to_memory, load_splits
 
@@ -32,10 +33,10 @@ def load_in_memory(path: str, img_size: int, val_split: float | None, seed: int,
     if len(train_set) == 0:
         raise ResnetsError(f"{path} holds no training images")
     size = (img_size, img_size)
-    train_images, train_labels = decode_to_memory(train_set, size=size, workers=workers)
+    train_images, train_labels = decode_to_memory(train_set, size=size, workers=workers, progress=progress)
     val_images = val_labels = None
     if val_set is not None and len(val_set):
-        val_images, val_labels = decode_to_memory(val_set, size=size, workers=workers)
+        val_images, val_labels = decode_to_memory(val_set, size=size, workers=workers, progress=progress)
     return InMemoryData(train_images, train_labels, val_images, val_labels, list(train_set.classes))
 
 

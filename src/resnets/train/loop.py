@@ -115,7 +115,7 @@ class _Run:
             if not cfg.data:
                 raise ResnetsError("no training data: pass --data PATH")
             self.data = load_in_memory(cfg.data, self.preprocessing["img_size"], cfg.val_split, cfg.seed,
-                                       cfg.workers)
+                                       cfg.workers, cfg.progress)
         elif cfg.img_size is None:  # images handed in: their size is the input size
             self.preprocessing["img_size"] = int(self.data.train_images.shape[-1])
         self._fit_classes()
