@@ -63,7 +63,7 @@ def write_pngs(images: torch.Tensor, folder: Path, names: list[str]) -> list[Pat
     return paths
 
 
-def run_demo(out: str | Path = "runs/demo", model: str = "resnet20", epochs: int = 15, seed: int = 0,
+def run_demo(out: str | Path = "runs/demo", model: str = "resnet20", epochs: int = 10, seed: int = 0,
              progress: bool = True) -> DemoResult:
     """Train on 80 % of the digits, evaluate on the other 20 %, predict 6 held-out PNGs."""
     from .evaluate import classification_report, collect_logits, plot_confusion
