@@ -267,9 +267,11 @@ class _Run:
         epoch = self.start_epoch
         try:
             for epoch in range(self.start_epoch, last):
+                began = time.perf_counter()
                 self._set_frozen(epoch)
                 row = self._train_epoch(epoch)
                 row.update(self._validate())
+                row["epoch_s"] = time.perf_counter() - began
                 top1 = row.get("val_top1")
                 improved = top1 is None or self.best_top1 is None or top1 > self.best_top1
                 if improved and top1 is not None:
