@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ..errors import ResnetsError
 from ..models import ResNet, create_model
-from ..weights import load_weights_file, save_weights
+from ..weights import load_weights_file, model_from_weights, save_weights
 from ..weights.format import load_state_dict_checked
 from . import checkpoint as ckpt
 from .config import RunResult, TrainConfig
@@ -139,15 +139,12 @@ class _Run:
         cfg = self.config
         from ..data import preset_for_model
 
-        if cfg.weights:
+        if cfg.weights and not cfg.model:  # the architecture the file records
+            model, record = model_from_weights(cfg.weights)
+        elif cfg.weights:  # the named architecture; a file of another one is refused in one line
             record = load_weights_file(cfg.weights)
-            name = cfg.model or record.model_name
-            if not name:
-                raise ResnetsError(f"{cfg.weights} does not name its model; pass --model")
-            num_classes = record.model_args.get("num_classes") if record.model_args else None
-            model = create_model(name, num_classes=num_classes, **cfg.model_options)
+            model = create_model(cfg.model, num_classes=record.model_args.get("num_classes"), **cfg.model_options)
             load_state_dict_checked(model, record.state_dict, cfg.weights)
-            self.source_classes = record.class_names
         else:
             if not cfg.model:
                 raise ResnetsError("no model: pass --model NAME (see `resnets models`) or --weights FILE")
@@ -262,7 +259,7 @@ class _Run:
             self._restore()
         elif self.ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            ckpt.write_config(self.run_dir, {**cfg.to_dict(), "model": self.model.model_name})
+            ckpt.write_config(self.run_dir, {**cfg.to_dict(), "model_name": self.model.model_name})
         last = cfg.epochs if stop_after is None else min(cfg.epochs, self.start_epoch + stop_after)
         epoch = self.start_epoch
         try:
