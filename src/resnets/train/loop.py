@@ -10,7 +10,6 @@ checkpointed at epoch ends, so ``--resume`` reaches bitwise the weights of an un
 from __future__ import annotations
 
 import contextlib
-import copy
 import sys
 import time
 from dataclasses import dataclass, field
@@ -77,8 +76,8 @@ class _Meters:
     """Running sums kept on the device; read (one sync) only when reported."""
 
     device: torch.device
-    loss: torch.Tensor = None
-    correct: torch.Tensor = None
+    loss: torch.Tensor = field(init=False)
+    correct: torch.Tensor = field(init=False)
     seen: int = 0
 
     def __post_init__(self) -> None:
