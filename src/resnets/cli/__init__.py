@@ -19,7 +19,7 @@ from typing import Sequence
 from ..errors import ResnetsError
 
 # Command modules, in the order `resnets --help` lists them.
-COMMANDS = ("models", "summary", "data")
+COMMANDS: tuple[str, ...] = ("models", "summary", "data", "train", "evaluate", "predict", "demo")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,44 @@
+"""``resnets evaluate``: accuracy, per-class metrics and a confusion matrix of a trained model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("evaluate", help="evaluate a trained model on a data set",
+                              description="Top-1/top-5, per-class precision/recall/F1 and a confusion-matrix "
+                              "PNG, on the data's val/test split (or all of it when it has none).")
+    p.add_argument("checkpoint", help="run directory or weights file")
+    p.add_argument("--data", required=True, help="image folder, zip, CIFAR pickle folder or LMDB")
+    p.add_argument("--tta", choices=("flip",), help="test-time augmentation: average with the mirror image")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--confusion", help="confusion-matrix PNG (default: confusion.png in the run directory, "
+                   "or beside the weights file)")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluate import evaluate
+
+    checkpoint = Path(args.checkpoint)
+    png = Path(args.confusion) if args.confusion else \
+        (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "confusion.png"
+    report = evaluate(checkpoint, args.data, batch_size=args.batch_size, tta=args.tta, device=args.device,
+                      confusion_png=png)
+    if args.json:
+        print(json.dumps({**report.to_dict(), "confusion_png": str(png)}))
+        return 0
+    print(f"{report.count} images: top-1 {report.top1:.2f}%  top-5 {report.top5:.2f}%  loss {report.loss:.4f}")
+    width = max(len(row["class"]) for row in report.per_class)
+    print(f"{'class':<{width}}  precision  recall     f1  support")
+    for row in report.per_class:
+        print(f"{row['class']:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  {row['f1']:5.3f}  "
+              f"{row['support']:7d}")
+    print(f"confusion matrix: {png}", file=sys.stderr)
+    return 0

@@ -1,0 +1,37 @@
+"""``resnets predict``: top-k classes and probabilities of image files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..errors import ResnetsError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("predict", help="classify image files with a trained model",
+                              description="Top-k class names and probabilities per image. Unreadable files "
+                              "are reported on stderr and skipped.")
+    p.add_argument("checkpoint", help="run directory or weights file")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..predict import load_for_inference, predict_files
+
+    if args.topk < 1:
+        raise ResnetsError(f"--topk must be >= 1, got {args.topk}")
+    results = predict_files(load_for_inference(args.checkpoint, args.device), args.inputs, topk=args.topk)
+    if not results:
+        raise ResnetsError("no readable image among the inputs")
+    if args.json:
+        print(json.dumps(results))
+        return 0
+    for result in results:
+        tops = ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in result["top"])
+        print(f"{result['path']}: {tops}")
+    return 0

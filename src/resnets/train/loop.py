@@ -1,0 +1,367 @@
+"""The training loop: :func:`train` runs a :class:`TrainConfig` and returns a :class:`RunResult`.
+
+Speed: the data lives in memory as uint8 and is augmented per batch on the training device;
+losses and accuracy are summed on the device and read once per log interval (no host sync
+per step); channels-last, bf16 autocast, torch.compile and fused optimizers are options.
+Reproducibility: every random draw derives from ``seed`` and the epoch, and the RNG state is
+checkpointed at epoch ends, so ``--resume`` reaches bitwise the weights of an unbroken run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ..errors import ResnetsError
+from ..models import ResNet, create_model
+from ..weights import load_weights_file, model_from_weights, save_weights
+from ..weights.format import load_state_dict_checked
+from . import checkpoint as ckpt
+from .config import RunResult, TrainConfig
+from .distributed import DistContext, all_reduce_sum, barrier, init_from_env, local_device, shutdown, wrap_model
+from .ema import build_ema
+from .freeze import freeze, keep_frozen_in_eval, parse_freeze, set_requires_grad
+from .inputs import FeatureLoader, InMemoryData, load_in_memory
+from .mixup import build_batch_mix
+from .optim import DEFAULT_WEIGHT_DECAY, build_optimizer, default_lr, param_groups
+from .schedule import build_scheduler
+
+# Settings a resumed run may change; everything else comes from the run's config.json.
+RESUME_OVERRIDES = ("device", "progress", "workers", "log_interval")
+
+
+def train(config: TrainConfig, data: InMemoryData | None = None, stop_after: int | None = None) -> RunResult:
+    """Train (or fine-tune, or resume) a model as ``config`` says.
+
+    Args:
+        config: the run's settings; ``config.resume`` names a run directory to continue.
+        data: decoded images to train on instead of reading ``config.data`` (the Python API,
+            the demo); must be given again when resuming such a run.
+        stop_after: stop (checkpointed, resumable) after this many epochs of this session.
+    """
+    if config.resume:
+        config = _resumed_config(config)
+    device = local_device(config.device)
+    ctx = init_from_env(device)
+    try:
+        return _Run(config, data, device, ctx).fit(stop_after)
+    finally:
+        shutdown(ctx)
+
+
+def _resumed_config(requested: TrainConfig) -> TrainConfig:
+    run_dir = Path(requested.resume)
+    config_path = run_dir / ckpt.CONFIG
+    if not config_path.is_file():
+        raise ResnetsError(f"cannot resume {run_dir}: no {ckpt.CONFIG} there; is it a run directory?")
+    import json
+
+    stored = json.loads(config_path.read_text())
+    stored.update({k: getattr(requested, k) for k in RESUME_OVERRIDES if hasattr(requested, k)})
+    stored.update(resume=str(run_dir), out=str(run_dir))
+    return TrainConfig.from_dict(stored)
+
+
+@dataclass
+class _Meters:
+    """Running sums kept on the device; read (one sync) only when reported."""
+
+    device: torch.device
+    loss: torch.Tensor = field(init=False)
+    correct: torch.Tensor = field(init=False)
+    seen: int = 0
+
+    def __post_init__(self) -> None:
+        self.loss = torch.zeros((), device=self.device)
+        self.correct = torch.zeros((), device=self.device, dtype=torch.long)
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.loss += loss.detach().float() * len(labels)
+        self.correct += (logits.detach().argmax(1) == labels).sum()
+        self.seen += len(labels)
+
+    def read(self, ctx: DistContext) -> tuple[float, float]:
+        totals = torch.stack([self.loss, self.correct.float(),
+                              torch.tensor(float(self.seen), device=self.device)])
+        loss, correct, seen = all_reduce_sum(totals, ctx).tolist()
+        return loss / max(seen, 1), 100.0 * correct / max(seen, 1)
+
+
+@dataclass
+class _Run:
+    config: TrainConfig
+    data: InMemoryData | None
+    device: torch.device
+    ctx: DistContext
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    # -- setup --------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        self.run_dir = Path(cfg.out or "runs/train")
+        self.model, self.preprocessing = self._build_model()
+        if self.data is None:
+            if not cfg.data:
+                raise ResnetsError("no training data: pass --data PATH")
+            self.data = load_in_memory(cfg.data, self.preprocessing["img_size"], cfg.val_split, cfg.seed,
+                                       cfg.workers, cfg.progress)
+        elif cfg.img_size is None:  # images handed in: their size is the input size
+            self.preprocessing["img_size"] = int(self.data.train_images.shape[-1])
+        self._fit_classes()
+        self.model.to(self.device)
+        if cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.frozen_parts = parse_freeze(cfg.freeze, self.model)
+        freeze(self.model, self.frozen_parts)
+        self.use_feature_cache = self._can_cache_features()
+        self._build_loaders()
+        self.trainee = nn.Sequential(self.model.dropout, self.model.get_classifier()) \
+            if self.use_feature_cache else self.model
+        self.forward = self.trainee if not cfg.compile else torch.compile(self.trainee)
+        self.net = wrap_model(self.forward, self.ctx, self.device, cfg.sync_bn)
+        self._build_optimizer()
+        self.ema = build_ema(self.trainee, cfg.ema) if cfg.ema > 0 and not self.use_feature_cache else None
+        self.batch_mix = build_batch_mix(cfg.mixup, cfg.cutmix, self.data.num_classes)
+        self.start_epoch, self.best_top1 = 0, None
+
+    def _build_model(self) -> tuple[ResNet, dict[str, Any]]:
+        cfg = self.config
+        from ..data import preset_for_model
+
+        if cfg.weights and not cfg.model:  # the architecture the file records
+            model, record = model_from_weights(cfg.weights)
+        elif cfg.weights:  # the named architecture; a file of another one is refused in one line
+            record = load_weights_file(cfg.weights)
+            model = create_model(cfg.model, num_classes=record.model_args.get("num_classes"), **cfg.model_options)
+            load_state_dict_checked(model, record.state_dict, cfg.weights)
+        else:
+            if not cfg.model:
+                raise ResnetsError("no model: pass --model NAME (see `resnets models`) or --weights FILE")
+            model = create_model(cfg.model, **cfg.model_options)
+            record = None
+        mean, std, img_size, preset = preset_for_model(model.model_name)
+        if record is not None and record.preprocessing:
+            mean = record.preprocessing.get("mean", mean)
+            std = record.preprocessing.get("std", std)
+        preset = cfg.augment or ("none" if cfg.freeze == "backbone" else preset)
+        return model, {"img_size": cfg.img_size or img_size, "mean": list(mean), "std": list(std),
+                       "augment": preset}
+
+    def _fit_classes(self) -> None:
+        """A new head when the data's classes are not the model's (transfer learning)."""
+        n = self.data.num_classes
+        if self.config.num_classes is not None and self.config.num_classes != n:
+            raise ResnetsError(f"--num-classes {self.config.num_classes} disagrees with the data, which has "
+                               f"{n} classes; drop --num-classes or fix the data")
+        if self.model.num_classes != n:
+            self.model.reset_classifier(n)
+
+    def _can_cache_features(self) -> bool:
+        cfg = self.config
+        whole_backbone = self.frozen_parts and set(self.frozen_parts) == set(parse_freeze("backbone", self.model))
+        return bool(cfg.feature_cache and whole_backbone and cfg.unfreeze_after is None
+                    and self.preprocessing["augment"] == "none" and not cfg.mixup and not cfg.cutmix
+                    and not cfg.ema)
+
+    def _augment(self, train: bool):
+        from ..data import BatchAugment
+
+        p = self.preprocessing
+        return BatchAugment(preset=p["augment"] if train else "none", img_size=p["img_size"], mean=p["mean"],
+                            std=p["std"], train=train)
+
+    def _image_loader(self, images: torch.Tensor, labels: torch.Tensor, train: bool, sharded: bool):
+        from ..data import TensorLoader
+
+        batch = self.config.batch_size // self.ctx.world_size if sharded else self.config.batch_size
+        return TensorLoader(images, labels, batch, shuffle=train,
+                            drop_last=train and len(labels) > batch, augment=self._augment(train),
+                            seed=self.config.seed, device=self.device,
+                            rank=self.ctx.rank if sharded else 0, world_size=self.ctx.world_size if sharded else 1)
+
+    def _build_loaders(self) -> None:
+        cfg, data = self.config, self.data
+        if cfg.batch_size % self.ctx.world_size:
+            raise ResnetsError(f"--batch-size {cfg.batch_size} (global) must divide evenly over "
+                               f"{self.ctx.world_size} processes")
+        self.train_loader = self._image_loader(data.train_images, data.train_labels, True, True)
+        self.val_loader = None
+        if data.val_images is not None:
+            self.val_loader = self._image_loader(data.val_images, data.val_labels, False, False)
+        if self.use_feature_cache:
+            from ..evaluate import extract_features
+
+            feats = extract_features(self.model, self._image_loader(data.train_images, data.train_labels, False, False))
+            self.train_loader = FeatureLoader(feats, data.train_labels.to(self.device), cfg.batch_size, True,
+                                              cfg.seed, self.ctx.rank, self.ctx.world_size)
+            if self.val_loader is not None:
+                feats = extract_features(self.model, self.val_loader)
+                self.val_loader = FeatureLoader(feats, data.val_labels.to(self.device), cfg.batch_size, False)
+
+    def _build_optimizer(self) -> None:
+        cfg = self.config
+        lr = cfg.lr or default_lr(cfg.opt, cfg.batch_size)
+        wd = DEFAULT_WEIGHT_DECAY[cfg.opt] if cfg.weight_decay is None else cfg.weight_decay
+        groups = param_groups(self.trainee, lr, wd, cfg.head_lr, self.model.get_classifier())
+        self.optimizer = build_optimizer(cfg.opt, groups, cfg.momentum, self.device)
+        self.steps_per_epoch = -(-len(self.train_loader) // cfg.accum_steps)
+        self.scheduler = build_scheduler(self.optimizer, cfg.sched, self.steps_per_epoch * cfg.epochs,
+                                         round(cfg.warmup_epochs * self.steps_per_epoch))
+
+    # -- state --------------------------------------------------------------------------------
+    def _state(self, epoch: int) -> dict[str, Any]:
+        return {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "rng": ckpt.rng_state(), "history": self.history, "best_top1": self.best_top1}
+
+    def _restore(self) -> None:
+        state = ckpt.load_state(self.config.resume)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        ckpt.set_rng_state(state["rng"])
+        self.history, self.best_top1 = list(state["history"]), state["best_top1"]
+        self.start_epoch = state["epoch"] + 1
+
+    def _export_model(self) -> nn.Module:
+        """The model whose weights are published: the EMA when enabled."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def _save(self, epoch: int, improved: bool) -> None:
+        if not self.ctx.is_main:
+            return
+        if improved:
+            save_weights(self.run_dir / ckpt.WEIGHTS, self._export_model(), class_names=self.data.class_names,
+                         preprocessing=self.preprocessing, source=f"resnets train ({self.run_dir})",
+                         extra={"epoch": epoch, "val_top1": self.history[-1].get("val_top1")})
+        ckpt.save_state(self.run_dir, self._state(epoch))
+        ckpt.write_metrics(self.run_dir, self.history)
+        ckpt.plot_curves(self.run_dir, self.history)
+
+    # -- loop ---------------------------------------------------------------------------------
+    def fit(self, stop_after: int | None = None) -> RunResult:
+        cfg = self.config
+        if self.config.resume:
+            self._restore()
+        elif self.ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.write_config(self.run_dir, {**cfg.to_dict(), "model_name": self.model.model_name})
+        last = cfg.epochs if stop_after is None else min(cfg.epochs, self.start_epoch + stop_after)
+        epoch = self.start_epoch
+        try:
+            for epoch in range(self.start_epoch, last):
+                began = time.perf_counter()
+                self._set_frozen(epoch)
+                row = self._train_epoch(epoch)
+                row.update(self._validate())
+                row["epoch_s"] = time.perf_counter() - began
+                top1 = row.get("val_top1")
+                improved = top1 is None or self.best_top1 is None or top1 > self.best_top1
+                if improved and top1 is not None:
+                    self.best_top1 = top1
+                self.history.append(row)
+                self._save(epoch, improved)
+                self._log(row)
+                barrier(self.ctx)
+        except KeyboardInterrupt:
+            self._on_interrupt(epoch)
+            raise
+        return RunResult(self.run_dir, self.run_dir / ckpt.WEIGHTS, self.history, self.best_top1,
+                         self.data.class_names, self.use_feature_cache)
+
+    def _on_interrupt(self, epoch: int) -> None:
+        if not self.ctx.is_main:
+            return
+        path = self.run_dir / "interrupted.safetensors"
+        save_weights(path, self._export_model(), class_names=self.data.class_names,
+                     preprocessing=self.preprocessing, source=f"resnets train ({self.run_dir}), interrupted",
+                     extra={"epoch": epoch})
+        done = f"after epoch {epoch}" if epoch else "before the first epoch ended"
+        print(f"resnets: interrupted in epoch {epoch + 1}; weights so far in {path}; "
+              f"`resnets train --resume {self.run_dir}` continues from the checkpoint {done}", file=sys.stderr)
+
+    def _set_frozen(self, epoch: int) -> None:
+        """Unfreeze everything once ``unfreeze_after`` epochs are done (fresh DDP wrapper)."""
+        after = self.config.unfreeze_after
+        if self.frozen_parts and after is not None and epoch >= after:
+            set_requires_grad(self.model, self.frozen_parts, True)
+            self.frozen_parts = []
+            self.net = wrap_model(self.forward, self.ctx, self.device, self.config.sync_bn)
+
+    def _train_epoch(self, epoch: int) -> dict[str, Any]:
+        cfg = self.config
+        self.net.train()
+        keep_frozen_in_eval(self.model, self.frozen_parts)
+        self.train_loader.set_epoch(epoch)
+        meters = _Meters(self.device)
+        n = len(self.train_loader)
+        bar = tqdm(self.train_loader, total=n, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                   disable=not (cfg.progress and self.ctx.is_main), file=sys.stderr, leave=False)
+        start = time.perf_counter()
+        for i, (x, y) in enumerate(bar):
+            step_now = (i + 1) % cfg.accum_steps == 0 or i + 1 == n
+            self._train_step(x, y, meters, step_now)
+            if (i + 1) % cfg.log_interval == 0 or i + 1 == n:
+                loss, acc = meters.read(self.ctx)
+                rate = meters.seen * self.ctx.world_size / (time.perf_counter() - start)
+                bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.1f}", img_s=f"{rate:.0f}")
+        bar.close()
+        loss, acc = meters.read(self.ctx)
+        seconds = time.perf_counter() - start
+        return {"epoch": epoch + 1, "train_loss": loss, "train_acc": acc,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "images_per_s": meters.seen * self.ctx.world_size / max(seconds, 1e-9), "train_s": seconds}
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, meters: _Meters, step_now: bool) -> None:
+        cfg = self.config
+        if cfg.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        target = y
+        if self.batch_mix is not None:
+            x, target = self.batch_mix(x, y)
+        sync = contextlib.nullcontext() if step_now or not self.ctx.enabled else self.net.no_sync()
+        with sync:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                logits = self.net(x)
+                loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
+            (loss / cfg.accum_steps).backward()
+        if step_now:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.trainee)
+        meters.add(loss, logits, y)
+
+    def _validate(self) -> dict[str, Any]:
+        if self.val_loader is None or not self.ctx.is_main:
+            return {}
+        from ..evaluate import collect_logits, topk_accuracy
+
+        model = self.ema.module if self.ema is not None else self.trainee
+        logits, labels = collect_logits(model, self.val_loader, amp=self.config.amp,
+                                        channels_last=self.config.channels_last)
+        top1, top5 = topk_accuracy(logits, labels, (1, 5))
+        return {"val_loss": F.cross_entropy(logits, labels).item(), "val_top1": top1, "val_top5": top5}
+
+    def _log(self, row: dict[str, Any]) -> None:
+        if not (self.config.progress and self.ctx.is_main):
+            return
+        val = f", val loss {row['val_loss']:.4f} top1 {row['val_top1']:.2f}% top5 {row['val_top5']:.2f}%" \
+            if "val_top1" in row else ""
+        tqdm.write(f"epoch {row['epoch']}/{self.config.epochs}: train loss {row['train_loss']:.4f} "
+                   f"acc {row['train_acc']:.2f}%{val}, lr {row['lr']:.4g}, {row['images_per_s']:.0f} img/s, "
+                   f"{row['train_s']:.1f} s", file=sys.stderr)
