@@ -14,7 +14,7 @@ $(BIN)/resnets: pyproject.toml
 install: $(BIN)/resnets
 
 demo: install
-	$(BIN)/resnets summary resnet50
+	$(BIN)/resnets demo --out runs/demo
 
 test: install
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
