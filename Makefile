@@ -1,20 +1,25 @@
 # Two entry points: `make demo` (the main job on built-in data) and `make test`.
+# Each creates .venv when it is missing and installs what it needs into it.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-$(BIN)/resnets: pyproject.toml
+$(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(BIN)/pip install -q -e ".[demo]"
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install -q -e ".[test,demo]"
-	touch $(BIN)/resnets
+	touch $@
 
 .PHONY: install demo test
-install: $(BIN)/resnets
+install: $(VENV)/.installed
 
-demo: install
+demo: $(VENV)/.installed
 	$(BIN)/resnets demo --out runs/demo
 
-test: install
+test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
