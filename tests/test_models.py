@@ -75,7 +75,9 @@ def test_preact_resnet50_matches_timm_resnetv2_50():
     ours.load_state_dict(converted, strict=True)
     batch = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
-        assert (reference(batch) - ours(batch)).abs().max().item() <= 1e-5
+        expected, got = reference(batch), ours(batch)
+    # no BatchNorm after the last residual sum: logits are large, so the bound is relative
+    assert (expected - got).abs().max().item() <= 1e-5 * max(1.0, expected.abs().max().item())
 
 
 @pytest.mark.parametrize("name, expected", [("resnet20", 0.27e6), ("resnet56", 0.85e6), ("resnet110", 1.7e6)])
