@@ -93,7 +93,7 @@ def _read_layers(path: Path) -> Layers:
             if "layers" in h5 and "model_weights" not in h5:
                 return _read_numbered(h5, None)
             return _read_named(h5["model_weights"] if "model_weights" in h5 else h5)
-    except (OSError, KeyError, ValueError) as error:
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
         raise ResnetsError(f"{path} is not a readable Keras weights file ({error})") from None
 
 
