@@ -35,7 +35,7 @@ def _safe_load(path: Path) -> Any:
         raise ResnetsError(f"{path} holds objects other than tensors and was NOT unpickled (unsafe; "
                            f"{detail}); re-save its state_dict with torch.save(model.state_dict(), ...)") from None
     except Exception as error:  # a damaged file can fail in any of the parser's layers
-        detail = str(error).strip().splitlines()[0][:120] if str(error).strip() else type(error).__name__
+        detail = f"{type(error).__name__}: {str(error).strip()[:100]}".splitlines()[0]
         raise ResnetsError(f"{path} is truncated or not a PyTorch checkpoint ({detail})") from None
 
 
