@@ -90,3 +90,24 @@ def test_export_cli_torchscript_from_weights_file(tmp_path, capsys, r18_checkpoi
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
         assert (scripted(x) - model(x)).abs().max().item() < 1e-5
+
+
+def test_caffe_round_trip_through_export_and_convert(tmp_path, capsys):
+    pytest.importorskip("resnets.weights.caffe")
+    model = randomise(create_model("resnet18"))
+    status, _, err = _run(capsys, "export", "resnet18", "--format", "prototxt", "--out", str(tmp_path / "r.prototxt"))
+    assert status == 0, err
+    from resnets.weights.caffe import export_caffe
+
+    export_caffe(model, tmp_path / "r.prototxt", tmp_path / "r.caffemodel")
+    status, _, err = _run(capsys, "convert", str(tmp_path / "r.caffemodel"), str(tmp_path / "r.safetensors"),
+                          "--prototxt", str(tmp_path / "r.prototxt"))
+    assert status == 2 and "--model" in err
+    status, _, err = _run(capsys, "convert", str(tmp_path / "r.caffemodel"), str(tmp_path / "r.safetensors"),
+                          "--prototxt", str(tmp_path / "r.prototxt"), "--model", "resnet18")
+    assert status == 0, err
+    converted = create_model(weights=str(tmp_path / "r.safetensors")).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert (converted(x) - model(x)).abs().max().item() < 1e-4
+    assert converted.preprocessing["channel_order"] == "BGR"

@@ -50,8 +50,7 @@ def export(model: nn.Module, fmt: str, out: str | os.PathLike, input_size: int |
             from .weights.caffe import export_caffe
         except ImportError:
             raise ResnetsError("caffe support not installed (resnets.weights.caffe is missing)") from None
-        caffemodel = Path(out).with_suffix(".caffemodel")
-        export_caffe(model, out, caffemodel)
+        export_caffe(model, out, Path(out).with_suffix(".caffemodel"), input_size=tuple(example.shape[1:]))
         return Path(out)
     with atomic_path(out) as tmp:
         {"onnx": _onnx, "torchscript": _torchscript, "safetensors": _safetensors}[fmt](model, example, tmp)
@@ -69,7 +68,10 @@ def _default_input_size(model: nn.Module) -> int:
 
 
 def _onnx(model: nn.Module, example: torch.Tensor, tmp: Path) -> None:
-    import onnxruntime
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ResnetsError("ONNX export needs onnx and onnxruntime: pip install 'resnets[onnx]'") from None
 
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its deprecation

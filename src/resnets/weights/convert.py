@@ -20,9 +20,12 @@ import torch
 from ..errors import ResnetsError
 from ..models import ResNet, create_model, get_model_spec
 from .format import load_state_dict_checked, save_weights
+from .preprocessing import make_preprocessing
 
 SOURCES = ("auto", "torchvision", "timm", "keras", "paddle", "caffe", "resnets")
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+# MSRA's Caffe ResNets take BGR pixels in 0..255 minus a mean image; this is its per-channel mean.
+CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)
 
 
 @dataclass
@@ -69,14 +72,15 @@ def detect_format(path: str | os.PathLike) -> str:
 
 
 def read_weights(path: str | os.PathLike, source: str = "auto", model_name: str | None = None,
-                 caffemodel: str | os.PathLike | None = None) -> ImportedWeights:
+                 caffemodel: str | os.PathLike | None = None, num_classes: int | None = None) -> ImportedWeights:
     """Read any supported weights file into :class:`ImportedWeights` (nothing is unpickled unsafely)."""
     if source not in SOURCES:
         raise ResnetsError(f"unknown source format {source!r}; choose from {', '.join(SOURCES)}")
     kind = detect_format(path) if source == "auto" else {"torchvision": "torch", "timm": "torch"}.get(source, source)
-    reader = {"resnets": _read_resnets, "torch": _read_torch, "keras": _read_keras, "paddle": _read_paddle,
-              "caffe": _read_caffe}[kind]
-    imported = reader(Path(path), caffemodel) if kind == "caffe" else reader(Path(path))
+    if kind == "caffe":
+        return _read_caffe(Path(path), caffemodel, model_name, num_classes)
+    reader = {"resnets": _read_resnets, "torch": _read_torch, "keras": _read_keras, "paddle": _read_paddle}[kind]
+    imported = reader(Path(path))
     if model_name is not None:
         imported = _as_model(imported, model_name)
     if imported.model_name is None:
@@ -118,18 +122,25 @@ def _read_keras(path: Path) -> ImportedWeights:
                            class_names=names, preprocessing=keras.preprocessing)
 
 
-def _read_caffe(path: Path, caffemodel: str | os.PathLike | None) -> ImportedWeights:
+def _read_caffe(path: Path, caffemodel: str | os.PathLike | None, model_name: str | None,
+                num_classes: int | None) -> ImportedWeights:
+    """A Caffe ResNet (MSRA layer names): the prototxt does not say which registered model it is."""
     try:
-        from . import caffe
+        from .caffe import caffe_to_state_dict
     except ImportError:
         raise ResnetsError("caffe support not installed (resnets.weights.caffe is missing)") from None
     prototxt, weights = (path, caffemodel) if path.suffix == ".prototxt" else (caffemodel, path)
-    if prototxt is None:
-        raise ResnetsError(f"{path} needs its network definition: pass --prototxt PATH")
-    model = caffe.from_prototxt(prototxt, weights)
-    return ImportedWeights(dict(model.state_dict()), getattr(model, "model_name", None), f"Caffe {path.name}",
-                           model.config.to_dict(), in_chans=model.in_chans,
-                           class_names=_imagenet_names() if model.num_classes == 1000 else None)
+    if prototxt is None or weights is None:
+        raise ResnetsError("a Caffe model needs both files: pass the .caffemodel as SRC and --prototxt PATH")
+    if model_name is None:
+        raise ResnetsError("pass --model NAME for a Caffe network (e.g. resnet50_v1 for MSRA's ResNet-50)")
+    model = create_model(model_name, num_classes=num_classes)
+    state = caffe_to_state_dict(prototxt, weights, model)
+    names = _imagenet_names() if model.num_classes == 1000 else None
+    preprocessing = make_preprocessing(256, 224, CAFFE_MEAN_BGR, (1.0, 1.0, 1.0), channel_order="BGR",
+                                       pixel_range=255.0)
+    return ImportedWeights(state, model_name, f"Caffe {Path(weights).name}", class_names=names,
+                           preprocessing=preprocessing)
 
 
 def _recognised(state: dict[str, torch.Tensor], source: str, kind: str) -> ImportedWeights:
@@ -158,8 +169,6 @@ def _imagenet_names() -> list[str]:
 
 def default_preprocessing(model_name: str) -> dict[str, Any]:
     """The registry's normalisation with the usual resize of 1/0.875 of the crop."""
-    from .preprocessing import make_preprocessing
-
     spec = get_model_spec(model_name)
     return make_preprocessing(round(spec.input_size / 0.875), spec.input_size, spec.mean, spec.std)
 
@@ -193,7 +202,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, source: str = "auto"
             num_classes: int | None = None, drop_head: bool = False,
             caffemodel: str | os.PathLike | None = None) -> tuple[ResNet, ImportedWeights]:
     """Convert ``src`` (any supported format) to a self-describing safetensors file at ``dst``."""
-    imported = read_weights(src, source, model_name, caffemodel)
+    imported = read_weights(src, source, model_name, caffemodel, num_classes)
     model = build_model(imported, num_classes=num_classes, drop_head=drop_head)
     class_names = imported.class_names if model.num_classes == len(imported.class_names or ()) else None
     preprocessing = imported.preprocessing or default_preprocessing(imported.model_name)

@@ -79,7 +79,10 @@ Layers = dict[str, dict[str, np.ndarray]]
 
 
 def _read_layers(path: Path) -> Layers:
-    import h5py
+    try:
+        import h5py
+    except ImportError:
+        raise ResnetsError("reading Keras files needs h5py: pip install 'resnets[keras]'") from None
 
     try:
         if zipfile.is_zipfile(path):
