@@ -222,7 +222,7 @@ def load_model_weights(weights: str | os.PathLike, model_name: str | None = None
         imported = read_weights(weights, model_name=model_name)
     else:
         if model_name is None:
-            raise ResnetsError(f"no such weights file: {weights}")
+            raise ResnetsError(f"no such weights file: {weights} (a tag like 'imagenet' needs a model name)")
         imported = _pretrained(model_name, str(weights))
     if in_chans != imported.in_chans:
         raise ResnetsError(f"the weights take {imported.in_chans} input channels, not {in_chans}")

@@ -47,10 +47,10 @@ def build_transform(preprocessing: dict[str, Any]) -> T.Compose:
         order = preprocessing.get("channel_order", "RGB").upper()
         if order not in ("RGB", "BGR"):
             raise ValueError(f"channel_order {order!r}")
-        return T.Compose([
-            T.ToImage(),
+        return T.Compose([  # resize a PIL image as PIL does, like torchvision's own presets
             T.Resize(preprocessing["resize_size"], interpolation=interpolation, antialias=True),
             T.CenterCrop(preprocessing["crop_size"]),
+            T.ToImage(),
             T.ToDtype(torch.float32, scale=True),
             _ReorderAndScale(float(preprocessing.get("pixel_range", 1.0)), order == "BGR"),
             T.Normalize(preprocessing["mean"], preprocessing["std"]),

@@ -42,7 +42,7 @@ def _safe_load(path: Path) -> Any:
 def unwrap_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
     """Find the tensors in a training checkpoint and strip DataParallel/Lightning prefixes."""
     while isinstance(obj, dict) and not _is_state_dict(obj):
-        nested = next((obj[k] for k in NESTED_KEYS if isinstance(obj.get(k), dict)), None)
+        nested = next((obj[k] for k in NESTED_KEYS if isinstance(obj.get(k), dict) and obj[k]), None)
         if nested is None:
             raise ResnetsError(f"{source} holds no model weights (keys: {', '.join(map(str, list(obj)[:6]))})")
         obj = nested
