@@ -89,7 +89,7 @@ def _read_layers(path: Path) -> Layers:
             with zipfile.ZipFile(path) as archive:
                 config = json.loads(archive.read("config.json"))
                 weights = io.BytesIO(archive.read("model.weights.h5"))
-            order = [(l["config"]["name"], l["class_name"]) for l in config["config"]["layers"]]
+            order = [(layer["config"]["name"], layer["class_name"]) for layer in config["config"]["layers"]]
             with h5py.File(weights, "r") as h5:
                 return _read_numbered(h5, order)
         with h5py.File(path, "r") as h5:
@@ -148,7 +148,8 @@ def _keras_layer_order(stored: dict[str, list[np.ndarray]]) -> list[tuple[str, s
             head = [(p + "preact_bn", bn)] if v2 else []
             body = [(p + "1_conv", conv), (p + "1_bn", bn), (p + "2_conv", conv), (p + "2_bn", bn)]
             if b == 1:
-                tail = [(p + "0_conv", conv), (p + "3_conv", conv)] + ([] if v2 else [(p + "0_bn", bn), (p + "3_bn", bn)])
+                tail = [(p + "0_conv", conv), (p + "3_conv", conv)]
+                tail += [] if v2 else [(p + "0_bn", bn), (p + "3_bn", bn)]
             else:
                 tail = [(p + "3_conv", conv)] + ([] if v2 else [(p + "3_bn", bn)])
             order += head + body + tail
