@@ -90,7 +90,8 @@ def _onnx(model: nn.Module, example: torch.Tensor, tmp: Path) -> None:
 
 
 def _torchscript(model: nn.Module, example: torch.Tensor, tmp: Path) -> None:
-    with torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still asked for
         scripted = torch.jit.trace(model, example)
         scripted.save(str(tmp))
         reloaded = torch.jit.load(str(tmp))
