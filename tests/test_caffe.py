@@ -13,8 +13,9 @@ from torch import nn
 
 from resnets import ResnetsError, create_model
 from resnets.weights.caffe import (CaffeNet, caffe_to_state_dict, export_caffe, format_prototxt,
-                                   from_prototxt, parse_prototxt, read_caffemodel, write_caffemodel)
-from resnets.weights.caffe.caffemodel import NetParameter
+                                   from_prototxt, parse_prototxt, read_binaryproto, read_caffemodel,
+                                   write_caffemodel)
+from resnets.weights.caffe.caffemodel import BlobProto, NetParameter
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -126,6 +127,17 @@ def test_reads_legacy_v1_layers_and_4d_blob_dims(tmp_path):
     blobs = read_caffemodel(tmp_path / "old.caffemodel")
     assert blobs["fc"][0].shape == (1, 1, 2, 3) and blobs["fc"][0][0, 0, 1, 2] == 6
     assert blobs["fc"][1].tolist() == [0.5, 1.5]
+
+
+def test_reads_mean_binaryproto(tmp_path):
+    blob = BlobProto(num=1, channels=3, height=2, width=2)
+    blob.data.extend(range(12))
+    (tmp_path / "mean.binaryproto").write_bytes(blob.SerializeToString())
+    mean = read_binaryproto(tmp_path / "mean.binaryproto")
+    assert mean.shape == (1, 3, 2, 2) and mean[0, 2, 1, 1] == 11
+    (tmp_path / "cut.binaryproto").write_bytes(blob.SerializeToString()[:-5])
+    with pytest.raises(ResnetsError, match="truncated"):
+        read_binaryproto(tmp_path / "cut.binaryproto")
 
 
 def test_truncated_caffemodel_is_a_one_line_error(tmp_path):

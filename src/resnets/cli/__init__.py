@@ -18,7 +18,7 @@ from typing import Sequence
 from ..errors import ResnetsError
 
 # Command modules, in the order `resnets --help` lists them.
-COMMANDS: tuple[str, ...] = ("convert", "export")
+COMMANDS: tuple[str, ...] = ("models", "summary", "convert", "export")
 
 
 class _Parser(argparse.ArgumentParser):

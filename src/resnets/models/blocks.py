@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Callable, Literal
 
 from torch import Tensor, nn
-from torchvision.ops import StochasticDepth
 
 ShortcutKind = Literal["projection", "avg_down", "zero_pad"]
 NormFactory = Callable[[int], nn.Module]
@@ -87,7 +86,11 @@ def make_shortcut(kind: ShortcutKind, in_ch: int, out_ch: int, stride: int,
 
 
 def _drop_path(rate: float) -> nn.Module:
-    return StochasticDepth(rate, mode="row") if rate > 0 else nn.Identity()
+    if rate <= 0:
+        return nn.Identity()
+    from torchvision.ops import StochasticDepth  # imported only when used: torchvision is slow to import
+
+    return StochasticDepth(rate, mode="row")
 
 
 class BasicBlock(nn.Module):

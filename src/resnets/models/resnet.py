@@ -187,6 +187,8 @@ class ResNet(nn.Module):
         return strides[stage + 1] if is_last else 1
 
     def _init_weights(self, zero_init_residual: bool) -> None:
+        if next(self.parameters()).is_meta:  # shapes only (e.g. for counting): nothing to fill
+            return
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")

@@ -4,11 +4,11 @@ Nothing here needs Caffe or protoc: the text format has its own parser and the b
 caffemodel is read with a minimal protobuf schema declared in Python.
 """
 
-from .caffemodel import read_caffemodel, write_caffemodel
+from .caffemodel import read_binaryproto, read_caffemodel, write_caffemodel
 from .convert import caffe_to_state_dict
 from .export import export_caffe
 from .net import CaffeDataInfo, CaffeNet, from_prototxt
 from .prototxt import format_prototxt, parse_prototxt
 
 __all__ = ["CaffeDataInfo", "CaffeNet", "caffe_to_state_dict", "export_caffe", "format_prototxt",
-           "from_prototxt", "parse_prototxt", "read_caffemodel", "write_caffemodel"]
+           "from_prototxt", "parse_prototxt", "read_binaryproto", "read_caffemodel", "write_caffemodel"]

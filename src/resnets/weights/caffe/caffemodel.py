@@ -75,6 +75,7 @@ def _build_messages() -> dict[str, type]:
 
 _MESSAGES = _build_messages()
 NetParameter = _MESSAGES["NetParameter"]
+BlobProto = _MESSAGES["BlobProto"]
 
 
 def blob_to_array(blob) -> np.ndarray:
@@ -89,6 +90,19 @@ def blob_to_array(blob) -> np.ndarray:
         raise ResnetsError(f"a blob declares shape {shape} but holds {values.size} values; "
                            "the caffemodel is damaged")
     return values.reshape(shape)
+
+
+def read_binaryproto(path: str | os.PathLike) -> np.ndarray:
+    """The array in a ``.binaryproto`` file (one BlobProto): Caffe's ``mean_file``, (1, C, H, W)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ResnetsError(f"mean file {str(path)!r} not found; check the path")
+    blob = BlobProto()
+    try:
+        blob.ParseFromString(path.read_bytes())
+    except DecodeError as error:
+        raise ResnetsError(f"{path} is not a readable binaryproto (truncated? {error})") from None
+    return blob_to_array(blob)
 
 
 def read_caffemodel(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
@@ -135,7 +149,7 @@ def _length_delimited(field_number: int, payload: bytes) -> bytes:
 
 def _blob_bytes(array: np.ndarray) -> bytes:
     array = np.ascontiguousarray(array, dtype="<f4")
-    header = _MESSAGES["BlobProto"]()
+    header = BlobProto()
     header.shape.dim.extend(array.shape)
     # Field order as protobuf itself writes it (data = 5 before shape = 7): byte-identical files.
     return _length_delimited(_BLOB_DATA, array.tobytes()) + header.SerializeToString()

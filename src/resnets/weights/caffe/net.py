@@ -416,8 +416,10 @@ def from_prototxt(path: str | os.PathLike, caffemodel: str | os.PathLike | None 
                   phase: str = "TEST") -> CaffeNet:
     """Build a runnable :class:`CaffeNet` from a prototxt, with a caffemodel's weights if given.
 
-    Without weights, convolutions are Kaiming-initialised so the net runs. The model is
-    returned in eval mode. ``phase`` (TRAIN or TEST) selects layers by their include/exclude rules.
+    ``path`` may also be the prototxt text itself. Without weights, convolutions are
+    Kaiming-initialised so the net runs. The model is returned in eval mode (BatchNorm uses its
+    running statistics, as Caffe's ``use_global_stats``); ``phase`` (TRAIN or TEST) selects
+    layers by their include/exclude rules and which data layer ``data_info`` describes.
     """
     phase = str(phase).upper()
     if phase not in _PHASE_NUMBERS:

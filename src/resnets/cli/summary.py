@@ -1,0 +1,62 @@
+"""`resnets summary`: the per-layer table of a model, a weights file or a Caffe prototxt."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from torch import nn
+
+from ..errors import ResnetsError
+from ..models import create_model, get_model_spec
+from ..summary import summary
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("summary", help="per-layer table: shapes, parameters, mult-adds",
+                                   description="Print a per-layer summary of a registered model, a "
+                                   "weights file (.safetensors) or a Caffe .prototxt.")
+    parser.add_argument("model", metavar="NAME_OR_PATH")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="input side in pixels (default: the model's natural size)")
+    parser.add_argument("--num-classes", type=int, default=None)
+    parser.add_argument("--depth", type=int, default=None,
+                        help="show the module tree down to this depth (default: every leaf layer)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.set_defaults(handler=run)
+
+
+def load_any_model(spec: str, num_classes: int | None) -> tuple[nn.Module, int]:
+    """A model and its natural input side from a registry name, weights file or prototxt."""
+    path = Path(spec)
+    if path.suffix == ".prototxt":
+        if not path.is_file():
+            raise ResnetsError(f"no such prototxt: {path}")
+        from ..weights.caffe import from_prototxt
+
+        model = from_prototxt(path)
+        return model, int(getattr(model, "input_size", (3, 224, 224))[-1])
+    if path.suffix == ".safetensors" or path.is_file():
+        from ..weights import model_from_weights
+
+        model, record = model_from_weights(path)
+        size = (record.preprocessing or {}).get("crop_size") or (record.extra or {}).get("img_size")
+        return model, int(size or 224)
+    model_spec = get_model_spec(spec)
+    return create_model(spec, num_classes=num_classes), model_spec.input_size
+
+
+def run(args: argparse.Namespace) -> int:
+    model, natural_size = load_any_model(args.model, args.num_classes)
+    result = summary(model, args.input_size or natural_size, depth=args.depth)
+    data_info = getattr(model, "data_info", None)  # what a Caffe prototxt's data layers declare
+    if data_info is not None:
+        result.extra["data"] = data_info.to_dict()
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return 0
+    print(result)
+    if data_info is not None:
+        print("Data layers: " + ", ".join(f"{k}={v}" for k, v in data_info.to_dict().items() if v not in (None, [], {})))
+    return 0

@@ -1,0 +1,45 @@
+"""Shared test helpers."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+# Two xdist workers on two cores: one thread each, or they fight over the cores.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
+
+
+def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm non-trivial statistics and affine parameters.
+
+    Freshly built models have mean 0, var 1, weight 1, bias 0, which would hide a BatchNorm
+    that is mis-wired or mis-converted; with random values such a bug changes the logits.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                n = module.num_features
+                module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
+                module.running_var.copy_(torch.rand(n, generator=generator) * 0.5 + 0.75)
+                if module.affine:
+                    module.weight.copy_(torch.rand(n, generator=generator) * 0.5 + 0.75)
+                    module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
+    return model
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run `resnets ARGS...` in-process; returns (exit status, stdout, stderr)."""
+    from resnets.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as exited:
+            main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return exited.value.code, captured.out, captured.err
+
+    return run
