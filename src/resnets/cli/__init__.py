@@ -19,7 +19,8 @@ from typing import Sequence
 from ..errors import ResnetsError
 
 # Command modules, in the order `resnets --help` lists them.
-COMMANDS: tuple[str, ...] = ("models", "summary", "data", "train", "evaluate", "predict", "demo")
+COMMANDS: tuple[str, ...] = ("models", "summary", "data", "train", "evaluate", "predict", "demo",
+                            "convert", "export")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -43,6 +43,24 @@ class ZeroPadShortcut(nn.Module):
         return nn.functional.pad(x, (0, 0, 0, 0, before, self.extra_channels - before))
 
 
+class SubsampleShortcut(nn.MaxPool2d):
+    """Shortcut of a strided block whose width does not change (Keras ``ResNet50V2``): a 1x1
+    max-pool, i.e. every ``stride``-th pixel. Like an identity it reads the block's raw input,
+    not the pre-activated one."""
+
+    reads_raw_input = True
+
+    def __init__(self, stride: int) -> None:
+        super().__init__(kernel_size=1, stride=stride)
+
+
+def _shortcut(block: nn.Module, x: Tensor, preact: Tensor) -> Tensor:
+    """A pre-activation block's shortcut: identity or subsample of ``x``, projection of ``preact``."""
+    if block.downsample is None:
+        return x
+    return block.downsample(x if getattr(block.downsample, "reads_raw_input", False) else preact)
+
+
 def make_shortcut(kind: ShortcutKind, in_ch: int, out_ch: int, stride: int,
                   norm: NormFactory | None) -> nn.Module | None:
     """The shortcut of a block whose output shape differs from its input; None if it does not.
@@ -167,7 +185,7 @@ class PreActBasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         preact = self.relu(self.bn1(x))
-        shortcut = x if self.downsample is None else self.downsample(preact)
+        shortcut = _shortcut(self, x, preact)
         out = self.conv1(preact)
         out = self.conv2(self.relu(self.bn2(out)))
         return self.drop_path(out) + shortcut
@@ -199,7 +217,7 @@ class PreActBottleneck(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         preact = self.relu(self.bn1(x))
-        shortcut = x if self.downsample is None else self.downsample(preact)
+        shortcut = _shortcut(self, x, preact)
         out = self.conv1(preact)
         out = self.conv2(self.relu(self.bn2(out)))
         out = self.conv3(self.relu(self.bn3(out)))

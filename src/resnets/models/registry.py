@@ -113,17 +113,29 @@ def get_model_spec(name: str) -> ModelSpec:
         raise ResnetsError(f"unknown model {name!r}{hint}") from None
 
 
-def create_model(name: str, num_classes: int | None = None, in_chans: int = 3, **options: Any) -> ResNet:
-    """Build a registered model by name.
+def create_model(name: str | None = None, num_classes: int | None = None, in_chans: int = 3,
+                 weights: str | None = None, **options: Any) -> ResNet:
+    """Build a registered model by name, optionally with weights.
 
     Args:
-        name: a name from :func:`list_models`.
+        name: a name from :func:`list_models`; may be left out when ``weights`` is a file
+            that records its model (``resnets convert`` output) or whose shapes identify it.
         num_classes: classifier outputs; defaults to the model's own (1000, or 10 for CIFAR
-            nets); 0 builds no head.
+            nets); 0 builds no head. With ``weights``, a different count replaces the loaded
+            head by a fresh one (fine-tuning).
         in_chans: input channels.
+        weights: ``"imagenet"`` or a tag of :func:`resnets.weights.list_pretrained`
+            (``"IMAGENET1K_V2"``; downloaded once into the cache), or the path of a weights file
+            in any supported format (safetensors, PyTorch, Keras, Paddle), auto-detected.
         **options: ``zero_init_residual``, ``drop_path_rate``, ``drop_rate``, or any field of
             :class:`ResNetConfig` to override (``stride_in_1x1=True``, ``shortcut="projection"``).
     """
+    if weights is not None:
+        from ..weights.convert import load_model_weights  # the weights package imports models
+
+        return load_model_weights(weights, name, num_classes=num_classes, in_chans=in_chans, **options)
+    if name is None:
+        raise ResnetsError("create_model needs a model name, or weights= a file that records one")
     spec = get_model_spec(name)
     config_fields = {f.name for f in dataclasses.fields(ResNetConfig)}
     unknown = set(options) - config_fields - set(MODEL_OPTIONS)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ResnetsError
-from .blocks import BLOCKS, ShortcutKind, conv3x3, make_shortcut, zero_init_last
+from .blocks import BLOCKS, ShortcutKind, SubsampleShortcut, conv3x3, make_shortcut, zero_init_last
 
 StemKind = Literal["imagenet", "deep", "cifar"]
 
@@ -32,6 +32,13 @@ class ResNetConfig:
     shortcut: ``projection`` (1x1 conv + BN, option B), ``avg_down`` (ResNet-D) or
         ``zero_pad`` (parameter-free option A of the CIFAR nets).
     stride_in_1x1: v1 stride placement (first 1x1 conv) instead of v1.5 (3x3 conv).
+    stride_in_last_block: downsample in the LAST block of each stage (for the next stage)
+        instead of the first, with a 1x1 max-pool shortcut: the layout of TF-slim and Keras
+        ``ResNet50V2``. Only for pre-activation blocks; default off.
+    stem_bias: the stem convolution has a bias (Keras ``ResNet50V2``).
+    stem_pool_zero_pad: pad the stem max-pool's input with zeros rather than ignoring the
+        border, as TF/Keras ``ZeroPadding2D`` + ``MaxPooling2D`` do (matters when the pool's
+        input can be negative, i.e. in pre-activation nets).
     """
 
     block: str
@@ -44,6 +51,9 @@ class ResNetConfig:
     groups: int = 1
     width_per_group: int = 64
     stride_in_1x1: bool = False
+    stride_in_last_block: bool = False
+    stem_bias: bool = False
+    stem_pool_zero_pad: bool = False
 
     @property
     def preact(self) -> bool:
@@ -73,6 +83,8 @@ def _validate(config: ResNetConfig, num_classes: int, in_chans: int, drop_path_r
         raise ResnetsError(f"every stage needs at least one block, got layers={config.layers}")
     if config.shortcut not in ("projection", "avg_down", "zero_pad"):
         raise ResnetsError(f"unknown shortcut {config.shortcut!r}; use projection, avg_down or zero_pad")
+    if config.stride_in_last_block and not config.preact:
+        raise ResnetsError("stride_in_last_block needs pre-activation blocks (the Keras ResNetV2 layout)")
     if config.stem not in ("imagenet", "deep", "cifar"):
         raise ResnetsError(f"unknown stem {config.stem!r}; use imagenet, deep or cifar")
     if not isinstance(num_classes, int) or num_classes < 0:
@@ -130,27 +142,35 @@ class ResNet(nn.Module):
         elif config.stem == "cifar":
             self.conv1 = conv3x3(in_chans, width)
         else:
-            self.conv1 = nn.Conv2d(in_chans, width, 7, stride=2, padding=3, bias=False)
+            self.conv1 = nn.Conv2d(in_chans, width, 7, stride=2, padding=3, bias=config.stem_bias)
         # A pre-activation net normalises the stem's output inside its first block instead.
         if not config.preact:
             self.bn1 = nn.BatchNorm2d(width)
             self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.Identity() if config.stem == "cifar" else nn.MaxPool2d(3, 2, padding=1)
+        if config.stem == "cifar":
+            self.maxpool: nn.Module = nn.Identity()
+        elif config.stem_pool_zero_pad:
+            self.maxpool = nn.Sequential(nn.ZeroPad2d(1), nn.MaxPool2d(3, 2))
+        else:
+            self.maxpool = nn.MaxPool2d(3, 2, padding=1)
         self._stem_reduction = 1 if config.stem == "cifar" else 4
 
     def _build_stages(self, config: ResNetConfig, block: type[nn.Module], drop_path_rate: float) -> None:
         total_blocks = sum(config.layers)
         norm = None if config.preact else nn.BatchNorm2d
         in_ch, reduction, index = config.stem_width, self._stem_reduction, 0
+        strides = [1] + [2] * (len(config.layers) - 1)
         for stage, (planes, depth) in enumerate(zip(config.widths, config.layers)):
-            stride = 1 if stage == 0 else 2
-            reduction *= stride
             out_ch = planes * block.expansion
             blocks = []
             for i in range(depth):
                 rate = drop_path_rate * index / max(total_blocks - 1, 1)
-                block_stride = stride if i == 0 else 1
-                shortcut = make_shortcut(config.shortcut, in_ch, out_ch, block_stride, norm)
+                block_stride = self._block_stride(strides, stage, i, depth)
+                reduction *= block_stride
+                if config.stride_in_last_block and block_stride > 1 and in_ch == out_ch:
+                    shortcut: nn.Module | None = SubsampleShortcut(block_stride)
+                else:
+                    shortcut = make_shortcut(config.shortcut, in_ch, out_ch, block_stride, norm)
                 blocks.append(block(in_ch, planes, block_stride, shortcut, groups=config.groups,
                                     base_width=config.width_per_group, drop_path_rate=rate,
                                     stride_in_1x1=config.stride_in_1x1))
@@ -158,6 +178,13 @@ class ResNet(nn.Module):
             name = f"layer{stage + 1}"
             self.add_module(name, nn.Sequential(*blocks))
             self.feature_info.append(FeatureInfo(out_ch, reduction, name))
+
+    def _block_stride(self, strides: list[int], stage: int, index: int, depth: int) -> int:
+        """A stage's stride goes on its first block, or on the previous stage's last block."""
+        if not self.config.stride_in_last_block:
+            return strides[stage] if index == 0 else 1
+        is_last = index == depth - 1 and stage + 1 < len(strides)
+        return strides[stage + 1] if is_last else 1
 
     def _init_weights(self, zero_init_residual: bool) -> None:
         if next(self.parameters()).is_meta:  # shapes only (e.g. for counting): nothing to fill

@@ -1,5 +1,8 @@
-"""Weights: the project's file format, and (later) the pretrained registry and converters."""
+"""Weights: the project's file format, pretrained weights, and converters from other frameworks."""
 
 from .format import WeightsFile, load_weights_file, model_from_weights, save_weights
+from .imagenet import decode_predictions, imagenet_classes
+from .pretrained import PretrainedWeights, get_pretrained, list_pretrained
 
-__all__ = ["WeightsFile", "load_weights_file", "model_from_weights", "save_weights"]
+__all__ = ["PretrainedWeights", "WeightsFile", "decode_predictions", "get_pretrained", "imagenet_classes",
+           "list_pretrained", "load_weights_file", "model_from_weights", "save_weights"]

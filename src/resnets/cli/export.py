@@ -1,0 +1,24 @@
+"""``resnets export CHECKPOINT --format onnx|torchscript|safetensors|prototxt --out PATH``."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..export import FORMATS, export, load_checkpoint
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("export", help="export a model to ONNX, TorchScript, safetensors or prototxt",
+                                   description="Export a model; the result is checked against PyTorch before "
+                                   "it is written.")
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="model name, weights file or run directory")
+    parser.add_argument("--format", required=True, choices=FORMATS)
+    parser.add_argument("--out", required=True, help="file to write")
+    parser.add_argument("--input-size", type=int, help="side of the example input (default: the model's)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    path = export(load_checkpoint(args.checkpoint), args.format, args.out, args.input_size)
+    print(f"{path}: {args.format}")
+    return 0

@@ -1,0 +1,243 @@
+"""Import weights from other frameworks and write them in the project's format.
+
+Every source is first read into one neutral form, :class:`ImportedWeights` (torchvision-named
+tensors plus the model that owns them), from which a model is built and loaded strictly.
+``resnets convert`` then writes that model with :func:`save_weights`, recording its name,
+architecture, class names and preprocessing, so ``create_model(weights=DST)`` alone rebuilds it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ResnetsError
+from ..models import ResNet, create_model, get_model_spec
+from .format import load_state_dict_checked, save_weights
+from .preprocessing import make_preprocessing
+
+SOURCES = ("auto", "torchvision", "timm", "keras", "paddle", "caffe", "resnets")
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+# MSRA's Caffe ResNets take BGR pixels in 0..255 minus a mean image; this is its per-channel mean.
+CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)
+
+
+@dataclass
+class ImportedWeights:
+    """Tensors under torchvision's names and what is needed to build the model they fit."""
+
+    state_dict: dict[str, torch.Tensor]
+    model_name: str | None
+    source: str
+    options: dict[str, Any] = field(default_factory=dict)
+    in_chans: int = 3
+    class_names: list[str] | None = None
+    preprocessing: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        head = self.state_dict.get("fc.weight")
+        return int(head.shape[0]) if head is not None else 0
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """``resnets`` (safetensors), ``torch``, ``keras``, ``paddle`` or ``caffe``, from name and content."""
+    path = Path(path)
+    if not path.is_file():
+        raise ResnetsError(f"no such file: {path}")
+    suffix = "".join(path.suffixes[-2:]).lower() if path.name.endswith(".weights.h5") else path.suffix.lower()
+    by_suffix = {".safetensors": "resnets", ".pth": "torch", ".pt": "torch", ".ckpt": "torch", ".bin": "torch",
+                 ".h5": "keras", ".hdf5": "keras", ".weights.h5": "keras", ".keras": "keras",
+                 ".pdparams": "paddle", ".caffemodel": "caffe", ".prototxt": "caffe"}
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    if head.startswith(_HDF5_MAGIC):
+        return "keras"
+    if head.startswith(b"PK"):
+        if zipfile.is_zipfile(path) and "config.json" in zipfile.ZipFile(path).namelist():
+            return "keras"
+        return "torch"
+    if suffix in by_suffix:
+        return by_suffix[suffix]
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "resnets"
+    raise ResnetsError(f"cannot tell the format of {path}; pass --from (one of {', '.join(SOURCES[1:])})")
+
+
+def read_weights(path: str | os.PathLike, source: str = "auto", model_name: str | None = None,
+                 caffemodel: str | os.PathLike | None = None, num_classes: int | None = None) -> ImportedWeights:
+    """Read any supported weights file into :class:`ImportedWeights` (nothing is unpickled unsafely)."""
+    if source not in SOURCES:
+        raise ResnetsError(f"unknown source format {source!r}; choose from {', '.join(SOURCES)}")
+    kind = detect_format(path) if source == "auto" else {"torchvision": "torch", "timm": "torch"}.get(source, source)
+    if kind == "caffe":
+        return _read_caffe(Path(path), caffemodel, model_name, num_classes)
+    reader = {"resnets": _read_resnets, "torch": _read_torch, "keras": _read_keras, "paddle": _read_paddle}[kind]
+    imported = reader(Path(path))
+    if model_name is not None:
+        imported = _as_model(imported, model_name)
+    if imported.model_name is None:
+        raise ResnetsError(f"the weights in {path} match no registered model; pass --model NAME")
+    return imported
+
+
+def _read_resnets(path: Path) -> ImportedWeights:
+    from .format import load_weights_file
+
+    record = load_weights_file(path)
+    if record.config is None:
+        return _recognised(record.state_dict, str(path), "resnets")
+    args = record.model_args
+    options = {**record.config, "drop_rate": args.get("drop_rate", 0.0)}
+    return ImportedWeights(record.state_dict, record.model_name, record.source or str(path), options,
+                           in_chans=args.get("in_chans", 3), class_names=record.class_names,
+                           preprocessing=record.preprocessing)
+
+
+def _read_torch(path: Path) -> ImportedWeights:
+    from .torch_checkpoint import read_torch_checkpoint
+
+    return _recognised(read_torch_checkpoint(path), str(path), "PyTorch checkpoint")
+
+
+def _read_paddle(path: Path) -> ImportedWeights:
+    from .paddle import read_paddle
+
+    return _recognised(read_paddle(path), str(path), "Paddle")
+
+
+def _read_keras(path: Path) -> ImportedWeights:
+    from .keras import read_keras
+
+    keras = read_keras(path)
+    names = _imagenet_names() if keras.num_classes == 1000 else None
+    return ImportedWeights(keras.state_dict, keras.model_name, f"Keras {path.name}", keras.options,
+                           class_names=names, preprocessing=keras.preprocessing)
+
+
+def _read_caffe(path: Path, caffemodel: str | os.PathLike | None, model_name: str | None,
+                num_classes: int | None) -> ImportedWeights:
+    """A Caffe ResNet (MSRA layer names): the prototxt does not say which registered model it is."""
+    try:
+        from .caffe import caffe_to_state_dict
+    except ImportError:
+        raise ResnetsError("caffe support not installed (resnets.weights.caffe is missing)") from None
+    prototxt, weights = (path, caffemodel) if path.suffix == ".prototxt" else (caffemodel, path)
+    if prototxt is None or weights is None:
+        raise ResnetsError("a Caffe model needs both files: pass the .caffemodel as SRC and --prototxt PATH")
+    if model_name is None:
+        raise ResnetsError("pass --model NAME for a Caffe network (e.g. resnet50_v1 for MSRA's ResNet-50)")
+    model = create_model(model_name, num_classes=num_classes)
+    state = caffe_to_state_dict(prototxt, weights, model)
+    names = _imagenet_names() if model.num_classes == 1000 else None
+    preprocessing = make_preprocessing(256, 224, CAFFE_MEAN_BGR, (1.0, 1.0, 1.0), channel_order="BGR",
+                                       pixel_range=255.0)
+    return ImportedWeights(state, model_name, f"Caffe {Path(weights).name}", class_names=names,
+                           preprocessing=preprocessing)
+
+
+def _recognised(state: dict[str, torch.Tensor], source: str, kind: str) -> ImportedWeights:
+    """Torchvision-named tensors whose model is recognised from their shapes."""
+    from .detect import infer_architecture
+
+    arch = infer_architecture(state, source)
+    names = _imagenet_names() if arch.num_classes == 1000 else None
+    return ImportedWeights(state, arch.model_name, f"{kind} {Path(source).name}", in_chans=arch.in_chans,
+                           class_names=names)
+
+
+def _as_model(imported: ImportedWeights, model_name: str) -> ImportedWeights:
+    """Load the tensors into ``model_name`` instead (e.g. ``resnet50_v1``, which shapes cannot tell)."""
+    get_model_spec(model_name)
+    if imported.model_name == model_name:
+        return imported
+    return dataclasses.replace(imported, model_name=model_name, options={})
+
+
+def _imagenet_names() -> list[str]:
+    from .imagenet import imagenet_class_names
+
+    return imagenet_class_names()
+
+
+def default_preprocessing(model_name: str) -> dict[str, Any]:
+    """The registry's normalisation with the usual resize of 1/0.875 of the crop."""
+    spec = get_model_spec(model_name)
+    return make_preprocessing(round(spec.input_size / 0.875), spec.input_size, spec.mean, spec.std)
+
+
+def build_model(imported: ImportedWeights, num_classes: int | None = None, drop_head: bool = False,
+                **options: Any) -> ResNet:
+    """The model ``imported`` describes, loaded strictly with its tensors.
+
+    ``drop_head`` leaves out the file's classifier (the model has none); ``num_classes`` must
+    then be absent, or equal to the file's. Extra ``options`` go to :func:`create_model`.
+    """
+    state = dict(imported.state_dict)
+    file_classes = imported.num_classes
+    if drop_head:
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        file_classes = 0
+        imported.notes.append("dropped the classifier head: the model outputs pooled features")
+    elif num_classes is not None and num_classes != file_classes:
+        raise ResnetsError(f"the weights' head has {file_classes} classes, not {num_classes}; omit --num-classes "
+                           "to keep it, or pass --drop-head to leave it out")
+    model = create_model(imported.model_name, num_classes=file_classes, in_chans=imported.in_chans,
+                         **{**imported.options, **options})
+    for key, tensor in model.state_dict().items():
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = torch.zeros_like(tensor)
+    load_state_dict_checked(model, state, imported.source)
+    return model
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, source: str = "auto", model_name: str | None = None,
+            num_classes: int | None = None, drop_head: bool = False,
+            caffemodel: str | os.PathLike | None = None) -> tuple[ResNet, ImportedWeights]:
+    """Convert ``src`` (any supported format) to a self-describing safetensors file at ``dst``."""
+    imported = read_weights(src, source, model_name, caffemodel, num_classes)
+    model = build_model(imported, num_classes=num_classes, drop_head=drop_head)
+    class_names = imported.class_names if model.num_classes == len(imported.class_names or ()) else None
+    preprocessing = imported.preprocessing or default_preprocessing(imported.model_name)
+    save_weights(dst, model, class_names=class_names, preprocessing=preprocessing, source=imported.source,
+                 extra={"notes": imported.notes} if imported.notes else None)
+    return model, imported
+
+
+def load_model_weights(weights: str | os.PathLike, model_name: str | None = None, num_classes: int | None = None,
+                       in_chans: int = 3, **options: Any) -> ResNet:
+    """``create_model(name, weights=...)``: a registered tag (``"imagenet"``) or a file of any format.
+
+    With ``num_classes`` different from the weights' head, the head is replaced by a fresh one
+    (fine-tuning); everything else loads strictly.
+    """
+    if Path(weights).is_file():
+        imported = read_weights(weights, model_name=model_name)
+    else:
+        if model_name is None:
+            raise ResnetsError(f"no such weights file: {weights} (a tag like 'imagenet' needs a model name)")
+        imported = _pretrained(model_name, str(weights))
+    if in_chans != imported.in_chans:
+        raise ResnetsError(f"the weights take {imported.in_chans} input channels, not {in_chans}")
+    model = build_model(imported, **options)
+    if num_classes is not None and num_classes != model.num_classes:
+        model.reset_classifier(num_classes)
+    else:
+        model.class_names = imported.class_names
+    model.preprocessing = imported.preprocessing or default_preprocessing(imported.model_name)
+    return model
+
+
+def _pretrained(model_name: str, tag: str) -> ImportedWeights:
+    from .pretrained import get_pretrained, load_pretrained_state_dict
+
+    entry = get_pretrained(model_name, tag)
+    return ImportedWeights(load_pretrained_state_dict(entry), model_name, entry.source,
+                           class_names=list(entry.class_names), preprocessing=entry.preprocessing)

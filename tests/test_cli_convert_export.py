@@ -1,0 +1,113 @@
+"""`resnets convert` and `resnets export`: success paths, and one line + status 2 for bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from resnets import create_model
+from resnets.cli import main
+from resnets.export import export
+from weights_helpers import randomise
+
+
+def _run(capsys, *argv):
+    with pytest.raises(SystemExit) as exited:
+        main(list(argv))
+    out, err = capsys.readouterr()
+    return exited.value.code, out, err
+
+
+@pytest.fixture(scope="module")
+def r18_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "r18.pth"
+    torch.save(randomise(torchvision.models.resnet18()).state_dict(), path)
+    return path
+
+
+def test_convert_then_rebuild_without_a_name(tmp_path, capsys, r18_checkpoint):
+    status, out, _ = _run(capsys, "convert", str(r18_checkpoint), str(tmp_path / "w.safetensors"))
+    assert status == 0 and "resnet18" in out
+    assert create_model(weights=str(tmp_path / "w.safetensors")).model_name == "resnet18"
+
+
+class _Marker:
+    path = ""
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _bad_inputs(tmp_path, r18_checkpoint):
+    data = r18_checkpoint.read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 3])
+    torch.save(torchvision.models.vgg11().state_dict(), tmp_path / "vgg.pth")
+    _Marker.path = str(tmp_path / "pwned")
+    torch.save({"payload": _Marker()}, tmp_path / "evil.pth")
+    (tmp_path / "notes.xyz").write_text("hello")
+    return {"truncated": ["convert", str(tmp_path / "cut.pth")],
+            "not a ResNet": ["convert", str(tmp_path / "vgg.pth")],
+            "NOT unpickled": ["convert", str(tmp_path / "evil.pth")],
+            "cannot tell the format": ["convert", str(tmp_path / "notes.xyz")],
+            "does not fit resnet50": ["convert", str(r18_checkpoint), "--model", "resnet50"]}
+
+
+def test_bad_inputs_one_line_status_2(tmp_path, capsys, r18_checkpoint):
+    for expected, argv in _bad_inputs(tmp_path, r18_checkpoint).items():
+        status, out, err = _run(capsys, *argv, str(tmp_path / "out.safetensors"))
+        assert status == 2, expected
+        assert err.startswith("resnets: error: ") and err.count("\n") == 1 and expected in err, err
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "out.safetensors").exists()
+    status, _, err = _run(capsys, "export", "resnet9000", "--format", "onnx", "--out", str(tmp_path / "m.onnx"))
+    assert status == 2 and "neither a file" in err
+
+
+@pytest.mark.slow
+def test_onnx_export_of_resnet50_matches_pytorch_at_batch_1_and_7(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    model = randomise(create_model("resnet50"))
+    export(model, "onnx", tmp_path / "r50.onnx", input_size=64)
+    session = ort.InferenceSession(str(tmp_path / "r50.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (1, 7):
+        x = torch.randn(batch, 3, 64, 64)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        assert np.abs(session.run(None, {"input": x.numpy()})[0] - expected).max() < 1e-4
+
+
+def test_export_cli_torchscript_from_weights_file(tmp_path, capsys, r18_checkpoint):
+    status, _, _ = _run(capsys, "convert", str(r18_checkpoint), str(tmp_path / "w.safetensors"))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (tmp_path / "w.safetensors").rename(run_dir / "weights.safetensors")
+    status, out, _ = _run(capsys, "export", str(run_dir), "--format", "torchscript", "--out",
+                          str(tmp_path / "m.pt"), "--input-size", "64")
+    assert status == 0
+    scripted = torch.jit.load(str(tmp_path / "m.pt"))
+    model = create_model(weights=str(run_dir / "weights.safetensors")).eval()
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        assert (scripted(x) - model(x)).abs().max().item() < 1e-5
+
+
+def test_caffe_round_trip_through_export_and_convert(tmp_path, capsys):
+    pytest.importorskip("resnets.weights.caffe")
+    model = randomise(create_model("resnet18"))
+    status, _, err = _run(capsys, "export", "resnet18", "--format", "prototxt", "--out", str(tmp_path / "r.prototxt"))
+    assert status == 0, err
+    from resnets.weights.caffe import export_caffe
+
+    export_caffe(model, tmp_path / "r.prototxt", tmp_path / "r.caffemodel")
+    status, _, err = _run(capsys, "convert", str(tmp_path / "r.caffemodel"), str(tmp_path / "r.safetensors"),
+                          "--prototxt", str(tmp_path / "r.prototxt"))
+    assert status == 2 and "--model" in err
+    status, _, err = _run(capsys, "convert", str(tmp_path / "r.caffemodel"), str(tmp_path / "r.safetensors"),
+                          "--prototxt", str(tmp_path / "r.prototxt"), "--model", "resnet18")
+    assert status == 0, err
+    converted = create_model(weights=str(tmp_path / "r.safetensors")).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert (converted(x) - model(x)).abs().max().item() < 1e-4
+    assert converted.preprocessing["channel_order"] == "BGR"
