@@ -91,6 +91,9 @@ class OnnxRuntimeModule(nn.Module):
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Idle ORT threads otherwise spin for a while after each run, stealing the cores from
+        # whatever the process does next (PyTorch, data loading, another model).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.backend = backend

@@ -18,7 +18,7 @@ from typing import Sequence
 from ..errors import ResnetsError
 
 # Command modules, in the order `resnets --help` lists them.
-COMMANDS: tuple[str, ...] = ()
+COMMANDS: tuple[str, ...] = ("bench", "compare")
 
 
 class _Parser(argparse.ArgumentParser):
