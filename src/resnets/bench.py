@@ -185,12 +185,13 @@ def train_images_per_s(model: nn.Module, batch: Tensor, repeats: int, warmup: in
     """Training-step throughput (forward, cross-entropy, backward, SGD step) of a model copy."""
     import copy
 
-    model = copy.deepcopy(model).train()
+    model = copy.deepcopy(model).eval()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     batch = batch.contiguous(memory_format=fmt)
     with torch.no_grad():
         classes = model(batch[:1]).shape[1]
+    model.train()
     targets = torch.randint(0, classes, (batch.shape[0],))
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, foreach=channels_last)
 
@@ -213,12 +214,23 @@ def build_model(name: str) -> tuple[nn.Module, int]:
     return torchvision_model(name), 224
 
 
+def check_model_names(names: Sequence[str]) -> None:
+    """A one-line ResnetsError for the first name that is neither ours nor torchvision's."""
+    import torchvision
+
+    from .models import list_models
+
+    known = set(list_models()) | set(torchvision.models.list_models(module=torchvision.models))
+    for name in names:
+        if name not in known:
+            raise ResnetsError(f"unknown model {name!r}: neither a resnets model (`resnets models`) "
+                               "nor a torchvision classification model")
+
+
 def torchvision_model(name: str) -> nn.Module:
     import torchvision
 
-    if name not in torchvision.models.list_models(module=torchvision.models):
-        raise ResnetsError(f"unknown model {name!r}: neither a resnets model (`resnets models`) "
-                           "nor a torchvision classification model")
+    check_model_names([name])
     return torchvision.models.get_model(name, weights=None).eval()
 
 
@@ -268,12 +280,13 @@ def benchmark(models: Sequence[str], backends: Sequence[str], batch_sizes: Seque
 
     Args:
         img_size: input side; defaults to each model's own (224, or 32 for CIFAR nets).
-        train: also measure training-step images/s (eager: channels-last + foreach SGD; the
-            reference: torchvision's NCHW model with plain SGD).
+        train: also measure training-step images/s at batch sizes > 1 (eager: channels-last +
+            foreach SGD; the reference: torchvision's NCHW model with plain SGD).
         repeats, warmup: timed and untimed calls of each backend per batch size.
     """
     for backend in backends:
         check_backend(backend)
+    check_model_names(models)
     if repeats < 1 or warmup < 0:
         raise ResnetsError(f"--reps must be >= 1 and --warmup >= 0, got {repeats} and {warmup}")
     if img_size is not None and img_size < 1:
@@ -325,7 +338,7 @@ def _bench_model(name: str, backends: Sequence[str], batch_sizes: Sequence[int],
         reference = batch_rows.get(REFERENCE)
         for row in batch_rows.values():
             row.speedup = row.images_per_s / reference.images_per_s if reference else None
-        if train:
+        if train and batch_size > 1:  # BatchNorm cannot train on a single image
             _add_train_rates(batch_rows, model, peer, batch, repeats, warmup)
         rows.extend(batch_rows.values())
     return rows

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .bench import build_model, count_macs, time_interleaved
+from .bench import build_model, check_model_names, count_macs, time_interleaved
 from .errors import ResnetsError
 from .inference import check_backend, optimize_for_inference
 
@@ -61,6 +61,7 @@ def compare(models: Sequence[str] = DEFAULT_MODELS, backend: str = "eager", batc
             progress: Callable[[str], None] | None = None) -> list[CompareRow]:
     """Measure each model's size, MACs, batch-1 latency and batch throughput at ``img_size``."""
     check_backend(backend)
+    check_model_names(models)
     if batch_size < 1 or repeats < 1 or warmup < 0 or img_size < 32:
         raise ResnetsError("--batch-size and --reps must be >= 1, --warmup >= 0, --img-size >= 32")
     rows = []
