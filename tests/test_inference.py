@@ -107,6 +107,17 @@ def test_unknown_backend_is_a_one_line_error():
     assert all(b in str(error.value) for b in BACKENDS)
 
 
+def test_auto_backend_is_exact_with_or_without_onnxruntime(monkeypatch):
+    model, x = tiny_model("resnet20")
+    with torch.no_grad():
+        expected = model(x)
+    fast = optimize_for_inference(model)
+    assert fast.backend == ("onnxruntime" if onnxruntime_available() else "eager")
+    torch.testing.assert_close(fast(x), expected, rtol=0, atol=1e-4)
+    monkeypatch.setattr("resnets.inference.onnxruntime_available", lambda: False)
+    assert optimize_for_inference(model).backend == "eager"
+
+
 def test_missing_onnxruntime_is_a_one_line_error(monkeypatch):
     monkeypatch.setattr("resnets.inference.onnxruntime_available", lambda: False)
     model, _ = tiny_model("resnet20")

@@ -30,15 +30,19 @@ from torch import Tensor, nn
 from .errors import ResnetsError
 
 BACKENDS: tuple[str, ...] = ("eager", "compile", "onnxruntime", "int8")
-# The fastest exact backend measured on a 2-core x86 CPU (see benchmarks/inference_cpu.py).
-DEFAULT_BACKEND = "eager"
+# ``auto``: the fastest exact backend measured on a 2-core x86 CPU (benchmarks/inference_cpu.py):
+# onnxruntime where installed, else eager. ``compile`` is as fast once warm, but compiles for
+# about a minute per input shape there.
+DEFAULT_BACKEND = "auto"
 ONNX_OPSET = 17
 
 
 def check_backend(backend: str) -> str:
-    """``backend`` if it is known and its runtime is installed; a one-line ResnetsError if not."""
+    """``backend`` (``auto`` resolved) if known and installed; a one-line ResnetsError if not."""
+    if backend == "auto":
+        return "onnxruntime" if onnxruntime_available() else "eager"
     if backend not in BACKENDS:
-        raise ResnetsError(f"unknown inference backend {backend!r}; choose from {', '.join(BACKENDS)}")
+        raise ResnetsError(f"unknown inference backend {backend!r}; choose from auto, {', '.join(BACKENDS)}")
     if backend in ("onnxruntime", "int8") and not onnxruntime_available():
         raise ResnetsError(f"backend {backend!r} needs onnxruntime: pip install 'resnets[onnx]'")
     return backend
@@ -111,13 +115,14 @@ def optimize_for_inference(model: nn.Module, backend: str = DEFAULT_BACKEND,
 
     Args:
         model: any fx-traceable image model (ours or torchvision's).
-        backend: ``eager``, ``compile``, ``onnxruntime`` or ``int8`` (see the module doc).
+        backend: ``eager``, ``compile``, ``onnxruntime``, ``int8`` (see the module doc) or
+            ``auto``: the fastest exact one installed (onnxruntime, else eager).
         example_input: an input batch used to export (ONNX backends) or warm up (``compile``);
             defaults to one image of the model's input size (``model.min_input_size``-aware).
         calibration_data: ``int8`` only, required: a tensor of images or an iterable of
             batches from the training distribution (a few hundred images is enough).
     """
-    check_backend(backend)
+    backend = check_backend(backend)
     if backend == "int8" and calibration_data is None:
         raise ResnetsError("backend 'int8' needs calibration_data: a few hundred representative images")
     example = example_input if example_input is not None else _default_input(model)
