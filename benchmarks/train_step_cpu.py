@@ -1,6 +1,6 @@
 """CPU training-step throughput: our step against a plain torchvision + SGD loop, same run.
 
-Our step: channels-last model and batch, foreach SGD, no per-step synchronisation (the loss is
+Our step: channels-last model and batch, fused (else foreach) SGD, no per-step synchronisation (the loss is
 not read back each step). The plain loop: NCHW, for-loop SGD, ``loss.item()`` every step. For
 ResNet-20 (which torchvision lacks) the plain loop runs our model the plain way. Steps of both
 are interleaved. Prints one JSON document.
@@ -29,7 +29,10 @@ TARGET = 1.3
 def our_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor):
     model = model.to(memory_format=torch.channels_last).train()
     images = images.contiguous(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4, foreach=True)
+    try:  # the settings of resnets' training loop: fused SGD where supported, else foreach
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4, fused=True)
+    except RuntimeError:
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4, foreach=True)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
