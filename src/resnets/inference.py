@@ -160,11 +160,11 @@ def _onnx_module(folded: nn.Module, backend: str, example: Tensor,
 
 
 def export_onnx(model: nn.Module, example: Tensor, path: str | os.PathLike) -> None:
-    """Export ``model`` (eval mode) to ONNX with a dynamic batch dimension."""
+    """Export ``model`` (eval mode) to ONNX with dynamic batch, height and width."""
     with torch.no_grad():
         torch.onnx.export(model, (example.contiguous(),), str(path), input_names=["images"],
                           output_names=["logits"], opset_version=ONNX_OPSET, dynamo=False,
-                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+                          dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch"}})
 
 
 def _calibration_batches(data: Tensor | Iterable[Tensor] | None) -> list[Tensor]:
