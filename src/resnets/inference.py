@@ -1,0 +1,199 @@
+"""Fast inference: a frozen, eval-mode copy of a model tuned for one runtime.
+
+:func:`optimize_for_inference` never touches the model it is given: it deep-copies it, switches
+the copy to eval mode, folds every BatchNorm into the convolution before it (a conv followed by
+an affine map is one conv with rescaled weights and a bias), stores weights channels-last
+(oneDNN's fast layout on CPU, tensor cores' on GPU) and runs it under ``torch.inference_mode``.
+Backends then differ in who executes the folded graph:
+
+- ``eager``: PyTorch itself. Exact (fp32) and no warm-up.
+- ``compile``: ``torch.compile`` (inductor) with weight freezing. Exact to ~1e-5; the first call
+  compiles (tens of seconds on a small CPU).
+- ``onnxruntime``: exported to ONNX (dynamic batch) and run by an ONNX Runtime session using
+  PyTorch's thread count. Needs the ``onnx`` extra.
+- ``int8``: ONNX Runtime static post-training quantization (QDQ, per-channel weights),
+  calibrated on ``calibration_data``. Not exact: measure its accuracy on your data.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ResnetsError
+
+BACKENDS: tuple[str, ...] = ("eager", "compile", "onnxruntime", "int8")
+# ``auto``: the fastest exact backend measured on a 2-core x86 CPU (benchmarks/inference_cpu.py):
+# onnxruntime where installed, else eager. ``compile`` is as fast once warm, but compiles for
+# about a minute per input shape there.
+DEFAULT_BACKEND = "auto"
+ONNX_OPSET = 17
+
+
+def check_backend(backend: str) -> str:
+    """``backend`` (``auto`` resolved) if known and installed; a one-line ResnetsError if not."""
+    if backend == "auto":
+        return "onnxruntime" if onnxruntime_available() else "eager"
+    if backend not in BACKENDS:
+        raise ResnetsError(f"unknown inference backend {backend!r}; choose from auto, {', '.join(BACKENDS)}")
+    if backend in ("onnxruntime", "int8") and not onnxruntime_available():
+        raise ResnetsError(f"backend {backend!r} needs onnxruntime: pip install 'resnets[onnx]'")
+    return backend
+
+
+def onnxruntime_available() -> bool:
+    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``model`` with each BatchNorm that follows a conv folded into it.
+
+    BatchNorms not fed by a single-use convolution (pre-activation nets' norms) are kept.
+    The result is a ``torch.fx.GraphModule`` computing the same function in eval mode.
+    """
+    from torch.fx.experimental.optimization import fuse
+
+    frozen = copy.deepcopy(model).eval()
+    for parameter in frozen.parameters():
+        parameter.requires_grad_(False)
+    try:
+        return fuse(frozen, inplace=True)
+    except Exception as error:  # noqa: BLE001 - fx cannot trace data-dependent control flow
+        raise ResnetsError(f"cannot fold BatchNorm: {type(model).__name__} is not fx-traceable "
+                           f"({type(error).__name__}: {str(error).splitlines()[0]})") from error
+
+
+class InferenceModule(nn.Module):
+    """A frozen model run under ``torch.inference_mode`` with channels-last inputs."""
+
+    def __init__(self, model: nn.Module, backend: str) -> None:
+        super().__init__()
+        self.model = model
+        self.backend = backend
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.inference_mode():
+            return self.model(x.contiguous(memory_format=torch.channels_last))
+
+
+class OnnxRuntimeModule(nn.Module):
+    """An ONNX Runtime session behind a module interface: tensors in, tensors out."""
+
+    def __init__(self, onnx_path: str | os.PathLike, backend: str) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Idle ORT threads otherwise spin for a while after each run, stealing the cores from
+        # whatever the process does next (PyTorch, data loading, another model).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.backend = backend
+
+    def forward(self, x: Tensor) -> Tensor:
+        array = x.detach().cpu().contiguous().float().numpy()
+        (logits,) = self.session.run(None, {self.input_name: array})
+        return torch.from_numpy(logits)
+
+
+def optimize_for_inference(model: nn.Module, backend: str = DEFAULT_BACKEND,
+                           example_input: Tensor | None = None,
+                           calibration_data: Tensor | Iterable[Tensor] | None = None) -> nn.Module:
+    """A fast, eval-mode copy of ``model``; the model itself stays trainable and unchanged.
+
+    Args:
+        model: any fx-traceable image model (ours or torchvision's).
+        backend: ``eager``, ``compile``, ``onnxruntime``, ``int8`` (see the module doc) or
+            ``auto``: the fastest exact one installed (onnxruntime, else eager).
+        example_input: an input batch used to export (ONNX backends) or warm up (``compile``);
+            defaults to one image of the model's input size (``model.min_input_size``-aware).
+        calibration_data: ``int8`` only, required: a tensor of images or an iterable of
+            batches from the training distribution (a few hundred images is enough).
+    """
+    backend = check_backend(backend)
+    if backend == "int8" and calibration_data is None:
+        raise ResnetsError("backend 'int8' needs calibration_data: a few hundred representative images")
+    example = example_input if example_input is not None else _default_input(model)
+    folded = fold_batchnorm(model).to(memory_format=torch.channels_last)
+    if backend == "eager":
+        return InferenceModule(folded, backend)
+    if backend == "compile":
+        compiled = torch.compile(folded, options={"freezing": True})
+        module = InferenceModule(compiled, backend)
+        module(example)  # compile now, not at the caller's first timed call
+        return module
+    return _onnx_module(folded, backend, example, calibration_data)
+
+
+def _default_input(model: nn.Module) -> Tensor:
+    name = getattr(model, "model_name", None)
+    size = 224
+    if name is not None:
+        from .models import get_model_spec
+
+        size = get_model_spec(name).input_size
+    channels = getattr(model, "in_chans", 3)
+    return torch.randn(1, channels, size, size)
+
+
+def _onnx_module(folded: nn.Module, backend: str, example: Tensor,
+                 calibration_data: Tensor | Iterable[Tensor] | None) -> nn.Module:
+    with tempfile.TemporaryDirectory(prefix="resnets-ort-") as workdir:
+        onnx_path = Path(workdir) / "model.onnx"
+        export_onnx(folded, example, onnx_path)
+        if backend == "int8":
+            fp32_path, onnx_path = onnx_path, Path(workdir) / "model.int8.onnx"
+            quantize_onnx_int8(fp32_path, onnx_path, _calibration_batches(calibration_data))
+        return OnnxRuntimeModule(onnx_path, backend)
+
+
+def export_onnx(model: nn.Module, example: Tensor, path: str | os.PathLike) -> None:
+    """Export ``model`` (eval mode) to ONNX with dynamic batch, height and width."""
+    with torch.no_grad():
+        torch.onnx.export(model, (example.contiguous(),), str(path), input_names=["images"],
+                          output_names=["logits"], opset_version=ONNX_OPSET, dynamo=False,
+                          dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch"}})
+
+
+def _calibration_batches(data: Tensor | Iterable[Tensor] | None) -> list[Tensor]:
+    if isinstance(data, Tensor):
+        return list(data.split(32))
+    batches = [batch[0] if isinstance(batch, (tuple, list)) else batch for batch in data or ()]
+    if not batches:
+        raise ResnetsError("calibration_data is empty: give a few hundred representative images")
+    return batches
+
+
+def quantize_onnx_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
+                       batches: Sequence[Tensor]) -> None:
+    """Static int8 quantization (QDQ, per-channel weights) calibrated on ``batches``.
+
+    ``reduce_range`` keeps weights to 7 bits: x86 CPUs without VNNI multiply u8 x s8 pairs with
+    a saturating 16-bit add, which 8-bit weights can overflow.
+    """
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                          QuantType, quantize_static)
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = iter(batches)
+
+        def get_next(self) -> dict | None:
+            batch = next(self._batches, None)
+            return None if batch is None else {"images": batch.contiguous().float().numpy()}
+
+    quantize_static(str(fp32_path), str(int8_path), _Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
