@@ -48,17 +48,22 @@ def resolve_weights(checkpoint: str | os.PathLike) -> Path:
     return path
 
 
-def load_for_inference(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> InferenceModel:
+def load_for_inference(checkpoint: str | os.PathLike, device: str | torch.device = "cpu",
+                       backend: str = "eager") -> InferenceModel:
     """THE one place that prepares a trained model for inference (eval mode, device, metadata).
 
-    Every inference path (``evaluate``, ``predict``) goes through here, so a faster inference
-    form of the model (e.g. BatchNorm folded into convolutions) plugs in at this single spot.
+    Every inference path (``evaluate``, ``predict``) goes through here. The model comes back
+    in its fast form (:func:`resnets.inference.optimize_for_inference`: BatchNorm folded into the
+    convolutions, channels-last, inference mode); ``backend`` picks among the exact fp32 paths.
     """
+    from .inference import optimize_for_inference
+
     model, record = model_from_weights(resolve_weights(checkpoint))
     device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                           "cpu" if device == "auto" else device)
-    model.eval().to(device)
-    classes = record.class_names or [str(i) for i in range(model.num_classes)]
+    plain = model.eval().to(device)
+    model = optimize_for_inference(plain, backend=backend)
+    classes = record.class_names or [str(i) for i in range(plain.num_classes)]
     pre = record.preprocessing or {}
     from .models import get_model_spec
 
