@@ -11,7 +11,6 @@ Calibration uses training images; accuracy is measured on test images. Prints on
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import random
 import statistics

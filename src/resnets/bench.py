@@ -74,34 +74,10 @@ def matmul_peak_gflops(sizes: Sequence[int] = (512, 1024, 2048), repeats: int = 
 
 
 def count_macs(model: nn.Module, input_size: Sequence[int]) -> int:
-    """Multiply-accumulates of one forward pass, counted over convolutions and linear layers."""
-    total = 0
+    """Multiply-adds of one forward pass at batch 1, counted as `resnets summary` counts them."""
+    from .summary import summary
 
-    def conv_hook(module: nn.Conv2d, _inputs: tuple, output: Tensor) -> None:
-        nonlocal total
-        per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-        total += output.numel() * per_output
-
-    def linear_hook(module: nn.Linear, _inputs: tuple, output: Tensor) -> None:
-        nonlocal total
-        total += output.numel() * module.in_features
-
-    handles = []
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            handles.append(module.register_forward_hook(conv_hook))
-        elif isinstance(module, nn.Linear):
-            handles.append(module.register_forward_hook(linear_hook))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.inference_mode():
-            model(torch.zeros(1, *input_size))
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    return total
+    return summary(model, (1, *input_size)).macs
 
 
 def time_interleaved(runners: dict[str, Callable[[], object]], repeats: int,
