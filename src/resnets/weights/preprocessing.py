@@ -14,10 +14,9 @@ and ``std`` are in those units and that order. Keras' caffe-style ResNet50, for 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
-from torchvision.transforms import v2 as T
 
 from ..errors import ResnetsError
 
@@ -40,8 +39,10 @@ class _ReorderAndScale(torch.nn.Module):
         return x.flip(-3) if self.bgr else x
 
 
-def build_transform(preprocessing: dict[str, Any]) -> T.Compose:
+def build_transform(preprocessing: dict[str, Any]) -> Callable[[Any], torch.Tensor]:
     """A torchvision transform taking a PIL image (or uint8 tensor) to the model's input tensor."""
+    from torchvision.transforms import v2 as T  # torchvision is slow to import: only when used
+
     try:
         interpolation = T.InterpolationMode(preprocessing.get("interpolation", "bilinear"))
         order = preprocessing.get("channel_order", "RGB").upper()
