@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..data import inspect_source, pack_lmdb
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,6 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _info(args: argparse.Namespace) -> int:
+    from ..data import inspect_source  # imported when run: it pulls in torchvision
+
     report = inspect_source(args.path, check=args.check)
     if args.json:
         print(json.dumps(report, indent=2))
@@ -46,6 +47,8 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _pack(args: argparse.Namespace) -> int:
+    from ..data import pack_lmdb
+
     summary = pack_lmdb(args.src, args.dst, size=args.size, workers=args.workers)
     if args.json:
         print(json.dumps(summary, indent=2))

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from torchvision.transforms import v2
 
 BatchMix = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -16,11 +15,13 @@ def build_batch_mix(mixup: float, cutmix: float, num_classes: int) -> BatchMix |
     With both enabled, each batch picks one of them at random (as timm and torchvision's
     reference scripts do).
     """
+    if mixup <= 0 and cutmix <= 0:
+        return None
+    from torchvision.transforms import v2  # torchvision is slow to import: only when mixing
+
     choices = []
     if mixup > 0:
         choices.append(v2.MixUp(alpha=mixup, num_classes=num_classes))
     if cutmix > 0:
         choices.append(v2.CutMix(alpha=cutmix, num_classes=num_classes))
-    if not choices:
-        return None
     return choices[0] if len(choices) == 1 else v2.RandomChoice(choices)
