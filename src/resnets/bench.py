@@ -351,7 +351,7 @@ def plot_report(report: BenchReport, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .fileio import atomic_path
+    from .fileio import save_figure
 
     batch_sizes = sorted({row.batch_size for row in report.rows})
     models = list(dict.fromkeys(row.model for row in report.rows))
@@ -368,9 +368,4 @@ def plot_report(report: BenchReport, path: str | Path) -> Path:
         axis.set_title(f"batch {batch_size}")
         axis.set_ylabel("images/s")
     axes[0][0].legend(fontsize="small")
-    figure.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=110)

@@ -108,7 +108,7 @@ def plot_accuracy_vs_latency(rows: Sequence[CompareRow], path: str | Path) -> Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .fileio import atomic_path
+    from .fileio import save_figure
 
     rated = [r for r in rows if r.top1 is not None]
     figure, axis = plt.subplots(figsize=(6.5, 4.5))
@@ -123,9 +123,4 @@ def plot_accuracy_vs_latency(rows: Sequence[CompareRow], path: str | Path) -> Pa
     axis.set_xlabel("batch-1 latency on this machine (ms, log scale)")
     axis.set_ylabel("published ImageNet-1K top-1 (%)")
     axis.legend(loc="lower right")
-    figure.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=110)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .errors import ResnetsError
-from .fileio import atomic_path
+from .fileio import save_figure
 
 
 @torch.inference_mode()
@@ -107,11 +107,7 @@ def plot_confusion(report: EvalReport, path: str | os.PathLike) -> Path:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"top-1 {report.top1:.2f}% on {report.count} images")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def _label_map(data_classes: list[str], model_classes: list[str]) -> torch.Tensor:

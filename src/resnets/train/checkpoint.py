@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import ResnetsError
-from ..fileio import atomic_path, atomic_write_text
+from ..fileio import atomic_path, atomic_write_text, save_figure
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -79,7 +79,4 @@ def plot_curves(run_dir: Path, history: list[dict[str, Any]]) -> None:
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    with atomic_path(run_dir / CURVES) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, run_dir / CURVES)
