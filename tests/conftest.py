@@ -43,3 +43,12 @@ def run_cli(capsys):
         return exited.value.code, captured.out, captured.err
 
     return run
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run faster on one thread than on two threads that wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

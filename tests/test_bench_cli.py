@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from resnets.bench import count_macs, percentile
 from resnets.cli import main
@@ -13,12 +12,7 @@ from resnets.compare import CompareRow, pareto_front
 from resnets.inference import onnxruntime_available
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_cli(argv, capsys):

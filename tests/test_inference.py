@@ -135,13 +135,7 @@ def _separable_data(n: int, generator: torch.Generator) -> tuple[torch.Tensor, t
     return images, labels
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread than on two threads that wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @needs_ort
