@@ -38,13 +38,17 @@ def collect_logits(model: nn.Module, loader: Iterable, amp: bool = False, channe
 
 
 @torch.inference_mode()
-def extract_features(model: nn.Module, loader: Iterable) -> torch.Tensor:
-    """Pooled pre-logits embeddings of every image (eval mode), for head-only training."""
+def extract_features(model: nn.Module, loader: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled pre-logits embeddings of every image (eval mode) and their labels, for head-only
+    training. The labels come from the loader, so images a streaming loader skipped are absent."""
     was_training = model.training
     model.eval()
-    feats = [model.forward_head(model.forward_features(x), pre_logits=True) for x, _ in loader]
+    feats, labels = [], []
+    for x, y in loader:
+        feats.append(model.forward_head(model.forward_features(x), pre_logits=True))
+        labels.append(y)
     model.train(was_training)
-    return torch.cat(feats)
+    return torch.cat(feats), torch.cat(labels)
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[float]:

@@ -36,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--img-size", type=int, help="input size (default: the model's)")
     p.add_argument("--augment", choices=AUGMENT_PRESETS, help="augmentation preset (default: the model's)")
     p.add_argument("--val-split", type=float, help="hold out this fraction when the data has no val/test split")
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                   help="decode images from disk every epoch in --workers processes instead of once into "
+                        "memory (default: stream only when the decoded set would exceed 4 GiB)")
     p.add_argument("--num-classes", type=int, help="check the data has this many classes")
     p.add_argument("--weights", help="start from this weights file (a new head if the classes differ)")
     p.add_argument("--freeze", help="'backbone' or a comma list of stem,layer1,...,layer4")
@@ -47,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--stop-after", type=int, metavar="N", help="stop after N epochs of this session (resumable)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--workers", type=int, default=2, help="image decoding threads")
+    p.add_argument("--workers", type=int, default=2, help="image decoding threads (processes with --stream)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(handler=run)
 

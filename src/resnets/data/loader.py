@@ -22,7 +22,7 @@ from .dataset import ImageDataset
 from .images import BadImageError, BadImageWarning
 
 
-def _seed_for(*parts: int) -> int:
+def mix_seed(*parts: int) -> int:
     """A well-mixed 63-bit seed from integers (seed, epoch, ...)."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
 
@@ -88,14 +88,14 @@ class TensorLoader:
         total = len(self.images)
         if self.shuffle:
             order = torch.randperm(total, generator=torch.Generator().manual_seed(
-                _seed_for(self.seed, self.epoch)))
+                mix_seed(self.seed, self.epoch)))
         else:
             order = torch.arange(total)
         mine = shard_indices(order, self.rank, self.world_size, self.drop_last)
         return mine[: len(self) * self.batch_size]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        generator = torch.Generator().manual_seed(_seed_for(self.seed, self.epoch, self.rank, 1))
+        generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, self.rank, 1))
         indices = self.indices()
         for start in range(0, len(indices), self.batch_size):
             with _one_cpu_thread(self.device):
@@ -145,10 +145,15 @@ def torchvision_transform(preset: str, img_size: int, mean: Sequence[float], std
 
 
 class _Transformed(torch.utils.data.Dataset):
-    """``dataset`` through ``transform``; an unreadable image becomes None (dropped by the collate)."""
+    """``dataset`` through ``transform``; an unreadable image becomes None (dropped by the collate).
 
-    def __init__(self, dataset: ImageDataset, transform: v2.Transform):
-        self.dataset, self.transform = dataset, transform
+    With a ``seed``, each image's random augmentation is drawn from a generator seeded by
+    (seed, epoch, index): the same whatever the number of workers or which worker loads it.
+    """
+
+    def __init__(self, dataset: ImageDataset, transform: v2.Transform, seed: int | None = None):
+        self.dataset, self.transform, self.seed = dataset, transform, seed
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -160,6 +165,8 @@ class _Transformed(torch.utils.data.Dataset):
             warnings.warn(f"skipped unreadable image {self.dataset.describe(index)}", BadImageWarning,
                           stacklevel=2)
             return None
+        if self.seed is not None:
+            torch.manual_seed(mix_seed(self.seed, self.epoch, index))  # v2 transforms use the global RNG
         return self.transform(image), label
 
 
@@ -173,17 +180,20 @@ def _collate_readable(samples: list) -> tuple[torch.Tensor, torch.Tensor]:
 def make_dataloader(dataset: ImageDataset, preset: str, img_size: int, mean: Sequence[float],
                     std: Sequence[float], train: bool, batch_size: int, workers: int = 2,
                     seed: int = 0, rank: int = 0, world_size: int = 1,
-                    pin_memory: bool = False) -> torch.utils.data.DataLoader:
+                    pin_memory: bool = False, persistent: bool = True) -> torch.utils.data.DataLoader:
     """A torch DataLoader decoding from disk, for data sets too large for :func:`decode_to_memory`.
 
     Training loaders shuffle (seeded; call ``loader.sampler.set_epoch(e)`` each epoch) and drop
     the last partial batch. With ``world_size > 1`` a ``DistributedSampler`` shards the epoch.
     Unreadable images are skipped with a warning, so a batch can be smaller than ``batch_size``.
+    Training augmentation is seeded per image from (seed, ``loader.dataset.epoch``, index); set
+    that epoch before iterating, with ``persistent=False`` so that fresh workers see it.
     """
-    transformed = _Transformed(dataset, torchvision_transform(preset, img_size, mean, std, train))
+    transformed = _Transformed(dataset, torchvision_transform(preset, img_size, mean, std, train),
+                               seed if train else None)
     sampler = torch.utils.data.DistributedSampler(
         transformed, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=train)
     return torch.utils.data.DataLoader(
         transformed, batch_size=batch_size, sampler=sampler, num_workers=workers,
         collate_fn=_collate_readable, drop_last=train, pin_memory=pin_memory,
-        persistent_workers=workers > 0)
+        persistent_workers=persistent and workers > 0)

@@ -40,6 +40,7 @@ class TrainConfig:
     compile: bool = False
     img_size: int | None = None
     val_split: float | None = None
+    stream: bool | None = None     # read from disk each epoch; default: when it does not fit in memory
     num_classes: int | None = None
     augment: str | None = None     # cifar | imagenet | none (default: the model's preset)
     weights: str | None = None

@@ -30,7 +30,7 @@ from .config import RunResult, TrainConfig
 from .distributed import DistContext, all_reduce_sum, barrier, init_from_env, local_device, shutdown, wrap_model
 from .ema import build_ema
 from .freeze import freeze, keep_frozen_in_eval, parse_freeze, set_requires_grad
-from .inputs import FeatureLoader, InMemoryData, load_in_memory
+from .inputs import FeatureLoader, InMemoryData, StreamingData, StreamLoader, open_training_data
 from .mixup import build_batch_mix
 from .optim import DEFAULT_WEIGHT_DECAY, build_optimizer, default_lr, param_groups
 from .schedule import build_scheduler
@@ -99,7 +99,7 @@ class _Meters:
 @dataclass
 class _Run:
     config: TrainConfig
-    data: InMemoryData | None
+    data: InMemoryData | StreamingData | None
     device: torch.device
     ctx: DistContext
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -113,8 +113,8 @@ class _Run:
         if self.data is None:
             if not cfg.data:
                 raise ResnetsError("no training data: pass --data PATH")
-            self.data = load_in_memory(cfg.data, self.preprocessing["img_size"], cfg.val_split, cfg.seed,
-                                       cfg.workers, cfg.progress)
+            self.data = open_training_data(cfg.data, self.preprocessing["img_size"], cfg.val_split, cfg.seed,
+                                           cfg.workers, cfg.stream, cfg.progress)
         elif cfg.img_size is None:  # images handed in: their size is the input size
             self.preprocessing["img_size"] = int(self.data.train_images.shape[-1])
         self._fit_classes()
@@ -189,24 +189,36 @@ class _Run:
                             seed=self.config.seed, device=self.device,
                             rank=self.ctx.rank if sharded else 0, world_size=self.ctx.world_size if sharded else 1)
 
+    def _stream_loader(self, dataset: Any, train: bool, sharded: bool) -> StreamLoader:
+        cfg, ctx = self.config, self.ctx
+        return StreamLoader(dataset, self.preprocessing, train,
+                            cfg.batch_size // ctx.world_size if sharded else cfg.batch_size, cfg.workers,
+                            cfg.seed, self.device, ctx.rank if sharded else 0, ctx.world_size if sharded else 1)
+
     def _build_loaders(self) -> None:
         cfg, data = self.config, self.data
         if cfg.batch_size % self.ctx.world_size:
             raise ResnetsError(f"--batch-size {cfg.batch_size} (global) must divide evenly over "
                                f"{self.ctx.world_size} processes")
-        self.train_loader = self._image_loader(data.train_images, data.train_labels, True, True)
-        self.val_loader = None
-        if data.val_images is not None:
-            self.val_loader = self._image_loader(data.val_images, data.val_labels, False, False)
+        if isinstance(data, StreamingData):
+            self.train_loader = self._stream_loader(data.train, True, True)
+            self.val_loader = self._stream_loader(data.val, False, False) if data.val is not None else None
+            unshuffled_train = self._stream_loader(data.train, False, False)
+        else:
+            self.train_loader = self._image_loader(data.train_images, data.train_labels, True, True)
+            self.val_loader = None
+            if data.val_images is not None:
+                self.val_loader = self._image_loader(data.val_images, data.val_labels, False, False)
+            unshuffled_train = self._image_loader(data.train_images, data.train_labels, False, False)
         if self.use_feature_cache:
             from ..evaluate import extract_features
 
-            feats = extract_features(self.model, self._image_loader(data.train_images, data.train_labels, False, False))
-            self.train_loader = FeatureLoader(feats, data.train_labels.to(self.device), cfg.batch_size, True,
-                                              cfg.seed, self.ctx.rank, self.ctx.world_size)
+            feats, labels = extract_features(self.model, unshuffled_train)
+            self.train_loader = FeatureLoader(feats, labels, cfg.batch_size, True, cfg.seed, self.ctx.rank,
+                                              self.ctx.world_size)
             if self.val_loader is not None:
-                feats = extract_features(self.model, self.val_loader)
-                self.val_loader = FeatureLoader(feats, data.val_labels.to(self.device), cfg.batch_size, False)
+                self.val_loader = FeatureLoader(*extract_features(self.model, self.val_loader), cfg.batch_size,
+                                                False)
 
     def _build_optimizer(self) -> None:
         cfg = self.config
