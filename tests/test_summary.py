@@ -83,6 +83,30 @@ def test_cli_models_lists_the_registry(run_cli):
     assert cards["resnet20"]["input_size"] == 32 and 0.26e6 < cards["resnet20"]["params"] < 0.28e6
 
 
+def test_stored_model_cards_match_a_live_computation():
+    """cards.json (what `resnets models` prints) must follow every change to a model."""
+    from resnets.models.cards import cached_cards
+    from resnets.summary import model_card
+
+    stored = cached_cards()
+    assert sorted(stored) == sorted(resnets.list_models()), "run `python -m resnets.models.cards`"
+    for name in stored:
+        assert stored[name] == model_card(name), f"{name}: run `python -m resnets.models.cards`"
+
+
+def test_models_computes_the_cards_of_models_registered_at_run_time():
+    from resnets.models.cards import model_cards
+    from resnets.models.registry import _REGISTRY, ModelSpec, get_model_spec, register
+
+    base = get_model_spec("resnet20")
+    register(ModelSpec("tiny_test_net", base.config, "a run-time model", 32, 10, base.mean, base.std))
+    try:
+        (card,) = model_cards(["tiny_test_net"])
+    finally:
+        del _REGISTRY["tiny_test_net"]
+    assert card["params"] == model_cards(["resnet20"])[0]["params"] and card["description"] == "a run-time model"
+
+
 @pytest.mark.parametrize("args, message", [
     (["summary", "resnet51"], "unknown model 'resnet51'; did you mean "),
     (["summary", "resnet50", "--input-size", "8"], "input 8x8 is too small for resnet50"),

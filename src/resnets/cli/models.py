@@ -6,7 +6,7 @@ import argparse
 import json
 
 from ..models import list_models
-from ..summary import model_card
+from ..models.cards import model_cards
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cards = [model_card(name) for name in list_models(args.pattern)]
+    cards = model_cards(list_models(args.pattern))
     if args.json:
         print(json.dumps(cards, indent=2))
         return 0
