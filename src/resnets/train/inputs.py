@@ -83,7 +83,7 @@ class StreamLoader:
                                       preprocessing["std"], train=train, batch_size=batch_size,
                                       workers=workers, seed=seed, rank=rank, world_size=world_size,
                                       pin_memory=device.type == "cuda", persistent=not train)
-        self.seed, self.rank, self.device, self.epoch = seed, rank, device, 0
+        self.device, self.epoch = device, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)

@@ -195,25 +195,30 @@ class _Run:
                             cfg.batch_size // ctx.world_size if sharded else cfg.batch_size, cfg.workers,
                             cfg.seed, self.device, ctx.rank if sharded else 0, ctx.world_size if sharded else 1)
 
+    def _train_loader(self, shuffled: bool):
+        """The training images: shuffled, augmented and sharded, or (for feature caching) in
+        order, plain and whole."""
+        data = self.data
+        if isinstance(data, StreamingData):
+            return self._stream_loader(data.train, shuffled, shuffled)
+        return self._image_loader(data.train_images, data.train_labels, shuffled, shuffled)
+
     def _build_loaders(self) -> None:
         cfg, data = self.config, self.data
         if cfg.batch_size % self.ctx.world_size:
             raise ResnetsError(f"--batch-size {cfg.batch_size} (global) must divide evenly over "
                                f"{self.ctx.world_size} processes")
+        self.train_loader = self._train_loader(shuffled=True)
         if isinstance(data, StreamingData):
-            self.train_loader = self._stream_loader(data.train, True, True)
             self.val_loader = self._stream_loader(data.val, False, False) if data.val is not None else None
-            unshuffled_train = self._stream_loader(data.train, False, False)
         else:
-            self.train_loader = self._image_loader(data.train_images, data.train_labels, True, True)
             self.val_loader = None
             if data.val_images is not None:
                 self.val_loader = self._image_loader(data.val_images, data.val_labels, False, False)
-            unshuffled_train = self._image_loader(data.train_images, data.train_labels, False, False)
         if self.use_feature_cache:
             from ..evaluate import extract_features
 
-            feats, labels = extract_features(self.model, unshuffled_train)
+            feats, labels = extract_features(self.model, self._train_loader(shuffled=False))
             self.train_loader = FeatureLoader(feats, labels, cfg.batch_size, True, cfg.seed, self.ctx.rank,
                                               self.ctx.world_size)
             if self.val_loader is not None:
