@@ -24,6 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SHARED_DATA, save_plot, step_rate, subset  # noqa: E402
 
+from resnets.train.resize import ResizeSchedule  # noqa: E402
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -34,6 +36,11 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=0.4)
     p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--progressive-resize", type=float, default=1.0, metavar="SCALE",
+                   help="start at SCALE x 32 px and grow to 32 px (default 1: off)")
+    p.add_argument("--progressive-delay", type=float, default=0.4)
+    p.add_argument("--progressive-finetune", type=float, default=0.25)
+    p.add_argument("--val-every", type=int, default=2, help="score the test set every N epochs (and the last)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--train-subset", type=int, help="train on this many images (quick checks)")
@@ -50,58 +57,90 @@ def main() -> None:
     decode_s = time.perf_counter() - start
     images, labels = subset(data.train_images, data.train_labels, args.train_subset)
     data = InMemoryData(images, labels, data.val_images, data.val_labels, data.class_names)
-    rate = step_rate(args.model, args.batch_size, 32, args.device, channels_last=True, amp=cuda, steps=25)
-    epochs = plan_epochs(args.epochs, args.minutes * 60 - (time.perf_counter() - start), rate, len(labels),
-                         len(data.val_labels))
-    print(f"{args.model} training step, batch {args.batch_size}: {rate:.0f} images/s; "
-          f"{epochs} epochs planned", file=sys.stderr)
+    schedule = ResizeSchedule(32, args.progressive_resize, args.progressive_delay, args.progressive_finetune)
+    rates = step_rates(schedule, args)
+    epochs = plan_epochs(args.epochs, args.minutes * 60 - (time.perf_counter() - start), schedule, rates,
+                         len(labels), len(data.val_labels) / args.val_every)
+    print(f"{args.model} training step, batch {args.batch_size}, images/s by input size: "
+          f"{ {s: round(r) for s, r in rates.items()} }; {epochs} epochs planned, sizes {schedule.sizes(epochs)}",
+          file=sys.stderr)
     config = TrainConfig(model=args.model, out=str(out), epochs=epochs, batch_size=args.batch_size,
                          lr=args.lr, sched="onecycle", label_smoothing=args.label_smoothing, channels_last=True,
-                         amp=cuda, device=args.device, weight_decay=5e-4)
+                         amp=cuda, device=args.device, weight_decay=5e-4, val_every=args.val_every,
+                         progressive_resize=args.progressive_resize, progressive_delay=args.progressive_delay,
+                         progressive_finetune=args.progressive_finetune)
     budget, points = args.minutes * 60, []
     first_epoch_began = time.perf_counter() - start
     result = train(config, data=data, stop_after=1)
     while True:
         elapsed = time.perf_counter() - start
         row = result.history[-1]
-        points.append({"epoch": row["epoch"], "minutes": elapsed / 60, "test_top1": row["val_top1"],
-                       "images_per_s": row["images_per_s"]})
-        print(json.dumps(points[-1]), file=sys.stderr)
-        epoch_s = (elapsed - first_epoch_began) / len(points)  # decoding is not an epoch's cost
+        if "val_top1" in row:
+            points.append({"epoch": row["epoch"], "minutes": elapsed / 60, "test_top1": row["val_top1"],
+                           "img_size": row["img_size"], "images_per_s": row["images_per_s"]})
+            print(json.dumps(points[-1]), file=sys.stderr)
+        epoch_s = (elapsed - first_epoch_began) / row["epoch"]  # decoding is not an epoch's cost
         if row["epoch"] >= epochs or elapsed + epoch_s > budget:
             break
-        result = train(TrainConfig(resume=str(out), device=args.device, progress=True), data=data, stop_after=1)
+        result = train(TrainConfig(resume=str(out), device=args.device, val_every=args.val_every, progress=True),
+                       data=data, stop_after=1)
+    plain, tta = last_epoch_top1(out, data, args.device)
+    if points[-1]["epoch"] != row["epoch"]:  # stopped early on an unscored epoch
+        points.append({"epoch": row["epoch"], "minutes": (time.perf_counter() - start) / 60, "test_top1": plain,
+                       "img_size": row["img_size"], "images_per_s": row["images_per_s"]})
     report = {"benchmark": "cifar10_time_to_accuracy", "model": args.model, "device": args.device,
               "threads": args.threads, "train_images": len(labels), "decode_s": decode_s,
-              "step_images_per_s": rate, "recipe": {"epochs": epochs, "batch_size": args.batch_size,
-                                                    "lr": args.lr, "label_smoothing": args.label_smoothing,
-                                                    "sched": "onecycle", "weight_decay": 5e-4,
-                                                    "optimizer": "sgd nesterov"},
+              "step_images_per_s": {str(s): r for s, r in rates.items()},
+              "recipe": {"epochs": epochs, "batch_size": args.batch_size, "lr": args.lr,
+                         "label_smoothing": args.label_smoothing, "sched": "onecycle", "weight_decay": 5e-4,
+                         "optimizer": "sgd nesterov", "channels_last": True,
+                         "progressive_resize": {"initial_scale": args.progressive_resize,
+                                                "delay": args.progressive_delay,
+                                                "finetune": args.progressive_finetune,
+                                                "sizes": schedule.sizes(epochs)}},
               "budget_minutes": args.minutes, "total_minutes": (time.perf_counter() - start) / 60,
               "final_test_top1": points[-1]["test_top1"],
-              "final_test_top1_flip_tta": flip_tta_top1(out, data, args.device), "points": points}
+              "final_test_top1_flip_tta": tta, "points": points}
     (out / "time_to_accuracy.json").write_text(json.dumps(report, indent=2))
     save_plot(out / "time_to_accuracy.png", [q["minutes"] for q in points], [q["test_top1"] for q in points],
               "wall-clock minutes", "test top-1 (%)", f"CIFAR-10 {args.model} ({args.device})")
     print(json.dumps(report))
 
 
-def plan_epochs(requested: str, seconds_left: float, rate: float, train_images: int, test_images: int) -> int:
-    """``requested`` as a number, or (``auto``) the epochs that fit ``seconds_left``.
+def step_rates(schedule: ResizeSchedule, args: argparse.Namespace) -> dict[int, float]:
+    """Training images/s at each input size the schedule can use (the full size always)."""
+    sizes = sorted({schedule.size_at(e, 100) for e in range(100)} | {schedule.full_size})
+    return {size: step_rate(args.model, args.batch_size, size, args.device, channels_last=True,
+                            amp=args.device.startswith("cuda"), steps=25 if size == schedule.full_size else 10)
+            for size in sizes}
 
-    One epoch costs its training images at the measured step rate plus 10 % for the loop around
-    the steps (augmentation, meters: measured 8 % on the 2-core CPU), a test pass (about 5x
-    faster per image than a training step) and 3 s for the checkpoint and plot; 4 % of the time
-    is kept back for noise.
+
+def plan_epochs(requested: str, seconds_left: float, schedule: ResizeSchedule, rates: dict[int, float],
+                train_images: int, test_images_per_epoch: float) -> int:
+    """``requested`` as a number, or (``auto``) the most epochs whose planned time fits ``seconds_left``.
+
+    An epoch costs its training images at the step rate of its input size plus 10 % for the loop
+    around the steps (augmentation, resizing, meters: measured 8 % on the 2-core CPU), its share
+    of the test passes (a test image costs about a fifth of a full-size training image) and 3 s
+    for the checkpoint and plot; 4 % of the time is kept back for noise.
     """
     if requested != "auto":
         return int(requested)
-    epoch_s = 1.10 * train_images / rate + test_images / (5 * rate) + 3.0
-    return max(1, int(0.96 * seconds_left / epoch_s))
+    full_rate = rates[schedule.full_size]
+
+    def seconds(epochs: int) -> float:
+        return sum(1.10 * train_images / rates[size] + test_images_per_epoch / (5 * full_rate) + 3.0
+                   for size in schedule.sizes(epochs))
+
+    epochs = 1
+    while seconds(epochs + 1) <= 0.96 * seconds_left:
+        epochs += 1
+    return epochs
 
 
-def flip_tta_top1(run_dir: Path, data, device: str) -> float:
-    """Test top-1 of the run's last-epoch weights, averaging each image's and its mirror's logits."""
+def last_epoch_top1(run_dir: Path, data, device: str) -> tuple[float, float]:
+    """Test top-1 of the run's last-epoch weights: plain, and averaging each image's and its
+    mirror's logits (flip test-time augmentation)."""
     from resnets import create_model
     from resnets.data import BatchAugment, TensorLoader, preset_for_model
     from resnets.evaluate import collect_logits, topk_accuracy
@@ -114,8 +153,8 @@ def flip_tta_top1(run_dir: Path, data, device: str) -> float:
     augment = BatchAugment("none", 32, list(mean), list(std), train=False)
     loader = TensorLoader(data.val_images, data.val_labels, 500, shuffle=False, drop_last=False,
                           augment=augment, device=device)
-    logits, labels = collect_logits(model.to(device).eval(), loader, tta="flip")
-    return topk_accuracy(logits, labels, (1,))[0]
+    model = model.to(device).eval()
+    return tuple(topk_accuracy(*collect_logits(model, loader, tta=tta), (1,))[0] for tta in (None, "flip"))
 
 
 if __name__ == "__main__":

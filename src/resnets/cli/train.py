@@ -34,6 +34,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--img-size", type=int, help="input size (default: the model's)")
+    p.add_argument("--progressive-resize", type=float, default=1.0, metavar="SCALE",
+                   help="progressive resizing: start at SCALE x --img-size and grow to full size (1: off)")
+    p.add_argument("--progressive-delay", type=float, default=0.5, metavar="FRACTION",
+                   help="fraction of the epochs held at the initial scale (default 0.5)")
+    p.add_argument("--progressive-finetune", type=float, default=0.2, metavar="FRACTION",
+                   help="fraction of the epochs at full size, at the end (default 0.2)")
     p.add_argument("--augment", choices=AUGMENT_PRESETS, help="augmentation preset (default: the model's)")
     p.add_argument("--val-split", type=float, help="hold out this fraction when the data has no val/test split")
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
@@ -47,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="with --freeze backbone, run the frozen backbone every step instead of caching features")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (its settings are kept)")
+    p.add_argument("--val-every", type=int, default=1, metavar="N", help="validate every N epochs and after the last")
     p.add_argument("--stop-after", type=int, metavar="N", help="stop after N epochs of this session (resumable)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")

@@ -39,6 +39,9 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     img_size: int | None = None
+    progressive_resize: float = 1.0    # initial scale of progressive resizing (1.0: off)
+    progressive_delay: float = 0.5     # fraction of the epochs at the initial scale
+    progressive_finetune: float = 0.2  # fraction of the epochs at full size, at the end
     val_split: float | None = None
     stream: bool | None = None     # read from disk each epoch; default: when it does not fit in memory
     num_classes: int | None = None
@@ -53,6 +56,7 @@ class TrainConfig:
     device: str = "auto"
     workers: int = 2
     log_interval: int = 20
+    val_every: int = 1             # validate every N epochs (and always after the last)
     progress: bool = True
     model_options: dict[str, Any] = field(default_factory=dict)
 
@@ -70,6 +74,7 @@ class TrainConfig:
             (self.val_split is None or 0 < self.val_split < 1, "--val-split must be in (0, 1)"),
             (self.lr is None or self.lr > 0, "--lr must be > 0"),
             (self.unfreeze_after is None or self.freeze, "--unfreeze-after needs --freeze"),
+            (self.val_every >= 1, f"--val-every must be >= 1, got {self.val_every}"),
         ]
         for ok, message in checks:
             if not ok:

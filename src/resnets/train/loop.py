@@ -33,10 +33,11 @@ from .freeze import freeze, keep_frozen_in_eval, parse_freeze, set_requires_grad
 from .inputs import FeatureLoader, InMemoryData, StreamingData, StreamLoader, open_training_data
 from .mixup import build_batch_mix
 from .optim import DEFAULT_WEIGHT_DECAY, build_optimizer, default_lr, param_groups
+from .resize import ResizeSchedule, resize_batch
 from .schedule import build_scheduler
 
 # Settings a resumed run may change; everything else comes from the run's config.json.
-RESUME_OVERRIDES = ("device", "progress", "workers", "log_interval")
+RESUME_OVERRIDES = ("device", "progress", "workers", "log_interval", "val_every")
 
 
 def train(config: TrainConfig, data: InMemoryData | None = None, stop_after: int | None = None) -> RunResult:
@@ -124,6 +125,7 @@ class _Run:
         self.frozen_parts = parse_freeze(cfg.freeze, self.model)
         freeze(self.model, self.frozen_parts)
         self.use_feature_cache = self._can_cache_features()
+        self.resize = self._resize_schedule()
         self._build_loaders()
         self.trainee = nn.Sequential(self.model.dropout, self.model.get_classifier()) \
             if self.use_feature_cache else self.model
@@ -172,6 +174,15 @@ class _Run:
         return bool(cfg.feature_cache and whole_backbone and cfg.unfreeze_after is None
                     and self.preprocessing["augment"] == "none" and not cfg.mixup and not cfg.cutmix
                     and not cfg.ema)
+
+    def _resize_schedule(self) -> ResizeSchedule:
+        cfg = self.config
+        schedule = ResizeSchedule(self.preprocessing["img_size"], cfg.progressive_resize, cfg.progressive_delay,
+                                  cfg.progressive_finetune)
+        if schedule.enabled and self.use_feature_cache:
+            raise ResnetsError("--progressive-resize needs images, but this head-only run trains on cached "
+                               "features; drop it or pass --no-feature-cache")
+        return schedule
 
     def _augment(self, train: bool):
         from ..data import BatchAugment
@@ -283,10 +294,11 @@ class _Run:
                 began = time.perf_counter()
                 self._set_frozen(epoch)
                 row = self._train_epoch(epoch)
-                row.update(self._validate())
+                if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
+                    row.update(self._validate())
                 row["epoch_s"] = time.perf_counter() - began
                 top1 = row.get("val_top1")
-                improved = top1 is None or self.best_top1 is None or top1 > self.best_top1
+                improved = self._improved(top1)
                 if improved and top1 is not None:
                     self.best_top1 = top1
                 self.history.append(row)
@@ -298,6 +310,13 @@ class _Run:
             raise
         return RunResult(self.run_dir, self.run_dir / ckpt.WEIGHTS, self.history, self.best_top1,
                          self.data.class_names, self.use_feature_cache)
+
+    def _improved(self, top1: float | None) -> bool:
+        """Whether this epoch's weights are the ones to publish: the best validated so far, or
+        (with no validation data) the latest."""
+        if self.val_loader is None:
+            return True
+        return top1 is not None and (self.best_top1 is None or top1 > self.best_top1)
 
     def _on_interrupt(self, epoch: int) -> None:
         if not self.ctx.is_main:
@@ -323,6 +342,7 @@ class _Run:
         self.net.train()
         keep_frozen_in_eval(self.model, self.frozen_parts)
         self.train_loader.set_epoch(epoch)
+        self.train_size = self.resize.size_at(epoch, cfg.epochs)
         meters = _Meters(self.device)
         n = len(self.train_loader)
         bar = tqdm(self.train_loader, total=n, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
@@ -338,12 +358,14 @@ class _Run:
         bar.close()
         loss, acc = meters.read(self.ctx)
         seconds = time.perf_counter() - start
-        return {"epoch": epoch + 1, "train_loss": loss, "train_acc": acc,
+        return {"epoch": epoch + 1, "train_loss": loss, "train_acc": acc, "img_size": self.train_size,
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "images_per_s": meters.seen * self.ctx.world_size / max(seconds, 1e-9), "train_s": seconds}
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, meters: _Meters, step_now: bool) -> None:
         cfg = self.config
+        if self.resize.enabled:
+            x = resize_batch(x, self.train_size)
         if cfg.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         target = y
@@ -379,6 +401,7 @@ class _Run:
             return
         val = f", val loss {row['val_loss']:.4f} top1 {row['val_top1']:.2f}% top5 {row['val_top5']:.2f}%" \
             if "val_top1" in row else ""
-        tqdm.write(f"epoch {row['epoch']}/{self.config.epochs}: train loss {row['train_loss']:.4f} "
+        size = f" at {row['img_size']}px" if self.resize.enabled else ""
+        tqdm.write(f"epoch {row['epoch']}/{self.config.epochs}{size}: train loss {row['train_loss']:.4f} "
                    f"acc {row['train_acc']:.2f}%{val}, lr {row['lr']:.4g}, {row['images_per_s']:.0f} img/s, "
                    f"{row['train_s']:.1f} s", file=sys.stderr)
