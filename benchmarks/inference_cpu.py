@@ -21,7 +21,7 @@ import torchvision
 
 from resnets import create_model
 from resnets.bench import count_macs, matmul_peak_gflops, time_interleaved
-from resnets.inference import onnxruntime_available, optimize_for_inference
+from resnets.inference import onnxruntime_available, openvino_available, optimize_for_inference
 
 TARGETS = {"speedup_batch32": 1.7, "peak_fraction": 0.8, "latency_ratio_batch1": 0.6}
 
@@ -38,7 +38,8 @@ def main() -> None:
     ours = create_model("resnet50").eval()
     reference = torchvision.models.resnet50().eval()
     reference.load_state_dict(ours.state_dict())
-    backends = ["eager"] + (["onnxruntime"] if onnxruntime_available() else []) + (["compile"] if args.compile else [])
+    backends = ["eager"] + (["onnxruntime"] if onnxruntime_available() else []) + \
+        (["openvino"] if openvino_available() else []) + (["compile"] if args.compile else [])
     x = torch.randn(args.batch_size, 3, 224, 224)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -7,9 +7,12 @@ import torch
 from torch import nn
 
 import resnets
-from resnets.inference import BACKENDS, fold_batchnorm, onnxruntime_available, optimize_for_inference
+from resnets.inference import (BACKENDS, fold_batchnorm, onnxruntime_available, openvino_available,
+                               optimize_for_inference)
 
 needs_ort = pytest.mark.skipif(not onnxruntime_available(), reason="onnxruntime not installed")
+needs_ov = pytest.mark.skipif(not openvino_available(), reason="openvino not installed")
+needs_nncf = pytest.mark.skipif(not openvino_available(with_nncf=True), reason="openvino/nncf not installed")
 
 
 def _randomise_batchnorm(model: nn.Module) -> nn.Module:
@@ -53,7 +56,8 @@ def test_folding_removes_batchnorm_after_convs_and_keeps_outputs(name):
 
 
 @pytest.mark.parametrize("name", list(TINY))
-@pytest.mark.parametrize("backend", ["eager", pytest.param("onnxruntime", marks=needs_ort)])
+@pytest.mark.parametrize("backend", ["eager", pytest.param("onnxruntime", marks=needs_ort),
+                                     pytest.param("openvino", marks=needs_ov)])
 def test_fp32_backends_match_the_plain_model(name, backend):
     model, x = tiny_model(name)
     fast = optimize_for_inference(model, backend, example_input=x[:1])
@@ -118,6 +122,25 @@ def test_auto_backend_is_exact_with_or_without_onnxruntime(monkeypatch):
     assert optimize_for_inference(model).backend == "eager"
 
 
+@needs_ov
+def test_openvino_compiles_other_input_sizes_on_demand():
+    model, x = tiny_model("resnet50")
+    fast = optimize_for_inference(model, "openvino", example_input=x[:1])
+    bigger = torch.randn(2, 3, 96, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(bigger), model(bigger), rtol=0, atol=1e-4)
+    assert set(fast.requests) == {(3, 64, 64), (3, 96, 80)}
+
+
+def test_missing_openvino_is_a_one_line_error(monkeypatch):
+    monkeypatch.setattr("resnets.inference.openvino_available", lambda with_nncf=False: False)
+    model, _ = tiny_model("resnet20")
+    for backend in ("openvino", "openvino-int8"):
+        with pytest.raises(resnets.ResnetsError, match=r"pip install 'resnets\[openvino\]'") as error:
+            optimize_for_inference(model, backend)
+        assert "\n" not in str(error.value)
+
+
 def test_missing_onnxruntime_is_a_one_line_error(monkeypatch):
     monkeypatch.setattr("resnets.inference.onnxruntime_available", lambda: False)
     model, _ = tiny_model("resnet20")
@@ -138,8 +161,9 @@ def _separable_data(n: int, generator: torch.Generator) -> tuple[torch.Tensor, t
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@needs_ort
-def test_int8_keeps_the_top1_of_a_trained_model():
+@pytest.mark.parametrize("backend", [pytest.param("int8", marks=needs_ort),
+                                     pytest.param("openvino-int8", marks=needs_nncf)])
+def test_int8_keeps_the_top1_of_a_trained_model(backend):
     generator = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     model = resnets.create_model("resnet20", num_classes=4, layers=(1, 1, 1), widths=(8, 16, 32),
@@ -156,14 +180,14 @@ def test_int8_keeps_the_top1_of_a_trained_model():
         fp32_top1 = model(test_images).argmax(1)
     assert (fp32_top1 == test_labels).float().mean() > 0.9  # the check below is meaningful
     calibration, _ = _separable_data(256, generator)
-    int8 = optimize_for_inference(model, "int8", example_input=test_images[:1], calibration_data=calibration)
+    int8 = optimize_for_inference(model, backend, example_input=test_images[:1], calibration_data=calibration)
     agreement = (int8(test_images).argmax(1) == fp32_top1).float().mean().item()
     assert agreement >= 0.99
 
 
-def test_int8_without_calibration_data_is_an_error():
+@pytest.mark.parametrize("backend", [pytest.param("int8", marks=needs_ort),
+                                     pytest.param("openvino-int8", marks=needs_nncf)])
+def test_int8_without_calibration_data_is_an_error(backend):
     model, _ = tiny_model("resnet20")
-    if not onnxruntime_available():
-        pytest.skip("onnxruntime not installed")
     with pytest.raises(resnets.ResnetsError, match="calibration_data"):
-        optimize_for_inference(model, "int8")
+        optimize_for_inference(model, backend)

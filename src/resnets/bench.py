@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ResnetsError
-from .inference import check_backend, onnxruntime_available, optimize_for_inference
+from .inference import INT8_BACKENDS, check_backend, onnxruntime_available, optimize_for_inference
 
 REFERENCE = "torchvision"
 
@@ -293,7 +293,7 @@ def _bench_model(name: str, backends: Sequence[str], batch_sizes: Sequence[int],
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for backend in backends:
-            calibration = example[:8] if backend == "int8" else None  # speed only: any data will do
+            calibration = example[:8] if backend in INT8_BACKENDS else None  # speed only: any data will do
             contenders[backend] = optimize_for_inference(model, backend, example[:1], calibration)
     rows = []
     for batch_size in batch_sizes:

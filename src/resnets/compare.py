@@ -18,7 +18,7 @@ import torch
 
 from .bench import build_model, check_model_names, count_macs, time_interleaved
 from .errors import ResnetsError
-from .inference import check_backend, optimize_for_inference
+from .inference import INT8_BACKENDS, check_backend, optimize_for_inference
 
 DEFAULT_MODELS: tuple[str, ...] = ("resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0",
                                    "regnet_y_400mf", "densenet121", "vgg16")
@@ -72,7 +72,7 @@ def compare(models: Sequence[str] = DEFAULT_MODELS, backend: str = "eager", batc
         example = torch.randn(batch_size, 3, img_size, img_size)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            calibration = example if backend == "int8" else None
+            calibration = example if backend in INT8_BACKENDS else None
             fast = optimize_for_inference(model, backend, example[:1], calibration)
         single, batch = example[:1], example
         times = time_interleaved({"latency": lambda: fast(single)}, repeats, warmup)["latency"]

@@ -13,6 +13,11 @@ Backends then differ in who executes the folded graph:
   PyTorch's thread count. Needs the ``onnx`` extra.
 - ``int8``: ONNX Runtime static post-training quantization (QDQ, per-channel weights),
   calibrated on ``calibration_data``. Not exact: measure its accuracy on your data.
+- ``openvino``: the same ONNX graph compiled by Intel's OpenVINO for the CPU (latency hint,
+  fp32 pinned: OpenVINO would otherwise pick bf16 on CPUs that have it). Needs the
+  ``openvino`` extra.
+- ``openvino-int8``: OpenVINO with NNCF's post-training quantization (per-channel int8
+  weights, bias correction), calibrated on ``calibration_data``. Not exact.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from torch import Tensor, nn
 
 from .errors import ResnetsError
 
-BACKENDS: tuple[str, ...] = ("eager", "compile", "onnxruntime", "int8")
+BACKENDS: tuple[str, ...] = ("eager", "compile", "onnxruntime", "int8", "openvino", "openvino-int8")
+INT8_BACKENDS = ("int8", "openvino-int8")
 # ``auto``: the fastest exact backend measured on a 2-core x86 CPU (benchmarks/inference_cpu.py):
 # onnxruntime where installed, else eager. ``compile`` is as fast once warm, but compiles for
 # about a minute per input shape there.
@@ -45,11 +51,19 @@ def check_backend(backend: str) -> str:
         raise ResnetsError(f"unknown inference backend {backend!r}; choose from auto, {', '.join(BACKENDS)}")
     if backend in ("onnxruntime", "int8") and not onnxruntime_available():
         raise ResnetsError(f"backend {backend!r} needs onnxruntime: pip install 'resnets[onnx]'")
+    if backend.startswith("openvino") and not openvino_available(backend == "openvino-int8"):
+        raise ResnetsError(f"backend {backend!r} needs OpenVINO{' and NNCF' if 'int8' in backend else ''}: "
+                           f"pip install 'resnets[openvino]'")
     return backend
 
 
 def onnxruntime_available() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
+
+
+def openvino_available(with_nncf: bool = False) -> bool:
+    names = ("openvino", "onnx") + (("nncf",) if with_nncf else ())
+    return all(importlib.util.find_spec(name) is not None for name in names)
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
@@ -115,16 +129,17 @@ def optimize_for_inference(model: nn.Module, backend: str = DEFAULT_BACKEND,
 
     Args:
         model: any fx-traceable image model (ours or torchvision's).
-        backend: ``eager``, ``compile``, ``onnxruntime``, ``int8`` (see the module doc) or
+        backend: ``eager``, ``compile``, ``onnxruntime``, ``int8``, ``openvino``,
+            ``openvino-int8`` (see the module doc) or
             ``auto``: the fastest exact one installed (onnxruntime, else eager).
         example_input: an input batch used to export (ONNX backends) or warm up (``compile``);
             defaults to one image of the model's input size (``model.min_input_size``-aware).
-        calibration_data: ``int8`` only, required: a tensor of images or an iterable of
+        calibration_data: int8 backends only, required: a tensor of images or an iterable of
             batches from the training distribution (a few hundred images is enough).
     """
     backend = check_backend(backend)
-    if backend == "int8" and calibration_data is None:
-        raise ResnetsError("backend 'int8' needs calibration_data: a few hundred representative images")
+    if backend in INT8_BACKENDS and calibration_data is None:
+        raise ResnetsError(f"backend {backend!r} needs calibration_data: a few hundred representative images")
     example = example_input if example_input is not None else _default_input(model)
     folded = fold_batchnorm(model).to(memory_format=torch.channels_last)
     if backend == "eager":
@@ -153,6 +168,11 @@ def _onnx_module(folded: nn.Module, backend: str, example: Tensor,
     with tempfile.TemporaryDirectory(prefix="resnets-ort-") as workdir:
         onnx_path = Path(workdir) / "model.onnx"
         export_onnx(folded, example, onnx_path)
+        if backend.startswith("openvino"):
+            from .openvino import OpenVinoModule
+
+            batches = _calibration_batches(calibration_data) if backend == "openvino-int8" else None
+            return OpenVinoModule(onnx_path, backend, example, batches)
         if backend == "int8":
             fp32_path, onnx_path = onnx_path, Path(workdir) / "model.int8.onnx"
             quantize_onnx_int8(fp32_path, onnx_path, _calibration_batches(calibration_data))
