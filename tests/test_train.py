@@ -176,6 +176,9 @@ def test_cli_errors_are_one_line_and_exit_2(folder_data, tmp_path, capsys):
         ["train", "--model", "resnet20", "--num-classes", "5", "--data", str(folder_data), "--img-size", "16",
          "--out", str(tmp_path / "c")],
         ["predict", str(other), str(bad_image)],
+        ["train", "--model", "resnet20", "--data", str(folder_data), "--progressive-resize", "0",
+         "--out", str(tmp_path / "d")],
+        ["train", "--model", "resnet20", "--data", str(folder_data), "--val-every", "0", "--out", str(tmp_path / "e")],
     ]
     for args in cases:
         capsys.readouterr()

@@ -79,6 +79,10 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ResnetsError(message)
+        from .resize import ResizeSchedule
+
+        # checks the progressive-resizing settings now, before any data is read
+        ResizeSchedule(1, self.progressive_resize, self.progressive_delay, self.progressive_finetune)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
