@@ -84,10 +84,11 @@ def main() -> None:
             break
         result = train(TrainConfig(resume=str(out), device=args.device, val_every=args.val_every, progress=True),
                        data=data, stop_after=1)
-    plain, tta = last_epoch_top1(out, data, args.device)
-    if points[-1]["epoch"] != row["epoch"]:  # stopped early on an unscored epoch
-        points.append({"epoch": row["epoch"], "minutes": (time.perf_counter() - start) / 60, "test_top1": plain,
-                       "img_size": row["img_size"], "images_per_s": row["images_per_s"]})
+    unscored = not points or points[-1]["epoch"] != row["epoch"]  # stopped early on an unscored epoch
+    scores = last_epoch_top1(out, data, args.device, (None, "flip") if unscored else ("flip",))
+    if unscored:
+        points.append({"epoch": row["epoch"], "minutes": (time.perf_counter() - start) / 60,
+                       "test_top1": scores[None], "img_size": row["img_size"], "images_per_s": row["images_per_s"]})
     report = {"benchmark": "cifar10_time_to_accuracy", "model": args.model, "device": args.device,
               "threads": args.threads, "train_images": len(labels), "decode_s": decode_s,
               "step_images_per_s": {str(s): r for s, r in rates.items()},
@@ -100,7 +101,7 @@ def main() -> None:
                                                 "sizes": schedule.sizes(epochs)}},
               "budget_minutes": args.minutes, "total_minutes": (time.perf_counter() - start) / 60,
               "final_test_top1": points[-1]["test_top1"],
-              "final_test_top1_flip_tta": tta, "points": points}
+              "final_test_top1_flip_tta": scores["flip"], "points": points}
     (out / "time_to_accuracy.json").write_text(json.dumps(report, indent=2))
     save_plot(out / "time_to_accuracy.png", [q["minutes"] for q in points], [q["test_top1"] for q in points],
               "wall-clock minutes", "test top-1 (%)", f"CIFAR-10 {args.model} ({args.device})")
@@ -109,7 +110,7 @@ def main() -> None:
 
 def step_rates(schedule: ResizeSchedule, args: argparse.Namespace) -> dict[int, float]:
     """Training images/s at each input size the schedule can use (the full size always)."""
-    sizes = sorted({schedule.size_at(e, 100) for e in range(100)} | {schedule.full_size})
+    sizes = [*range(schedule.size_at(0, 1), schedule.full_size, schedule.increment), schedule.full_size]
     return {size: step_rate(args.model, args.batch_size, size, args.device, channels_last=True,
                             amp=args.device.startswith("cuda"), steps=25 if size == schedule.full_size else 10)
             for size in sizes}
@@ -138,9 +139,9 @@ def plan_epochs(requested: str, seconds_left: float, schedule: ResizeSchedule, r
     return epochs
 
 
-def last_epoch_top1(run_dir: Path, data, device: str) -> tuple[float, float]:
-    """Test top-1 of the run's last-epoch weights: plain, and averaging each image's and its
-    mirror's logits (flip test-time augmentation)."""
+def last_epoch_top1(run_dir: Path, data, device: str, ttas: tuple[str | None, ...]) -> dict[str | None, float]:
+    """Test top-1 of the run's last-epoch weights for each test-time augmentation in ``ttas``:
+    ``None`` (plain) or ``"flip"`` (each image's and its mirror's logits averaged)."""
     from resnets import create_model
     from resnets.data import BatchAugment, TensorLoader, preset_for_model
     from resnets.evaluate import collect_logits, topk_accuracy
@@ -154,7 +155,7 @@ def last_epoch_top1(run_dir: Path, data, device: str) -> tuple[float, float]:
     loader = TensorLoader(data.val_images, data.val_labels, 500, shuffle=False, drop_last=False,
                           augment=augment, device=device)
     model = model.to(device).eval()
-    return tuple(topk_accuracy(*collect_logits(model, loader, tta=tta), (1,))[0] for tta in (None, "flip"))
+    return {tta: topk_accuracy(*collect_logits(model, loader, tta=tta), (1,))[0] for tta in ttas}
 
 
 if __name__ == "__main__":
