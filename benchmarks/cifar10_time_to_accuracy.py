@@ -3,9 +3,10 @@
 The data is decoded once into memory; each epoch then trains from uint8 tensors with batch
 augmentation (pad-crop-flip). ``--epochs auto`` (the default) plans the one-cycle schedule to
 fit ``--minutes``: it measures the training step's images/s on this machine after decoding and
-takes as many epochs as fit, with a 4 % margin. Training also stops when the next epoch would
-overrun the budget. At the end the last epoch's weights are scored again with flip test-time
-augmentation (reported separately; the curve is without it).
+takes as many epochs as fit, with a 4 % margin. Training also stops (``--max-minutes``) when
+the next epoch would overrun the budget. At the end the last epoch's weights are scored again
+with flip test-time augmentation (reported separately; the curve is without it). ``--procs 2``
+trains in two single-threaded data-parallel processes (``resnets train --procs``).
 
     python benchmarks/cifar10_time_to_accuracy.py --minutes 60                      # CPU
     python benchmarks/cifar10_time_to_accuracy.py --model resnet56 --device cuda    # GPU, bf16
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED_DATA, save_plot, step_rate, subset  # noqa: E402
+from _common import SHARED_DATA, parallel_step_rate, save_plot, step_rate, subset  # noqa: E402
 
 from resnets.train.resize import ResizeSchedule  # noqa: E402
 
@@ -43,6 +44,7 @@ def main() -> None:
     p.add_argument("--val-every", type=int, default=2, help="score the test set every N epochs (and the last)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--procs", type=int, default=1, help="data-parallel CPU processes (threads split among them)")
     p.add_argument("--train-subset", type=int, help="train on this many images (quick checks)")
     p.add_argument("--out", default="runs/bench-cifar10")
     args = p.parse_args()
@@ -52,7 +54,7 @@ def main() -> None:
 
     cuda = args.device.startswith("cuda")
     out = Path(args.out)
-    start = time.perf_counter()
+    start, start_wall = time.perf_counter(), time.time()
     data = load_in_memory(args.data, 32, None, 0, args.threads)
     decode_s = time.perf_counter() - start
     images, labels = subset(data.train_images, data.train_labels, args.train_subset)
@@ -68,31 +70,23 @@ def main() -> None:
                          lr=args.lr, sched="onecycle", label_smoothing=args.label_smoothing, channels_last=True,
                          amp=cuda, device=args.device, weight_decay=5e-4, val_every=args.val_every,
                          progressive_resize=args.progressive_resize, progressive_delay=args.progressive_delay,
-                         progressive_finetune=args.progressive_finetune)
-    budget, points = args.minutes * 60, []
-    first_epoch_began = time.perf_counter() - start
-    result = train(config, data=data, stop_after=1)
-    while True:
-        elapsed = time.perf_counter() - start
-        row = result.history[-1]
-        if "val_top1" in row:
-            points.append({"epoch": row["epoch"], "minutes": elapsed / 60, "test_top1": row["val_top1"],
-                           "img_size": row["img_size"], "images_per_s": row["images_per_s"]})
-            print(json.dumps(points[-1]), file=sys.stderr)
-        epoch_s = (elapsed - first_epoch_began) / row["epoch"]  # decoding is not an epoch's cost
-        if row["epoch"] >= epochs or elapsed + epoch_s > budget:
-            break
-        result = train(TrainConfig(resume=str(out), device=args.device, val_every=args.val_every, progress=True),
-                       data=data, stop_after=1)
-    unscored = not points or points[-1]["epoch"] != row["epoch"]  # stopped early on an unscored epoch
+                         progressive_finetune=args.progressive_finetune, procs=args.procs,
+                         max_minutes=max(0.01, args.minutes - (time.perf_counter() - start) / 60))
+    history = train(config, data=data).history
+    points = [{"epoch": row["epoch"], "minutes": (row["finished_at"] - start_wall) / 60, "test_top1": row["val_top1"],
+               "img_size": row["img_size"], "images_per_s": row["images_per_s"]}
+              for row in history if "val_top1" in row]
+    last = history[-1]
+    unscored = "val_top1" not in last  # the time limit stopped the run after an unscored epoch
     scores = last_epoch_top1(out, data, args.device, (None, "flip") if unscored else ("flip",))
     if unscored:
-        points.append({"epoch": row["epoch"], "minutes": (time.perf_counter() - start) / 60,
-                       "test_top1": scores[None], "img_size": row["img_size"], "images_per_s": row["images_per_s"]})
+        points.append({"epoch": last["epoch"], "minutes": (time.perf_counter() - start) / 60,
+                       "test_top1": scores[None], "img_size": last["img_size"],
+                       "images_per_s": last["images_per_s"]})
     report = {"benchmark": "cifar10_time_to_accuracy", "model": args.model, "device": args.device,
-              "threads": args.threads, "train_images": len(labels), "decode_s": decode_s,
+              "threads": args.threads, "procs": args.procs, "train_images": len(labels), "decode_s": decode_s,
               "step_images_per_s": {str(s): r for s, r in rates.items()},
-              "recipe": {"epochs": epochs, "batch_size": args.batch_size, "lr": args.lr,
+              "recipe": {"epochs": epochs, "epochs_run": last["epoch"], "batch_size": args.batch_size, "lr": args.lr,
                          "label_smoothing": args.label_smoothing, "sched": "onecycle", "weight_decay": 5e-4,
                          "optimizer": "sgd nesterov", "channels_last": True,
                          "progressive_resize": {"initial_scale": args.progressive_resize,
@@ -111,9 +105,14 @@ def main() -> None:
 def step_rates(schedule: ResizeSchedule, args: argparse.Namespace) -> dict[int, float]:
     """Training images/s at each input size the schedule can use (the full size always)."""
     sizes = [*range(schedule.size_at(0, 1), schedule.full_size, schedule.increment), schedule.full_size]
-    return {size: step_rate(args.model, args.batch_size, size, args.device, channels_last=True,
-                            amp=args.device.startswith("cuda"), steps=25 if size == schedule.full_size else 10)
-            for size in sizes}
+    def rate(size: int) -> float:
+        steps = 25 if size == schedule.full_size else 10
+        if args.procs > 1:
+            return parallel_step_rate(args.model, args.batch_size, size, args.procs, steps)
+        return step_rate(args.model, args.batch_size, size, args.device, channels_last=True,
+                         amp=args.device.startswith("cuda"), steps=steps)
+
+    return {size: rate(size) for size in sizes}
 
 
 def plan_epochs(requested: str, seconds_left: float, schedule: ResizeSchedule, rates: dict[int, float],

@@ -57,6 +57,8 @@ class TrainConfig:
     workers: int = 2
     log_interval: int = 20
     val_every: int = 1             # validate every N epochs (and always after the last)
+    max_minutes: float | None = None  # stop (resumable) before an epoch that would end later than this
+    procs: int = 1                 # data-parallel processes this run starts on this machine (DDP)
     progress: bool = True
     model_options: dict[str, Any] = field(default_factory=dict)
 
@@ -75,6 +77,10 @@ class TrainConfig:
             (self.lr is None or self.lr > 0, "--lr must be > 0"),
             (self.unfreeze_after is None or self.freeze, "--unfreeze-after needs --freeze"),
             (self.val_every >= 1, f"--val-every must be >= 1, got {self.val_every}"),
+            (self.max_minutes is None or self.max_minutes > 0, "--max-minutes must be > 0"),
+            (self.procs >= 1, f"--procs must be >= 1, got {self.procs}"),
+            (self.procs < 1 or self.batch_size % self.procs == 0,
+             f"--batch-size {self.batch_size} (global) must divide evenly over --procs {self.procs}"),
         ]
         for ok, message in checks:
             if not ok:

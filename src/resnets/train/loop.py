@@ -27,7 +27,8 @@ from ..weights import load_weights_file, model_from_weights, save_weights
 from ..weights.format import load_state_dict_checked
 from . import checkpoint as ckpt
 from .config import RunResult, TrainConfig
-from .distributed import DistContext, all_reduce_sum, barrier, init_from_env, local_device, shutdown, wrap_model
+from .distributed import (DistContext, all_reduce_sum, barrier, in_launched_group, init_from_env, launch,
+                          local_device, shutdown, wrap_model)
 from .ema import build_ema
 from .freeze import freeze, keep_frozen_in_eval, parse_freeze, set_requires_grad
 from .inputs import FeatureLoader, InMemoryData, StreamingData, StreamLoader, open_training_data
@@ -37,7 +38,7 @@ from .resize import ResizeSchedule, resize_batch
 from .schedule import build_scheduler
 
 # Settings a resumed run may change; everything else comes from the run's config.json.
-RESUME_OVERRIDES = ("device", "progress", "workers", "log_interval", "val_every")
+RESUME_OVERRIDES = ("device", "progress", "workers", "log_interval", "val_every", "max_minutes")
 
 
 def train(config: TrainConfig, data: InMemoryData | None = None, stop_after: int | None = None) -> RunResult:
@@ -48,13 +49,25 @@ def train(config: TrainConfig, data: InMemoryData | None = None, stop_after: int
         data: decoded images to train on instead of reading ``config.data`` (the Python API,
             the demo); must be given again when resuming such a run.
         stop_after: stop (checkpointed, resumable) after this many epochs of this session.
+
+    With ``config.procs > 1`` the run happens in that many new processes (DDP), and the result
+    of rank 0 is returned; ``config.max_minutes`` counts from this call.
     """
+    started = time.time()
     if config.resume:
         config = _resumed_config(config)
+    if config.procs > 1 and not in_launched_group():
+        return launch(_train_in_group, config.procs, (config, data, stop_after, started))
+    return _train_in_group(config, data, stop_after, started)
+
+
+def _train_in_group(config: TrainConfig, data: InMemoryData | None, stop_after: int | None,
+                    started: float) -> RunResult:
+    """One process's part of a run (the whole run when there is one process)."""
     device = local_device(config.device)
     ctx = init_from_env(device)
     try:
-        return _Run(config, data, device, ctx).fit(stop_after)
+        return _Run(config, data, device, ctx, started).fit(stop_after)
     finally:
         shutdown(ctx)
 
@@ -103,6 +116,7 @@ class _Run:
     data: InMemoryData | StreamingData | None
     device: torch.device
     ctx: DistContext
+    started: float  # time.time() when train() was called: --max-minutes counts from it
     history: list[dict[str, Any]] = field(default_factory=list)
 
     # -- setup --------------------------------------------------------------------------------
@@ -289,6 +303,7 @@ class _Run:
             ckpt.write_config(self.run_dir, {**cfg.to_dict(), "model_name": self.model.model_name})
         last = cfg.epochs if stop_after is None else min(cfg.epochs, self.start_epoch + stop_after)
         epoch = self.start_epoch
+        self.epochs_began = time.time()
         try:
             for epoch in range(self.start_epoch, last):
                 began = time.perf_counter()
@@ -297,6 +312,7 @@ class _Run:
                 if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
                     row.update(self._validate())
                 row["epoch_s"] = time.perf_counter() - began
+                row["finished_at"] = time.time()
                 top1 = row.get("val_top1")
                 improved = self._improved(top1)
                 if improved and top1 is not None:
@@ -305,11 +321,29 @@ class _Run:
                 self._save(epoch, improved)
                 self._log(row)
                 barrier(self.ctx)
+                if epoch + 1 < last and self._out_of_time(epoch + 1 - self.start_epoch):
+                    break
         except KeyboardInterrupt:
             self._on_interrupt(epoch)
             raise
         return RunResult(self.run_dir, self.run_dir / ckpt.WEIGHTS, self.history, self.best_top1,
                          self.data.class_names, self.use_feature_cache)
+
+    def _out_of_time(self, epochs_done: int) -> bool:
+        """Whether another epoch (at this session's mean epoch time) would pass ``max_minutes``.
+        Rank 0 decides for all ranks, so that no rank waits for a collective the others left."""
+        if self.config.max_minutes is None:
+            return False
+        now = time.time()
+        next_epoch_ends = now + (now - self.epochs_began) / epochs_done
+        stop = torch.tensor(float(self.ctx.is_main and next_epoch_ends > self.started + 60 * self.config.max_minutes))
+        if all_reduce_sum(stop, self.ctx).item() == 0:
+            return False
+        if self.config.progress and self.ctx.is_main:
+            tqdm.write(f"time limit: stopping after epoch {self.history[-1]['epoch']} of {self.config.epochs} "
+                       f"(--max-minutes {self.config.max_minutes:g}); --resume {self.run_dir} continues",
+                       file=sys.stderr)
+        return True
 
     def _improved(self, top1: float | None) -> bool:
         """Whether this epoch's weights are the ones to publish: the best validated so far, or
