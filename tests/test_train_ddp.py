@@ -11,7 +11,6 @@ per process by design.)
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -20,13 +19,8 @@ import torch.multiprocessing as mp
 
 from _train_fixtures import tensor_data, tiny_config
 from resnets.train import train
+from resnets.train.distributed import free_port
 from resnets.weights import load_weights_file
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _worker(rank: int, world_size: int, port: int, out: str, weights: str) -> None:
@@ -47,7 +41,7 @@ def test_ddp_two_processes_match_one(tmp_path):
 
     weights = str(_pretrained(tmp_path))
     single = train(_config(tmp_path / "single", weights), data=tensor_data())
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path / "ddp"), weights), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path / "ddp"), weights), nprocs=2, join=True)
     a = load_weights_file(single.weights).state_dict
     b = load_weights_file(tmp_path / "ddp" / "weights.safetensors").state_dict
     for key in a:

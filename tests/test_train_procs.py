@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
 from _train_fixtures import tensor_data, tiny_config, write_folder_dataset
 from resnets.errors import ResnetsError
 from resnets.train import train
+from resnets.train.checkpoint import load_state
 from resnets.train.distributed import launch
 from resnets.weights import load_weights_file
 from test_train_ddp import _config
@@ -66,3 +74,28 @@ def test_max_minutes_stops_after_an_epoch_and_resume_finishes(tmp_path):
 def test_max_minutes_far_away_changes_nothing(tmp_path):
     result = train(tiny_config(tmp_path / "run", epochs=2, max_minutes=60), data=tensor_data())
     assert [row["epoch"] for row in result.history] == [1, 2]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("to_group", [True, False], ids=["terminal-ctrl-c", "parent-only"])
+def test_ctrl_c_stops_all_processes_saves_and_exits_130(tmp_path, to_group):
+    """A terminal's Ctrl-C reaches every process; ``kill -INT`` only the parent, which passes it
+    on. Either way the ranks stop at the same step, rank 0 saves, and the exit status is 130."""
+    data = write_folder_dataset(tmp_path / "data", {"train": 16, "val": 4})
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "resnets", "train", "--model", "resnet20", "--data", str(data),
+                             "--epochs", "500", "--batch-size", "16", "--img-size", "16", "--procs", "2",
+                             "--out", str(run), "--no-progress"], env=env, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    if to_group:
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert (run / "interrupted.safetensors").is_file() and load_state(run)["epoch"] >= 0

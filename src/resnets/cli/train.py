@@ -54,8 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="with --freeze backbone, run the frozen backbone every step instead of caching features")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes")
     p.add_argument("--procs", type=int, default=1, metavar="N",
-                   help="train in N data-parallel processes on this machine (DDP; on a CPU each gets its "
-                        "share of the cores: faster for small models, e.g. ResNet-20 on 2 cores)")
+                   help="train in N data-parallel processes on this machine (DDP, as under torchrun; on a CPU "
+                        "each gets its share of the threads, which can beat one process for small models)")
     p.add_argument("--max-minutes", type=float, metavar="M",
                    help="stop (resumable) before an epoch that would end more than M minutes after the start")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (its settings are kept)")

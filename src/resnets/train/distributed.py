@@ -14,8 +14,11 @@ cores than a small model's layers can use gain more.
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import socket
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -90,6 +93,36 @@ def shutdown(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
+INTERRUPTED = 130  # a rank's exit status after a Ctrl-C (the shell's 128 + SIGINT)
+
+
+class DeferredInterrupt:
+    """Ctrl-C in a process group, noted instead of raised (a context manager around the epochs).
+
+    A rank that stopped at once would leave the others blocked in their next collective, so the
+    handler only notes the signal; the loop passes :attr:`requested` through the all-reduce it
+    already does every few steps, and all ranks stop at the same step. A single process keeps
+    Python's immediate KeyboardInterrupt.
+    """
+
+    def __init__(self, ctx: DistContext):
+        self.active = ctx.enabled and threading.current_thread() is threading.main_thread()
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "DeferredInterrupt":
+        if self.active:
+            self._previous = signal.signal(signal.SIGINT, self._note)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.active:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _note(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+
 def in_launched_group() -> bool:
     """Whether this process is one rank of a group torchrun (or :func:`launch`) started."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -112,6 +145,8 @@ def launch(worker: Callable[..., Any], procs: int, args: tuple = (), threads: in
     if in_launched_group():
         raise ResnetsError("--procs starts its own processes: drop it when running under torchrun")
     threads = threads or max(1, torch.get_num_threads() // procs)
+    # torch logs a warning for each rank it stops after another failed; the failure is reported below
+    logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
     outcome = mp.get_context("spawn").SimpleQueue()
     context = mp.start_processes(_rank_main, args=(procs, free_port(), threads, outcome, worker, args),
                                  nprocs=procs, join=False, start_method="spawn")
@@ -124,13 +159,25 @@ def launch(worker: Callable[..., Any], procs: int, args: tuple = (), threads: in
         errors = [value for kind, value in results if kind == "error"]
         if errors:
             raise ResnetsError(errors[0]) from None
+        if getattr(failure, "exit_code", None) == INTERRUPTED:  # the ranks stopped on a Ctrl-C
+            _stop(context.processes)
+            raise KeyboardInterrupt from None
         raise RuntimeError(f"a training process failed: {failure}") from None
-    except KeyboardInterrupt:  # the ranks got the Ctrl-C too: let rank 0 save its weights
-        for process in context.processes:
-            process.join(timeout=60)
+    except KeyboardInterrupt:  # pass it on (a terminal sends it to all), let rank 0 save its weights
+        _stop(context.processes)
         raise
     _drain(outcome, results)
     return next(value for kind, value in results if kind == "result")
+
+
+def _stop(processes: list, grace_s: float = 60.0) -> None:
+    for process in processes:
+        if process.is_alive():
+            os.kill(process.pid, signal.SIGINT)
+    for process in processes:
+        process.join(timeout=grace_s)
+        if process.is_alive():
+            process.terminate()
 
 
 def _drain(queue: Any, into: list) -> None:
@@ -149,6 +196,6 @@ def _rank_main(rank: int, procs: int, port: int, threads: int, outcome: Any, wor
         outcome.put(("error", str(error)))
         raise SystemExit(2) from None
     except KeyboardInterrupt:
-        raise SystemExit(130) from None
+        raise SystemExit(INTERRUPTED) from None
     if rank == 0:
         outcome.put(("result", result))

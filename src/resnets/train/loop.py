@@ -27,8 +27,8 @@ from ..weights import load_weights_file, model_from_weights, save_weights
 from ..weights.format import load_state_dict_checked
 from . import checkpoint as ckpt
 from .config import RunResult, TrainConfig
-from .distributed import (DistContext, all_reduce_sum, barrier, in_launched_group, init_from_env, launch,
-                          local_device, shutdown, wrap_model)
+from .distributed import (DeferredInterrupt, DistContext, all_reduce_sum, barrier, in_launched_group,
+                          init_from_env, launch, local_device, shutdown, wrap_model)
 from .ema import build_ema
 from .freeze import freeze, keep_frozen_in_eval, parse_freeze, set_requires_grad
 from .inputs import FeatureLoader, InMemoryData, StreamingData, StreamLoader, open_training_data
@@ -103,11 +103,12 @@ class _Meters:
         self.correct += (logits.detach().argmax(1) == labels).sum()
         self.seen += len(labels)
 
-    def read(self, ctx: DistContext) -> tuple[float, float]:
-        totals = torch.stack([self.loss, self.correct.float(),
-                              torch.tensor(float(self.seen), device=self.device)])
-        loss, correct, seen = all_reduce_sum(totals, ctx).tolist()
-        return loss / max(seen, 1), 100.0 * correct / max(seen, 1)
+    def read(self, ctx: DistContext, interrupted: bool = False) -> tuple[float, float, bool]:
+        """Mean loss and accuracy over all ranks, and whether any rank was interrupted."""
+        counts = torch.tensor([float(self.seen), float(interrupted)], device=self.device)
+        totals = torch.cat([torch.stack([self.loss, self.correct.float()]), counts])
+        loss, correct, seen, interrupts = all_reduce_sum(totals, ctx).tolist()
+        return loss / max(seen, 1), 100.0 * correct / max(seen, 1), interrupts > 0
 
 
 @dataclass
@@ -149,6 +150,7 @@ class _Run:
         self.ema = build_ema(self.trainee, cfg.ema) if cfg.ema > 0 and not self.use_feature_cache else None
         self.batch_mix = build_batch_mix(cfg.mixup, cfg.cutmix, self.data.num_classes)
         self.start_epoch, self.best_top1 = 0, None
+        self.interrupt = DeferredInterrupt(self.ctx)
 
     def _build_model(self) -> tuple[ResNet, dict[str, Any]]:
         cfg = self.config
@@ -302,32 +304,38 @@ class _Run:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             ckpt.write_config(self.run_dir, {**cfg.to_dict(), "model_name": self.model.model_name})
         last = cfg.epochs if stop_after is None else min(cfg.epochs, self.start_epoch + stop_after)
-        epoch = self.start_epoch
-        self.epochs_began = time.time()
+        self.epoch, self.epochs_began = self.start_epoch, time.time()
         try:
-            for epoch in range(self.start_epoch, last):
-                began = time.perf_counter()
-                self._set_frozen(epoch)
-                row = self._train_epoch(epoch)
-                if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
-                    row.update(self._validate())
-                row["epoch_s"] = time.perf_counter() - began
-                row["finished_at"] = time.time()
-                top1 = row.get("val_top1")
-                improved = self._improved(top1)
-                if improved and top1 is not None:
-                    self.best_top1 = top1
-                self.history.append(row)
-                self._save(epoch, improved)
-                self._log(row)
-                barrier(self.ctx)
-                if epoch + 1 < last and self._out_of_time(epoch + 1 - self.start_epoch):
-                    break
+            with self.interrupt:
+                self._epochs(last)
         except KeyboardInterrupt:
-            self._on_interrupt(epoch)
+            self._on_interrupt(self.epoch)
             raise
         return RunResult(self.run_dir, self.run_dir / ckpt.WEIGHTS, self.history, self.best_top1,
                          self.data.class_names, self.use_feature_cache)
+
+    def _epochs(self, last: int) -> None:
+        """Train epochs ``start_epoch .. last-1``: validate, checkpoint, log; stop early at the time limit."""
+        cfg = self.config
+        for epoch in range(self.start_epoch, last):
+            self.epoch = epoch
+            began = time.perf_counter()
+            self._set_frozen(epoch)
+            row = self._train_epoch(epoch)
+            if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
+                row.update(self._validate())
+            row["epoch_s"] = time.perf_counter() - began
+            row["finished_at"] = time.time()
+            top1 = row.get("val_top1")
+            improved = self._improved(top1)
+            if improved and top1 is not None:
+                self.best_top1 = top1
+            self.history.append(row)
+            self._save(epoch, improved)
+            self._log(row)
+            barrier(self.ctx)
+            if epoch + 1 < last and self._out_of_time(epoch + 1 - self.start_epoch):
+                break
 
     def _out_of_time(self, epochs_done: int) -> bool:
         """Whether another epoch (at this session's mean epoch time) would pass ``max_minutes``.
@@ -386,11 +394,13 @@ class _Run:
             step_now = (i + 1) % cfg.accum_steps == 0 or i + 1 == n
             self._train_step(x, y, meters, step_now)
             if (i + 1) % cfg.log_interval == 0 or i + 1 == n:
-                loss, acc = meters.read(self.ctx)
+                loss, acc, interrupted = meters.read(self.ctx, self.interrupt.requested)
+                if interrupted:  # every rank learns it here, at the same step
+                    raise KeyboardInterrupt
                 rate = meters.seen * self.ctx.world_size / (time.perf_counter() - start)
                 bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.1f}", img_s=f"{rate:.0f}")
         bar.close()
-        loss, acc = meters.read(self.ctx)
+        loss, acc, _ = meters.read(self.ctx)
         seconds = time.perf_counter() - start
         return {"epoch": epoch + 1, "train_loss": loss, "train_acc": acc, "img_size": self.train_size,
                 "lr": self.optimizer.param_groups[0]["lr"],
