@@ -106,7 +106,7 @@ class _Meters:
     def read(self, ctx: DistContext, interrupted: bool = False) -> tuple[float, float, bool]:
         """Mean loss and accuracy over all ranks, and whether any rank was interrupted."""
         counts = torch.tensor([float(self.seen), float(interrupted)], device=self.device)
-        totals = torch.cat([torch.stack([self.loss, self.correct.float()]), counts])
+        totals = torch.cat([self.loss.view(1), self.correct.float().view(1), counts])
         loss, correct, seen, interrupts = all_reduce_sum(totals, ctx).tolist()
         return loss / max(seen, 1), 100.0 * correct / max(seen, 1), interrupts > 0
 
