@@ -2,8 +2,9 @@
 
 Prints one JSON document: images/s at batch 32 and batch-1 latency for torchvision eager
 (``torch.inference_mode``, NCHW) and each of our backends (BN folded, channels-last), the ratios,
-and our best effective GFLOP/s as a fraction of this machine's measured fp32 matmul peak.
-Contenders run interleaved (one call each per round) so that background load hits them alike.
+and our best effective GFLOP/s as a fraction of this machine's fp32 matmul peak. Contenders run
+interleaved (one call each per round) so that background load hits them alike; the peak is a
+matmul probe timed in the batch rounds too, so that it sees the same load.
 
     PYTHONPATH=src python benchmarks/inference_cpu.py --reps 5
 """
@@ -20,7 +21,7 @@ import torch
 import torchvision
 
 from resnets import create_model
-from resnets.bench import count_macs, matmul_peak_gflops, time_interleaved
+from resnets.bench import PEAK_PROBE, count_macs, matmul_probe, probe_gflops, time_interleaved
 from resnets.inference import onnxruntime_available, openvino_available, optimize_for_inference
 
 TARGETS = {"speedup_batch32": 1.7, "peak_fraction": 0.8, "latency_ratio_batch1": 0.6}
@@ -53,13 +54,16 @@ def main() -> None:
         expected = reference(x[:4])
     max_error = {b: (m(x[:4]) - expected).abs().max().item() for b, m in fast.items()}
     results = {}
+    probe, probe_flops = matmul_probe()
     for label, batch in (("batch", x), ("batch1", x[:1])):
         print(f"timing {label} ({len(batch)} images)", file=sys.stderr)
         runners = {"torchvision_eager": lambda b=batch: reference_run(b)}
         runners |= {f"ours_{name}": (lambda m=module, b=batch: m(b)) for name, module in fast.items()}
-        times = time_interleaved(runners, args.reps, args.warmup)
+        times = time_interleaved(runners | ({PEAK_PROBE: probe} if label == "batch" else {}), args.reps,
+                                 args.warmup)
+        if label == "batch":
+            peak = probe_gflops(times.pop(PEAK_PROBE), probe_flops)
         results[label] = {name: statistics.median(t) for name, t in times.items()}
-    peak = matmul_peak_gflops()
     macs = count_macs(ours, (3, 224, 224))
     throughput = {k: args.batch_size / v for k, v in results["batch"].items()}
     latency_ms = {k: 1e3 * v for k, v in results["batch1"].items()}

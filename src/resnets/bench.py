@@ -3,7 +3,8 @@
 Every figure is measured in the same run as torchvision's eager model (the ``reference`` row),
 with the contenders' repetitions interleaved so that load from other processes hits them alike;
 speed-ups are ratios to that row. Efficiency is the effective GFLOP/s (2 x MACs x images/s) as a
-fraction of this machine's fp32 matmul peak, which is measured too (:func:`matmul_peak_gflops`).
+fraction of this machine's fp32 matmul peak, which is measured too: a matmul probe timed among the
+contenders' rounds (:func:`matmul_probe`), so that the peak and the models see the same load.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class BenchRow:
     images_per_s: float
     peak_memory_mb: float | None
     gflops: float
-    peak_fraction: float
+    peak_fraction: float  # of ``matmul_peak_gflops``
+    matmul_peak_gflops: float  # the matmul probe's best, timed in the same rounds as this row
     speedup: float | None = None  # images/s over the reference row's, same model and batch
     train_images_per_s: float | None = None
 
@@ -60,17 +62,23 @@ class BenchReport:
 
 
 # -- measurement primitives ---------------------------------------------------------------------
-def matmul_peak_gflops(sizes: Sequence[int] = (512, 1024, 2048), repeats: int = 3) -> float:
-    """This machine's fp32 matmul GFLOP/s with PyTorch's threads: best of ``repeats`` at ``sizes``."""
-    best = 0.0
-    for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        torch.mm(a, b)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            torch.mm(a, b)
-            best = max(best, 2 * n ** 3 / (time.perf_counter() - start) / 1e9)
-    return best
+PEAK_PROBE = "matmul_peak"  # the runner name of the matmul probe timed among the contenders
+
+
+def matmul_probe(n: int = 2048) -> tuple[Callable[[], object], float]:
+    """One ``n`` x ``n`` fp32 matmul as a runner, and the FLOPs it does.
+
+    Timed among the contenders' rounds (:func:`time_interleaved`), it measures the peak under
+    the load they ran under: a peak taken at another moment on a shared machine can be 30 %
+    off, which moves every "fraction of peak" by as much.
+    """
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return (lambda: torch.mm(a, b)), 2.0 * n ** 3
+
+
+def probe_gflops(seconds: Sequence[float], flops: float) -> float:
+    """The best GFLOP/s of a probe's timed calls: the peak, so fractions of it err low."""
+    return flops / min(seconds) / 1e9
 
 
 def count_macs(model: nn.Module, input_size: Sequence[int]) -> int:
@@ -243,10 +251,10 @@ def parse_batch_sizes(text: str) -> list[int]:
     return sizes
 
 
-def machine_info(matmul_peak: float) -> dict:
+def machine_info() -> dict:
     return {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "cuda": torch.cuda.get_device_name() if torch.cuda.is_available()
-            else None, "matmul_peak_gflops": round(matmul_peak, 1)}
+            else None}
 
 
 def benchmark(models: Sequence[str], backends: Sequence[str], batch_sizes: Sequence[int],
@@ -267,20 +275,20 @@ def benchmark(models: Sequence[str], backends: Sequence[str], batch_sizes: Seque
         raise ResnetsError(f"--reps must be >= 1 and --warmup >= 0, got {repeats} and {warmup}")
     if img_size is not None and img_size < 1:
         raise ResnetsError(f"--img-size must be positive, got {img_size}")
-    peak = matmul_peak_gflops()
-    report = BenchReport(machine_info(peak), {"backends": list(backends), "batch_sizes": list(batch_sizes),
+    report = BenchReport(machine_info(), {"backends": list(backends), "batch_sizes": list(batch_sizes),
                                               "img_size": img_size, "repeats": repeats, "warmup": warmup,
                                               "train": train})
     for name in models:
         if progress:
             progress(f"{name}: preparing {', '.join(backends)}")
         report.rows.extend(_bench_model(name, backends, batch_sizes, img_size, train, repeats, warmup,
-                                        peak, progress))
+                                        progress))
+    report.machine["matmul_peak_gflops"] = round(max(row.matmul_peak_gflops for row in report.rows), 1)
     return report
 
 
 def _bench_model(name: str, backends: Sequence[str], batch_sizes: Sequence[int], img_size: int | None,
-                 train: bool, repeats: int, warmup: int, peak: float,
+                 train: bool, repeats: int, warmup: int,
                  progress: Callable[[str], None] | None) -> list[BenchRow]:
     model, native_size = build_model(name)
     side = img_size or native_size
@@ -301,7 +309,9 @@ def _bench_model(name: str, backends: Sequence[str], batch_sizes: Sequence[int],
             progress(f"{name}: batch {batch_size}")
         batch = example[:batch_size] if batch_size <= len(example) else torch.randn(batch_size, 3, side, side)
         runners = {label: _inference_runner(module, batch) for label, module in contenders.items()}
-        times = time_interleaved(runners, repeats, warmup)
+        probe, probe_flops = matmul_probe()
+        times = time_interleaved({**runners, PEAK_PROBE: probe}, repeats, warmup)
+        peak = probe_gflops(times.pop(PEAK_PROBE), probe_flops)
         batch_rows = {}
         for label, seconds in times.items():
             p50 = statistics.median(seconds)
@@ -310,7 +320,7 @@ def _bench_model(name: str, backends: Sequence[str], batch_sizes: Sequence[int],
                 model=name, backend=label, batch_size=batch_size, latency_p50_ms=p50 * 1e3,
                 latency_p90_ms=percentile(seconds, 90) * 1e3, images_per_s=rate,
                 peak_memory_mb=peak_memory_mb(runners[label]), gflops=2 * macs * rate / 1e9,
-                peak_fraction=2 * macs * rate / 1e9 / peak)
+                peak_fraction=2 * macs * rate / 1e9 / peak, matmul_peak_gflops=peak)
         reference = batch_rows.get(REFERENCE)
         for row in batch_rows.values():
             row.speedup = row.images_per_s / reference.images_per_s if reference else None
@@ -332,8 +342,9 @@ def _add_train_rates(batch_rows: dict[str, BenchRow], model: nn.Module, peer: nn
 def format_table(report: BenchReport) -> str:
     header = (f"{'model':<18}{'backend':<13}{'batch':>6}{'p50 ms':>10}{'p90 ms':>10}{'img/s':>9}"
               f"{'x ref':>7}{'mem MB':>8}{'GFLOP/s':>9}{'% peak':>8}{'train img/s':>12}")
-    lines = [f"matmul peak: {report.machine['matmul_peak_gflops']:.1f} GFLOP/s "
-             f"({report.machine['threads']} threads)", header, "-" * len(header)]
+    lines = [f"matmul peak: up to {report.machine['matmul_peak_gflops']:.1f} GFLOP/s "
+             f"({report.machine['threads']} threads; each row's % is of the peak probed in its own rounds)",
+             header, "-" * len(header)]
     for r in report.rows:
         speedup = f"{r.speedup:.2f}" if r.speedup is not None else "-"
         memory = f"{r.peak_memory_mb:.0f}" if r.peak_memory_mb is not None else "-"
