@@ -67,10 +67,11 @@ class EvalReport:
     class_names: list[str]
     confusion: torch.Tensor                       # [true, predicted] counts
     per_class: list[dict[str, Any]] = field(default_factory=list)
+    backend: str = "eager"  # the inference backend that computed the logits
 
     def to_dict(self) -> dict[str, Any]:
         return {"top1": self.top1, "top5": self.top5, "loss": self.loss, "count": self.count,
-                "per_class": self.per_class, "confusion": self.confusion.tolist()}
+                "backend": self.backend, "per_class": self.per_class, "confusion": self.confusion.tolist()}
 
 
 def classification_report(logits: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> EvalReport:
@@ -114,6 +115,15 @@ def plot_confusion(report: EvalReport, path: str | os.PathLike) -> Path:
     return save_figure(fig, path)
 
 
+def _calibration_images(dataset, size: int, workers: int) -> torch.Tensor:
+    from .data import decode_to_memory
+
+    count = min(CALIBRATION_IMAGES, len(dataset))
+    chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:count]
+    images, _ = decode_to_memory(dataset.subset(chosen.tolist()), size=size, workers=workers, progress=False)
+    return images
+
+
 def _label_map(data_classes: list[str], model_classes: list[str]) -> torch.Tensor:
     """Data label index -> model output index, matched by class name."""
     lookup = {name: i for i, name in enumerate(model_classes)}
@@ -124,16 +134,30 @@ def _label_map(data_classes: list[str], model_classes: list[str]) -> torch.Tenso
     return torch.tensor([lookup[c] for c in data_classes])
 
 
+CALIBRATION_IMAGES = 256
+
+
 def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, batch_size: int = 128,
              tta: str | None = None, device: str = "cpu", workers: int = 2,
-             confusion_png: str | os.PathLike | None = None) -> EvalReport:
-    """Evaluate a run directory or weights file on a data set's held-out split (or all of it)."""
+             confusion_png: str | os.PathLike | None = None, backend: str = "eager") -> EvalReport:
+    """Evaluate a run directory or weights file on a data set's held-out split (or all of it).
+
+    ``backend``: any of :func:`resnets.optimize_for_inference`'s. The int8 ones are calibrated on
+    ``CALIBRATION_IMAGES`` images drawn (seed 0) from the training split, or from the evaluated
+    images when the data has no held-out split, so that their accuracy cost can be read here.
+    """
     from .data import BatchAugment, TensorLoader, decode_to_memory, load_splits
+    from .inference import INT8_BACKENDS, check_backend
     from .predict import load_for_inference
 
+    backend = check_backend(backend)
     predictor = load_for_inference(checkpoint, device)
     train_set, val_set = load_splits(str(data))
     dataset = val_set if val_set is not None and len(val_set) else train_set
+    if backend in INT8_BACKENDS:
+        predictor = predictor.with_backend(backend, _calibration_images(train_set, predictor.img_size, workers))
+    elif backend != "eager":
+        predictor = predictor.with_backend(backend)
     images, labels = decode_to_memory(dataset, size=predictor.img_size, workers=workers)
     labels = _label_map(list(dataset.classes), predictor.class_names)[labels]
     augment = BatchAugment("none", predictor.img_size, predictor.mean, predictor.std, train=False)
@@ -141,6 +165,7 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, batch_size:
                           seed=0, device=predictor.device)
     logits, labels = collect_logits(predictor.model, loader, tta=tta)
     report = classification_report(logits, labels, predictor.class_names)
+    report.backend = predictor.backend
     if confusion_png is not None:
         plot_confusion(report, confusion_png)
     return report

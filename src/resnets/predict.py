@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -28,6 +28,25 @@ class InferenceModel:
     std: list[float]
     device: torch.device
     record: WeightsFile
+    plain: nn.Module | None = None  # the eval-mode model that ``model`` was made from
+    backend: str = "eager"
+
+    def with_backend(self, backend: str, calibration_u8: torch.Tensor | None = None) -> "InferenceModel":
+        """The same model through another inference backend (:func:`optimize_for_inference`).
+
+        ``calibration_u8``: int8 backends only, a few hundred uint8 (N, 3, S, S) images at
+        ``img_size`` from the training distribution. Backends other than ``eager`` and
+        ``compile`` run on the CPU.
+        """
+        from .inference import check_backend, optimize_for_inference
+
+        backend = check_backend(backend)
+        if backend not in ("eager", "compile") and self.device.type != "cpu":
+            raise ResnetsError(f"backend {backend!r} runs on the CPU; use --device cpu or backend eager")
+        calibration = None if calibration_u8 is None else self.normalise(calibration_u8)
+        example = torch.zeros(1, 3, self.img_size, self.img_size, device=self.device)
+        model = optimize_for_inference(self.plain, backend, example_input=example, calibration_data=calibration)
+        return replace(self, model=model, backend=backend)
 
     def normalise(self, images_u8: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, S, S) -> the float batch the model was trained on."""
@@ -49,20 +68,18 @@ def resolve_weights(checkpoint: str | os.PathLike) -> Path:
 
 
 def load_for_inference(checkpoint: str | os.PathLike, device: str | torch.device = "cpu",
-                       backend: str = "eager") -> InferenceModel:
+                       backend: str = "eager", calibration_u8: torch.Tensor | None = None) -> InferenceModel:
     """THE one place that prepares a trained model for inference (eval mode, device, metadata).
 
     Every inference path (``evaluate``, ``predict``) goes through here. The model comes back
     in its fast form (:func:`resnets.inference.optimize_for_inference`: BatchNorm folded into the
-    convolutions, channels-last, inference mode); ``backend`` picks among the exact fp32 paths.
+    convolutions, channels-last, inference mode) through ``backend``; int8 backends need
+    ``calibration_u8`` (see :meth:`InferenceModel.with_backend`).
     """
-    from .inference import optimize_for_inference
-
     model, record = model_from_weights(resolve_weights(checkpoint))
     device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                           "cpu" if device == "auto" else device)
     plain = model.eval().to(device)
-    model = optimize_for_inference(plain, backend=backend)
     classes = record.class_names or [str(i) for i in range(plain.num_classes)]
     pre = record.preprocessing or {}
     from .models import get_model_spec
@@ -71,7 +88,8 @@ def load_for_inference(checkpoint: str | os.PathLike, device: str | torch.device
     img_size = int(pre.get("img_size") or (spec.input_size if spec else 224))
     mean = list(pre.get("mean") or (spec.mean if spec else (0.485, 0.456, 0.406)))
     std = list(pre.get("std") or (spec.std if spec else (0.229, 0.224, 0.225)))
-    return InferenceModel(model, classes, img_size, mean, std, device, record)
+    predictor = InferenceModel(plain, classes, img_size, mean, std, device, record, plain=plain)
+    return predictor.with_backend(backend, calibration_u8)
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:

@@ -15,6 +15,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="run directory or weights file")
     p.add_argument("--data", required=True, help="image folder, zip, CIFAR pickle folder or LMDB")
     p.add_argument("--tta", choices=("flip",), help="test-time augmentation: average with the mirror image")
+    p.add_argument("--backend", default="eager",
+                   help="inference backend: auto, eager, compile, onnxruntime, openvino, or int8 / openvino-int8 "
+                   "(calibrated on 256 training images, so that the accuracy cost of int8 shows here)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="cpu")
     p.add_argument("--confusion", help="confusion-matrix PNG (default: confusion.png in the run directory, "
@@ -30,11 +33,12 @@ def run(args: argparse.Namespace) -> int:
     png = Path(args.confusion) if args.confusion else \
         (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "confusion.png"
     report = evaluate(checkpoint, args.data, batch_size=args.batch_size, tta=args.tta, device=args.device,
-                      confusion_png=png)
+                      confusion_png=png, backend=args.backend)
     if args.json:
         print(json.dumps({**report.to_dict(), "confusion_png": str(png)}))
         return 0
-    print(f"{report.count} images: top-1 {report.top1:.2f}%  top-5 {report.top5:.2f}%  loss {report.loss:.4f}")
+    print(f"{report.count} images ({report.backend}): top-1 {report.top1:.2f}%  top-5 {report.top5:.2f}%  "
+          f"loss {report.loss:.4f}")
     width = max(len(row["class"]) for row in report.per_class)
     print(f"{'class':<{width}}  precision  recall     f1  support")
     for row in report.per_class:

@@ -16,16 +16,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--backend", default="eager",
+                   help="exact inference backend: auto, eager, compile, onnxruntime or openvino")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..inference import INT8_BACKENDS
     from ..predict import load_for_inference, predict_files
 
     if args.topk < 1:
         raise ResnetsError(f"--topk must be >= 1, got {args.topk}")
-    results = predict_files(load_for_inference(args.checkpoint, args.device), args.inputs, topk=args.topk)
+    if args.backend in INT8_BACKENDS:
+        raise ResnetsError(f"backend {args.backend!r} needs calibration images, which predict does not have: "
+                           f"`resnets evaluate CHECKPOINT --data DIR --backend {args.backend}` calibrates on DIR")
+    predictor = load_for_inference(args.checkpoint, args.device, backend=args.backend)
+    results = predict_files(predictor, args.inputs, topk=args.topk)
     if not results:
         raise ResnetsError("no readable image among the inputs")
     if args.json:
