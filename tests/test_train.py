@@ -179,6 +179,9 @@ def test_cli_errors_are_one_line_and_exit_2(folder_data, tmp_path, capsys):
         ["train", "--model", "resnet20", "--data", str(folder_data), "--progressive-resize", "0",
          "--out", str(tmp_path / "d")],
         ["train", "--model", "resnet20", "--data", str(folder_data), "--val-every", "0", "--out", str(tmp_path / "e")],
+        ["train", "--model", "resnet20", "--data", str(folder_data), "--device", "tpu", "--out", str(tmp_path / "f")],
+        ["predict", str(other), str(bad_image), "--device", "cuda:64"],
+        ["evaluate", str(other), "--data", str(folder_data), "--device", "xla"],
     ]
     for args in cases:
         capsys.readouterr()

@@ -26,6 +26,7 @@ import copy
 import importlib.util
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -180,8 +181,13 @@ def _onnx_module(folded: nn.Module, backend: str, example: Tensor,
 
 
 def export_onnx(model: nn.Module, example: Tensor, path: str | os.PathLike) -> None:
-    """Export ``model`` (eval mode) to ONNX with dynamic batch, height and width."""
-    with torch.no_grad():
+    """Export ``model`` (eval mode) to ONNX with dynamic batch, height and width.
+
+    The TorchScript exporter warns that it cannot constant-fold the Slice ops of the dynamic
+    shapes; that is expected here and says nothing to the user, so it is silenced.
+    """
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
         torch.onnx.export(model, (example.contiguous(),), str(path), input_names=["images"],
                           output_names=["logits"], opset_version=ONNX_OPSET, dynamo=False,
                           dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch"}})

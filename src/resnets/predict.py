@@ -11,6 +11,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from .device import resolve_device
 from .errors import ResnetsError
 from .weights import WeightsFile, model_from_weights
 
@@ -76,9 +77,8 @@ def load_for_inference(checkpoint: str | os.PathLike, device: str | torch.device
     convolutions, channels-last, inference mode) through ``backend``; int8 backends need
     ``calibration_u8`` (see :meth:`InferenceModel.with_backend`).
     """
+    device = resolve_device(device)
     model, record = model_from_weights(resolve_weights(checkpoint))
-    device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                          "cpu" if device == "auto" else device)
     plain = model.eval().to(device)
     classes = record.class_names or [str(i) for i in range(plain.num_classes)]
     pre = record.preprocessing or {}

@@ -58,9 +58,9 @@ def init_from_env(device: torch.device) -> DistContext:
 
 def local_device(requested: str) -> torch.device:
     """``auto`` -> this process's GPU (by LOCAL_RANK) if there is one, else the CPU."""
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(requested)
+    from ..device import resolve_device
+
+    device = resolve_device(requested)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
