@@ -150,6 +150,8 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, batch_size:
     from .inference import INT8_BACKENDS, check_backend
     from .predict import load_for_inference
 
+    if batch_size < 1:
+        raise ResnetsError(f"--batch-size must be positive, got {batch_size}")
     backend = check_backend(backend)
     predictor = load_for_inference(checkpoint, device)
     train_set, val_set = load_splits(str(data))
