@@ -115,6 +115,9 @@ def plot_confusion(report: EvalReport, path: str | os.PathLike) -> Path:
     return save_figure(fig, path)
 
 
+CALIBRATION_IMAGES = 256
+
+
 def _calibration_images(dataset, size: int, workers: int) -> torch.Tensor:
     from .data import decode_to_memory
 
@@ -134,9 +137,6 @@ def _label_map(data_classes: list[str], model_classes: list[str]) -> torch.Tenso
     return torch.tensor([lookup[c] for c in data_classes])
 
 
-CALIBRATION_IMAGES = 256
-
-
 def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, batch_size: int = 128,
              tta: str | None = None, device: str = "cpu", workers: int = 2,
              confusion_png: str | os.PathLike | None = None, backend: str = "eager") -> EvalReport:
@@ -153,13 +153,12 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, batch_size:
     if batch_size < 1:
         raise ResnetsError(f"--batch-size must be positive, got {batch_size}")
     backend = check_backend(backend)
-    predictor = load_for_inference(checkpoint, device)
+    int8 = backend in INT8_BACKENDS
+    predictor = load_for_inference(checkpoint, device, backend="eager" if int8 else backend)
     train_set, val_set = load_splits(str(data))
     dataset = val_set if val_set is not None and len(val_set) else train_set
-    if backend in INT8_BACKENDS:
+    if int8:  # calibrated on images the model is then not scored on, where the data allows
         predictor = predictor.with_backend(backend, _calibration_images(train_set, predictor.img_size, workers))
-    elif backend != "eager":
-        predictor = predictor.with_backend(backend)
     images, labels = decode_to_memory(dataset, size=predictor.img_size, workers=workers)
     labels = _label_map(list(dataset.classes), predictor.class_names)[labels]
     augment = BatchAugment("none", predictor.img_size, predictor.mean, predictor.std, train=False)

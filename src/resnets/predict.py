@@ -29,8 +29,8 @@ class InferenceModel:
     std: list[float]
     device: torch.device
     record: WeightsFile
-    plain: nn.Module | None = None  # the eval-mode model that ``model`` was made from
-    backend: str = "eager"
+    plain: nn.Module  # the eval-mode model that ``model`` was made from
+    backend: str  # how ``model`` was made from ``plain`` (see :meth:`with_backend`)
 
     def with_backend(self, backend: str, calibration_u8: torch.Tensor | None = None) -> "InferenceModel":
         """The same model through another inference backend (:func:`optimize_for_inference`).
@@ -88,8 +88,8 @@ def load_for_inference(checkpoint: str | os.PathLike, device: str | torch.device
     img_size = int(pre.get("img_size") or (spec.input_size if spec else 224))
     mean = list(pre.get("mean") or (spec.mean if spec else (0.485, 0.456, 0.406)))
     std = list(pre.get("std") or (spec.std if spec else (0.229, 0.224, 0.225)))
-    predictor = InferenceModel(plain, classes, img_size, mean, std, device, record, plain=plain)
-    return predictor.with_backend(backend, calibration_u8)
+    unoptimized = InferenceModel(plain, classes, img_size, mean, std, device, record, plain, backend="plain")
+    return unoptimized.with_backend(backend, calibration_u8)
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
