@@ -14,7 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("models", nargs="*", default=["resnet50"], metavar="MODEL",
                         help="model names (default: resnet50)")
     parser.add_argument("--backend", default=None,
-                        help="comma-separated: eager, compile, onnxruntime, int8 "
+                        help="comma-separated: eager, compile, onnxruntime, openvino, int8, openvino-int8 "
                              "(default: eager, plus onnxruntime when installed)")
     parser.add_argument("--batch-size", default="1,8,32", help="comma-separated batch sizes (default: 1,8,32)")
     parser.add_argument("--img-size", type=int, default=None, help="input side (default: the model's own)")
