@@ -303,13 +303,13 @@ def _bench_model(name: str, backends: Sequence[str], batch_sizes: Sequence[int],
         for backend in backends:
             calibration = example[:8] if backend in INT8_BACKENDS else None  # speed only: any data will do
             contenders[backend] = optimize_for_inference(model, backend, example[:1], calibration)
+    probe, probe_flops = matmul_probe()
     rows = []
     for batch_size in batch_sizes:
         if progress:
             progress(f"{name}: batch {batch_size}")
         batch = example[:batch_size] if batch_size <= len(example) else torch.randn(batch_size, 3, side, side)
         runners = {label: _inference_runner(module, batch) for label, module in contenders.items()}
-        probe, probe_flops = matmul_probe()
         times = time_interleaved({**runners, PEAK_PROBE: probe}, repeats, warmup)
         peak = probe_gflops(times.pop(PEAK_PROBE), probe_flops)
         batch_rows = {}

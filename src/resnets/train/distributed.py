@@ -27,6 +27,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from ..device import resolve_device
 from ..errors import ResnetsError
 
 
@@ -58,8 +59,6 @@ def init_from_env(device: torch.device) -> DistContext:
 
 def local_device(requested: str) -> torch.device:
     """``auto`` -> this process's GPU (by LOCAL_RANK) if there is one, else the CPU."""
-    from ..device import resolve_device
-
     device = resolve_device(requested)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
