@@ -51,7 +51,37 @@ def test_table_has_rows_totals_and_memory():
     assert "layer4.1.conv2 (Conv2d)" in text
     assert "Total params: 11,689,512" in text
     assert "Total mult-adds: 1.81 G" in text
-    assert "Forward/backward pass size (MB)" in text and "Params size (MB): 44.59" in text
+    assert "Forward/backward pass size (MB)" in text and "Params size (MB): 46.76" in text  # 10**6 bytes
+
+
+MEMORY_LINES = ("Input size (MB)", "Forward/backward pass size (MB)", "Params size (MB)", "Estimated Total Size (MB)")
+
+
+@pytest.mark.parametrize("name, side", [("resnet18", 224), ("resnet50", 224), ("resnet20", 32)])
+def test_memory_estimates_agree_with_torchinfo(name, side):
+    model = resnets.create_model(name)
+    ours = summary(model, side)
+    oracle = torchinfo.summary(model, (1, 3, side, side), verbose=0)
+    assert 2 * sum(r.output_bytes for r in ours.rows if r.is_leaf and r.params) == oracle.total_output_bytes
+    assert ours.param_bytes == oracle.total_param_bytes
+    # torchinfo measures the input with sys.getsizeof (the storage plus a few dozen bytes of object)
+    assert 0 <= oracle.total_input - ours.input_bytes < 1000
+    oracle_lines = [line for line in str(oracle).splitlines() if line.startswith(MEMORY_LINES)]
+    our_lines = [line for line in str(ours).splitlines() if line.startswith(MEMORY_LINES)]
+    assert len(oracle_lines) == 4 and our_lines == oracle_lines
+    assert ours.to_dict()["memory_mb"]["forward_backward"] == round(oracle.total_output_bytes / 1e6, 3)
+
+
+def test_memory_estimates_follow_the_dtype():
+    model = resnets.create_model("resnet20")
+    single, double = summary(model, 32), summary(model.to(torch.float64), 32)
+    assert double.param_bytes == 2 * single.param_bytes and double.input_bytes == 2 * single.input_bytes
+    assert double.activations_mb == pytest.approx(2 * single.activations_mb) and single.activations_mb > 0
+
+
+def test_summary_is_callable_from_the_package():
+    text = str(resnets.summary(resnets.create_model("resnet20"), 32))
+    assert "Total params: " in text and "Estimated Total Size (MB)" in text
 
 
 def test_depth_limits_the_rows():

@@ -5,6 +5,12 @@ Counting follows torchinfo's conventions, so the totals agree with it (ResNet-50
 times the output's batch and spatial size; any other layer with parameters costs its parameter
 count times the batch size; layers without parameters cost nothing.
 
+The memory lines are torchinfo's estimates too, in MB of 10**6 bytes: the input tensor; the
+forward/backward pass as twice (activations and their gradients) the output bytes of every call
+of a leaf layer that has parameters (convolutions, norms, the classifier: activations of ReLU,
+pooling and additions are not counted); the parameters' bytes (torchinfo adds those of leaf
+layers only: the same here, where every parameter lives in a leaf layer); and their total.
+
 Pass ``device="meta"`` to count without computing anything: shapes flow through the network
 but no arithmetic is done, so even ResNet-152 is summarised in milliseconds.
 """
@@ -21,7 +27,7 @@ from torch import nn
 
 from .errors import ResnetsError
 
-BYTES_PER_MB = 1024**2
+BYTES_PER_MB = 10**6  # MB as torchinfo prints them (not MiB)
 
 
 @dataclass
@@ -37,6 +43,7 @@ class LayerRow:
     macs: int
     is_leaf: bool
     trainable: bool = True
+    output_bytes: int = 0
 
 
 @dataclass
@@ -50,23 +57,23 @@ class Summary:
     trainable_params: int
     buffers: int
     macs: int
-    dtype_bytes: int = 4
+    input_bytes: int = 0
+    param_bytes: int = 0
     depth: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def input_mb(self) -> float:
-        return math.prod(self.input_size) * self.dtype_bytes / BYTES_PER_MB
+        return self.input_bytes / BYTES_PER_MB
 
     @property
     def activations_mb(self) -> float:
-        """Forward activations of the leaf layers, doubled for the gradients of the backward pass."""
-        numel = sum(math.prod(r.output_shape) for r in self.rows if r.is_leaf and r.output_shape)
-        return 2 * numel * self.dtype_bytes / BYTES_PER_MB
+        """Outputs of the leaf layers with parameters, doubled for their gradients (torchinfo's rule)."""
+        return 2 * sum(r.output_bytes for r in self.rows if r.is_leaf and r.params) / BYTES_PER_MB
 
     @property
     def params_mb(self) -> float:
-        return self.total_params * self.dtype_bytes / BYTES_PER_MB
+        return self.param_bytes / BYTES_PER_MB
 
     @property
     def total_mb(self) -> float:
@@ -99,12 +106,17 @@ class Summary:
         return format_table(self)
 
 
-def _shape_of(value: Any) -> list[int] | None:
+def _first_tensor(value: Any) -> torch.Tensor | None:
     if isinstance(value, torch.Tensor):
-        return list(value.shape)
+        return value
     if isinstance(value, (list, tuple)) and value:
-        return _shape_of(value[0])
+        return _first_tensor(value[0])
     return None
+
+
+def _shape_of(value: Any) -> list[int] | None:
+    tensor = _first_tensor(value)
+    return None if tensor is None else list(tensor.shape)
 
 
 def _own_params(module: nn.Module) -> tuple[int, int]:
@@ -161,19 +173,23 @@ def summary(model: nn.Module, input_size: int | Sequence[int] = 224, *, depth: i
             ``in_chans`` (else 3) when not given.
         depth: how deep ``str()`` shows the module tree (1: direct children); None: all leaves.
         device: where to run; ``"meta"`` counts without computing. Defaults to the model's device.
+
+    The input is zeros of the model's dtype, so the memory lines follow it (float64: twice float32).
     """
     size = _normalise_input_size(input_size, getattr(model, "in_chans", 3))
     check_input_size(model, size[2], size[3])
+    first = next(model.parameters(), None)
     if device is None:
-        first = next(model.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
     rows: list[LayerRow] = []
     handles = _attach_hooks(model, rows)
     was_training = model.training
     model.eval()
+    images = torch.zeros(size, device=device, dtype=dtype)  # the model's own dtype
     try:
         with torch.no_grad(), _shape_only_batchnorm(model, torch.device(device).type == "meta"):
-            model(torch.zeros(size, device=device))
+            model(images)
     except RuntimeError as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ResnetsError(f"the model cannot run on input {list(size)}: {first_line}") from None
@@ -188,7 +204,12 @@ def summary(model: nn.Module, input_size: int | Sequence[int] = 224, *, depth: i
         total_params=sum(p.numel() for p in params),
         trainable_params=sum(p.numel() for p in params if p.requires_grad),
         buffers=sum(b.numel() for b in model.buffers()),
-        macs=sum(r.macs for r in rows if r.is_leaf), depth=depth)
+        macs=sum(r.macs for r in rows if r.is_leaf), input_bytes=_nbytes(images),
+        param_bytes=sum(_nbytes(p) for p in params), depth=depth)
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
 
 
 @contextlib.contextmanager
@@ -229,7 +250,9 @@ def _attach_hooks(model: nn.Module, rows: list[LayerRow]) -> list[Any]:
 
         def post_hook(mod: nn.Module, inputs: tuple, output: Any) -> None:
             row = mod._summary_row  # type: ignore[attr-defined]
-            row.output_shape = _shape_of(output)
+            tensor = _first_tensor(output)
+            row.output_shape = None if tensor is None else list(tensor.shape)
+            row.output_bytes = 0 if tensor is None else _nbytes(tensor)
             row.macs = _layer_macs(mod, row.output_shape) if row.is_leaf else 0
 
         handles.append(module.register_forward_pre_hook(pre_hook))
@@ -289,7 +312,7 @@ def format_table(result: Summary, depth: int | None = None) -> str:
             f"Input size (MB): {result.input_mb:.2f}",
             f"Forward/backward pass size (MB): {result.activations_mb:.2f}",
             f"Params size (MB): {result.params_mb:.2f}",
-            f"Estimated total size (MB): {result.total_mb:.2f}",
+            f"Estimated Total Size (MB): {result.total_mb:.2f}",
             rule]
     return "\n".join(out)
 
