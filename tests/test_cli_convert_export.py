@@ -9,7 +9,7 @@ import torchvision
 
 from resnets import create_model
 from resnets.cli import main
-from resnets.export import export
+from resnets.export import ONNX_INPUT, export
 from weights_helpers import randomise
 
 
@@ -74,7 +74,7 @@ def test_onnx_export_of_resnet50_matches_pytorch_at_batch_1_and_7(tmp_path):
         x = torch.randn(batch, 3, 64, 64)
         with torch.no_grad():
             expected = model(x).numpy()
-        assert np.abs(session.run(None, {"input": x.numpy()})[0] - expected).max() < 1e-4
+        assert np.abs(session.run(None, {ONNX_INPUT: x.numpy()})[0] - expected).max() < 1e-4
 
 
 def test_export_cli_torchscript_from_weights_file(tmp_path, capsys, r18_checkpoint):
@@ -110,4 +110,6 @@ def test_caffe_round_trip_through_export_and_convert(tmp_path, capsys):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert (converted(x) - model(x)).abs().max().item() < 1e-4
-    assert converted.preprocessing["channel_order"] == "BGR"
+    preprocessing = converted.preprocessing
+    preprocessing = preprocessing.to_dict() if hasattr(preprocessing, "to_dict") else preprocessing
+    assert preprocessing["channel_order"] == "BGR"

@@ -1,25 +1,40 @@
 """Export a model to ONNX, TorchScript, safetensors or a Caffe prototxt, checked and atomic.
 
-Every export is verified before it is kept: the ONNX graph is run in onnxruntime on a random
-batch whose size differs from the traced one (the batch dimension is dynamic) and compared to
-PyTorch; the TorchScript file is reloaded and run. A mismatch over ``ONNX_TOLERANCE`` fails the
-export, and nothing is written in place of ``out`` unless it passed.
+Every export is verified before it is kept: the ONNX graph is run in onnxruntime at a batch
+size and image size that differ from the traced ones (batch, height and width are dynamic)
+and compared to PyTorch; the TorchScript file is reloaded and run. A mismatch fails the
+export, and nothing is written in place of ``out`` unless it passed. A Caffe export is a pair
+of files (prototxt + caffemodel) replaced together: either the old pair or the new one.
+
+:func:`export_onnx` is the project's one ONNX exporter: ``resnets export`` and the
+onnxruntime / int8 / OpenVINO inference backends all run the graph it writes.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .errors import ResnetsError
-from .fileio import atomic_path
+from .fileio import atomic_path, atomic_paths
 
 FORMATS = ("onnx", "torchscript", "safetensors", "prototxt")
-ONNX_TOLERANCE = 1e-4
+ONNX_OPSET = 17
+ONNX_INPUT = "images"
+ONNX_OUTPUT = "logits"
+# An export must match PyTorch to this fraction of the largest logit (at least 1e-4 absolute):
+# fp32 rounding grows with the size of the values, so an absolute bound refuses correct
+# models whose logits are large.
+RELATIVE_TOLERANCE = 1e-4
+# The example input only traces the graph (ONNX height and width stay dynamic); a larger one
+# would only cost memory. It fixes the Input shape of a Caffe prototxt.
+MAX_EXPORT_INPUT_SIZE = 2048
 
 
 def load_checkpoint(checkpoint: str | os.PathLike) -> nn.Module:
@@ -38,22 +53,31 @@ def load_checkpoint(checkpoint: str | os.PathLike) -> nn.Module:
     raise ResnetsError(f"{checkpoint} is neither a file, a run directory nor a model name (see `resnets models`)")
 
 
+def check_export_input_size(size: int | None) -> None:
+    """Refuse an example input size outside 1..MAX_EXPORT_INPUT_SIZE (None: the model's own)."""
+    if size is not None and not 1 <= size <= MAX_EXPORT_INPUT_SIZE:
+        raise ResnetsError(f"--input-size must be between 1 and {MAX_EXPORT_INPUT_SIZE}, got {size}")
+
+
 def export(model: nn.Module, fmt: str, out: str | os.PathLike, input_size: int | None = None) -> Path:
-    """Write ``model`` to ``out`` in ``fmt`` after checking the exported form computes the same."""
+    """Write ``model`` to ``out`` in ``fmt`` after checking the exported form computes the same.
+
+    ``prototxt`` also writes the weights, to ``out`` with the suffix ``.caffemodel``; ``out``
+    must then not itself end in ``.caffemodel`` (the two files would be one).
+    """
     if fmt not in FORMATS:
         raise ResnetsError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    check_export_input_size(input_size)
     model = model.eval()
     size = input_size or _default_input_size(model)
+    from .summary import check_input_size
+
+    check_input_size(model, size, size)
     example = torch.randn(2, getattr(model, "in_chans", 3), size, size)
     if fmt == "prototxt":
-        try:
-            from .weights.caffe import export_caffe
-        except ImportError:
-            raise ResnetsError("caffe support not installed (resnets.weights.caffe is missing)") from None
-        export_caffe(model, out, Path(out).with_suffix(".caffemodel"), input_size=tuple(example.shape[1:]))
-        return Path(out)
+        return _caffe_pair(model, Path(out), tuple(example.shape[1:]))
     with atomic_path(out) as tmp:
-        {"onnx": _onnx, "torchscript": _torchscript, "safetensors": _safetensors}[fmt](model, example, tmp)
+        {"onnx": export_onnx, "torchscript": _torchscript, "safetensors": _safetensors}[fmt](model, tmp, example)
     return Path(out)
 
 
@@ -67,40 +91,99 @@ def _default_input_size(model: nn.Module) -> int:
         return 224
 
 
-def _onnx(model: nn.Module, example: torch.Tensor, tmp: Path) -> None:
+def _caffe_pair(model: nn.Module, prototxt: Path, input_size: tuple[int, ...]) -> Path:
+    """Write the prototxt and the caffemodel beside it, replacing any old pair as a whole."""
+    try:
+        from .weights.caffe import export_caffe
+    except ImportError:
+        raise ResnetsError("caffe support not installed (resnets.weights.caffe is missing)") from None
+    caffemodel = prototxt.with_suffix(".caffemodel")
+    if prototxt.suffix == ".caffemodel":
+        raise ResnetsError(f"--out {prototxt} is where the weights go: give the prototxt's name, "
+                           f"e.g. {prototxt.with_suffix('.prototxt')} (the weights go beside it)")
+    with atomic_paths(prototxt, caffemodel) as (prototxt_tmp, caffemodel_tmp):
+        export_caffe(model, prototxt_tmp, caffemodel_tmp, input_size=input_size)
+    return prototxt
+
+
+def onnx_metadata(model: nn.Module) -> dict[str, str]:
+    """What an ONNX file records of ``model`` beside its graph: JSON strings of its name,
+    class names and preprocessing, where the model has them."""
+    preprocessing: Any = getattr(model, "preprocessing", None)
+    if hasattr(preprocessing, "to_dict"):
+        preprocessing = preprocessing.to_dict()
+    class_names = getattr(model, "class_names", None)
+    values = {"model_name": getattr(model, "model_name", None),
+              "class_names": list(class_names) if class_names is not None else None,
+              "preprocessing": preprocessing}
+    return {key: json.dumps(value) for key, value in values.items() if value is not None}
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, example: Tensor, *, check: bool = True) -> None:
+    """Export ``model`` (eval mode) to ONNX at ``path``: dynamic batch, height and width.
+
+    The input is ``images`` (N, C, H, W), the output ``logits``, opset ONNX_OPSET; the file's
+    metadata_props carry :func:`onnx_metadata`. With ``check`` the graph is run in onnxruntime
+    at a batch and image size other than ``example``'s and compared to PyTorch (relative
+    tolerance); a mismatch raises. The inference backends skip the check: they compare
+    nothing to PyTorch at run time, and OpenVINO's may run without onnxruntime.
+    """
+    try:
+        import onnx
+    except ImportError:
+        raise ResnetsError("ONNX export needs onnx and onnxruntime: pip install 'resnets[onnx]'") from None
+    with torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript-based exporter announces its deprecation, and that it cannot
+        # constant-fold the Slice ops of dynamic shapes: expected here, nothing for the user.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example.contiguous(),), str(path), input_names=[ONNX_INPUT],
+                          output_names=[ONNX_OUTPUT], opset_version=ONNX_OPSET, dynamo=False,
+                          dynamic_axes={ONNX_INPUT: {0: "batch", 2: "height", 3: "width"},
+                                        ONNX_OUTPUT: {0: "batch"}})
+    graph = onnx.load(str(path))
+    for key, value in onnx_metadata(model).items():
+        graph.metadata_props.add(key=key, value=value)
+    onnx.save(graph, str(path))
+    if check:
+        check_onnx(model, path, example)
+
+
+def check_onnx(model: nn.Module, path: str | os.PathLike, example: Tensor) -> None:
+    """Run the ONNX file in onnxruntime at batch 1 and 3, at the example's size and a larger,
+    non-square one; raise unless it matches ``model`` to RELATIVE_TOLERANCE."""
     try:
         import onnxruntime
     except ImportError:
         raise ResnetsError("ONNX export needs onnx and onnxruntime: pip install 'resnets[onnx]'") from None
-
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its deprecation
-        torch.onnx.export(model, (example,), str(tmp), dynamo=False, input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-    for batch in (1, 3):
-        x = torch.randn(batch, *example.shape[1:])
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    channels, height, width = example.shape[1:]
+    for batch, h, w in ((1, height, width), (3, height + 32, width + 64)):
+        x = torch.randn(batch, channels, h, w)
         with torch.no_grad():
             expected = model(x)
-        got = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
-        error = (got - expected).abs().max().item()
-        if error > ONNX_TOLERANCE:
-            raise ResnetsError(f"ONNX export differs from PyTorch by {error:.2e} (> {ONNX_TOLERANCE}) at batch "
-                               f"{batch}; not written")
+        got = torch.from_numpy(session.run(None, {ONNX_INPUT: x.numpy()})[0])
+        _check_close(got, expected, f"ONNX export at batch {batch}, {h}x{w}")
 
 
-def _torchscript(model: nn.Module, example: torch.Tensor, tmp: Path) -> None:
+def _check_close(got: Tensor, expected: Tensor, what: str) -> None:
+    """Raise unless max|got - expected| <= RELATIVE_TOLERANCE * max(1, max|expected|)."""
+    error = (got - expected).abs().max().item()
+    allowed = RELATIVE_TOLERANCE * max(1.0, expected.abs().max().item())
+    if not error <= allowed:  # also refuses NaN
+        raise ResnetsError(f"{what} differs from PyTorch by {error:.2e} (> {allowed:.1e}); not written")
+
+
+def _torchscript(model: nn.Module, tmp: Path, example: Tensor) -> None:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still asked for
         scripted = torch.jit.trace(model, example)
         scripted.save(str(tmp))
         reloaded = torch.jit.load(str(tmp))
-        error = (reloaded(example) - model(example)).abs().max().item()
-    if error > ONNX_TOLERANCE:
-        raise ResnetsError(f"TorchScript export differs from PyTorch by {error:.2e}; not written")
+        got, expected = reloaded(example), model(example)
+    _check_close(got, expected, "TorchScript export")
 
 
-def _safetensors(model: nn.Module, example: torch.Tensor, tmp: Path) -> None:
+def _safetensors(model: nn.Module, tmp: Path, example: Tensor) -> None:
     from .weights.format import save_weights
 
     save_weights(tmp, model, class_names=getattr(model, "class_names", None),

@@ -1,12 +1,30 @@
-"""Safe file writing: nothing already on disk is lost if a write is interrupted."""
+"""Safe file writing: nothing already on disk is lost if a write is interrupted.
+
+Every file is first written to a temporary file beside its target, named
+``.NAME.PID-RANDOM.tmp`` (PID: the writer's process id), then renamed over the target. A write
+that was killed leaves its temporary file behind; the next write to the same target removes it
+once it is provably abandoned (see :func:`_abandoned`). Files get the mode a plain ``open()``
+would give under the current umask, whatever the library that filled them did to it.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import re
+import secrets
+import shutil
+import time
 from pathlib import Path
 from typing import Any, Iterator
+
+from .errors import ResnetsError
+
+# A temporary file of a writer that is gone is removed once untouched this long; one whose
+# writer may still run (its pid is alive here, or it was not written by this scheme) only
+# after STALE_S: a pid can be reused, and a file on a shared disk may belong to another host.
+ABANDONED_S = 60.0
+STALE_S = 24 * 3600.0
 
 
 @contextlib.contextmanager
@@ -16,26 +34,180 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     A crash or kill at any instant leaves either the old file or the new one, never a torn
     one. The temporary file is removed if the body raises.
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; give what open() would
-    try:
+    with atomic_paths(path) as (tmp,):
         yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
+
+
+@contextlib.contextmanager
+def atomic_paths(*paths: str | os.PathLike) -> Iterator[tuple[Path, ...]]:
+    """Yield one temporary path per target; on success all targets are replaced as a set.
+
+    The body fills every temporary file. Then each existing target is kept as a backup (a
+    hard link) and the temporary files are renamed over their targets one by one; if any
+    rename fails, the targets already replaced get their old content back, so an exception at
+    any point leaves either the complete old set or the complete new set. (A kill of the
+    process between two renames cannot be undone by it: the old files then stay beside the
+    new ones as ``.NAME.PID-RANDOM.bak``.) Targets that would overwrite each other are refused.
+    """
+    targets = _distinct_targets(paths)
+    for target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned(target, ".tmp")
+    temps: list[Path] = []
+    try:
+        modes = [_create_temp(target, temps) for target in targets]
+        yield tuple(temps)
+        for tmp, mode in zip(temps, modes):
+            _finish(tmp, mode)
+        _replace_all(temps, targets)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+    for target in targets:
+        _remove_abandoned(target, ".bak")
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _distinct_targets(paths: tuple[str | os.PathLike, ...]) -> list[Path]:
+    """The targets as paths; a one-line error if two of them name the same file."""
+    if not paths:
+        raise ValueError("atomic_paths needs at least one path")
+    targets = [Path(p) for p in paths]
+    seen: dict[Path, Path] = {}
+    for target in targets:
+        key = target.resolve()
+        clash = seen.get(key) or next((other for other in seen.values() if _same_file(other, target)), None)
+        if clash is not None:
+            raise ResnetsError(f"{clash} and {target} are the same file: give each output its own name")
+        seen[key] = target
+    return targets
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return False
+
+
+def _temp_name(target: Path, suffix: str) -> Path:
+    return target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}{suffix}")
+
+
+def _create_temp(target: Path, temps: list[Path]) -> int:
+    """Create an empty temporary file for ``target`` (appended to ``temps``); return its mode.
+
+    The file is created as ``open()`` would create it (0666 less the umask), so its mode is
+    the one the finished file must have, learnt without touching the process umask.
+    """
+    tmp = _temp_name(target, ".tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    temps.append(tmp)
+    return tmp.stat().st_mode & 0o7777
+
+
+def _finish(tmp: Path, mode: int) -> None:
+    """Give ``tmp`` its intended mode back (safetensors' writer makes 0600) and flush it to disk."""
+    os.chmod(tmp, mode)
+    with open(tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def _replace_all(temps: list[Path], targets: list[Path]) -> None:
+    """Rename every temp over its target; on any failure put the old targets back, then raise.
+
+    A backup is deleted only once it is no longer needed: if restoring fails too, the old
+    content stays on disk as ``.NAME.PID-RANDOM.bak``.
+    """
+    backups = [_backup(target) for target in targets]
+    done = 0
+    try:
+        for tmp, target in zip(temps, targets):
+            os.replace(tmp, target)
+            done += 1
+    except BaseException:
+        for target, backup in zip(targets[:done], backups[:done]):
+            if backup is None:
+                target.unlink(missing_ok=True)
+            else:
+                os.replace(backup, target)
+        raise
+    finally:
+        for directory in {target.parent for target in targets}:
+            _fsync_dir(directory)
+        for backup in backups:
+            if backup is not None:
+                backup.unlink(missing_ok=True)
+
+
+def _backup(target: Path) -> Path | None:
+    """A second name for ``target``'s current content (a hard link, a copy where links fail)."""
+    if not target.exists():
+        return None
+    backup = _temp_name(target, ".bak")
+    try:
+        os.link(target, backup)
+    except OSError:
+        shutil.copy2(target, backup)
+    return backup
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the renames in ``directory`` durable (best effort: not every system can)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_abandoned(target: Path, suffix: str) -> None:
+    """Remove the temporary files (``suffix`` .tmp) or backups (.bak) that killed writes to
+    ``target`` left beside it; only names this module makes, and only abandoned ones."""
+    pattern = _leftover_pattern(target.name, suffix)
+    for entry in os.scandir(target.parent):
+        match = pattern.match(entry.name)
+        if match is None or not entry.is_file(follow_symlinks=False):
+            continue
+        with contextlib.suppress(OSError):  # gone already, or not ours to remove
+            if _abandoned(entry.stat(follow_symlinks=False).st_mtime, match.group("pid")):
+                os.unlink(entry.path)
+
+
+def _leftover_pattern(name: str, suffix: str) -> re.Pattern[str]:
+    """``.NAME.PID-HEX8`` + suffix (``..NAME...tmp.PID-HEX8.tmp``: a temp of a temp, as a
+    writer that writes atomically itself makes), or the ``.NAME.XXXXXXXX.tmp`` of mkstemp."""
+    ours = r"(?P<pid>\d+)-[0-9a-f]{8}|[a-z0-9_]{8}"
+    nested = r"(?:\.tmp\.\d+-[0-9a-f]{8})?" if suffix == ".tmp" else ""
+    return re.compile(rf"^\.\.?{re.escape(name)}\.(?:{ours}){nested}{re.escape(suffix)}$")
+
+
+def _abandoned(mtime: float, pid: str | None) -> bool:
+    """True when no writer can still be using a leftover file.
+
+    Its name carries the pid of its writer: once that process is gone here and the file has
+    not changed for ABANDONED_S, it is abandoned. Otherwise (a live pid, possibly reused; a
+    name without one) only files untouched for STALE_S are.
+    """
+    age = time.time() - mtime
+    if pid is not None and not _pid_alive(int(pid)):
+        return age > ABANDONED_S
+    return age > STALE_S
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (signal 0 checks, sends nothing)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: alive, another user's; anything else: assume alive
+        return True
+    return True
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

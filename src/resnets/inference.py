@@ -9,7 +9,8 @@ Backends then differ in who executes the folded graph:
 - ``eager``: PyTorch itself. Exact (fp32) and no warm-up.
 - ``compile``: ``torch.compile`` (inductor) with weight freezing. Exact to ~1e-5; the first call
   compiles (tens of seconds on a small CPU).
-- ``onnxruntime``: exported to ONNX (dynamic batch) and run by an ONNX Runtime session using
+- ``onnxruntime``: exported to ONNX (:func:`resnets.export.export_onnx`: dynamic batch,
+  height and width) and run by an ONNX Runtime session using
   PyTorch's thread count. Needs the ``onnx`` extra.
 - ``int8``: ONNX Runtime static post-training quantization (QDQ, per-channel weights),
   calibrated on ``calibration_data``. Not exact: measure its accuracy on your data.
@@ -26,7 +27,6 @@ import copy
 import importlib.util
 import os
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ResnetsError
+from .export import ONNX_INPUT, export_onnx
 
 BACKENDS: tuple[str, ...] = ("eager", "compile", "onnxruntime", "int8", "openvino", "openvino-int8")
 INT8_BACKENDS = ("int8", "openvino-int8")
@@ -41,7 +42,6 @@ INT8_BACKENDS = ("int8", "openvino-int8")
 # onnxruntime where installed, else eager. ``compile`` is as fast once warm, but compiles for
 # about a minute per input shape there.
 DEFAULT_BACKEND = "auto"
-ONNX_OPSET = 17
 
 
 def check_backend(backend: str) -> str:
@@ -168,7 +168,7 @@ def _onnx_module(folded: nn.Module, backend: str, example: Tensor,
                  calibration_data: Tensor | Iterable[Tensor] | None) -> nn.Module:
     with tempfile.TemporaryDirectory(prefix="resnets-ort-") as workdir:
         onnx_path = Path(workdir) / "model.onnx"
-        export_onnx(folded, example, onnx_path)
+        export_onnx(folded, onnx_path, example, check=False)
         if backend.startswith("openvino"):
             from .openvino import OpenVinoModule
 
@@ -178,19 +178,6 @@ def _onnx_module(folded: nn.Module, backend: str, example: Tensor,
             fp32_path, onnx_path = onnx_path, Path(workdir) / "model.int8.onnx"
             quantize_onnx_int8(fp32_path, onnx_path, _calibration_batches(calibration_data))
         return OnnxRuntimeModule(onnx_path, backend)
-
-
-def export_onnx(model: nn.Module, example: Tensor, path: str | os.PathLike) -> None:
-    """Export ``model`` (eval mode) to ONNX with dynamic batch, height and width.
-
-    The TorchScript exporter warns that it cannot constant-fold the Slice ops of the dynamic
-    shapes; that is expected here and says nothing to the user, so it is silenced.
-    """
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
-        torch.onnx.export(model, (example.contiguous(),), str(path), input_names=["images"],
-                          output_names=["logits"], opset_version=ONNX_OPSET, dynamo=False,
-                          dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch"}})
 
 
 def _calibration_batches(data: Tensor | Iterable[Tensor] | None) -> list[Tensor]:
@@ -218,7 +205,7 @@ def quantize_onnx_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLik
 
         def get_next(self) -> dict | None:
             batch = next(self._batches, None)
-            return None if batch is None else {"images": batch.contiguous().float().numpy()}
+            return None if batch is None else {ONNX_INPUT: batch.contiguous().float().numpy()}
 
     quantize_static(str(fp32_path), str(int8_path), _Reader(), quant_format=QuantFormat.QDQ,
                     per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,

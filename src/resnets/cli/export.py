@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..export import FORMATS, export, load_checkpoint
+from ..export import FORMATS, check_export_input_size, export, load_checkpoint
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -13,12 +13,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "it is written.")
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="model name, weights file or run directory")
     parser.add_argument("--format", required=True, choices=FORMATS)
-    parser.add_argument("--out", required=True, help="file to write")
+    parser.add_argument("--out", required=True, help="file to write (prototxt: the weights go beside it, "
+                        "as NAME.caffemodel)")
     parser.add_argument("--input-size", type=int, help="side of the example input (default: the model's)")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    check_export_input_size(args.input_size)  # before the model is built
     path = export(load_checkpoint(args.checkpoint), args.format, args.out, args.input_size)
     print(f"{path}: {args.format}")
     return 0
