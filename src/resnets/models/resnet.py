@@ -39,6 +39,9 @@ class ResNetConfig:
     stem_pool_zero_pad: pad the stem max-pool's input with zeros rather than ignoring the
         border, as TF/Keras ``ZeroPadding2D`` + ``MaxPooling2D`` do (matters when the pool's
         input can be negative, i.e. in pre-activation nets).
+    stem_pool_caffe: Caffe's stem max-pool (MSRA's ``pool1``): no padding, output size rounded
+        up. Same 56x56 as the default at 224 pixels, but every window sits one pixel further
+        down and right, so Caffe-trained weights need it; default off (torchvision's pool).
     """
 
     block: str
@@ -54,6 +57,7 @@ class ResNetConfig:
     stride_in_last_block: bool = False
     stem_bias: bool = False
     stem_pool_zero_pad: bool = False
+    stem_pool_caffe: bool = False
 
     @property
     def preact(self) -> bool:
@@ -85,6 +89,8 @@ def _validate(config: ResNetConfig, num_classes: int, in_chans: int, drop_path_r
         raise ResnetsError(f"unknown shortcut {config.shortcut!r}; use projection, avg_down or zero_pad")
     if config.stride_in_last_block and not config.preact:
         raise ResnetsError("stride_in_last_block needs pre-activation blocks (the Keras ResNetV2 layout)")
+    if config.stem_pool_zero_pad and config.stem_pool_caffe:
+        raise ResnetsError("stem_pool_zero_pad and stem_pool_caffe are two different stem pools; pick one")
     if config.stem not in ("imagenet", "deep", "cifar"):
         raise ResnetsError(f"unknown stem {config.stem!r}; use imagenet, deep or cifar")
     if not isinstance(num_classes, int) or num_classes < 0:
@@ -151,6 +157,8 @@ class ResNet(nn.Module):
             self.maxpool: nn.Module = nn.Identity()
         elif config.stem_pool_zero_pad:
             self.maxpool = nn.Sequential(nn.ZeroPad2d(1), nn.MaxPool2d(3, 2))
+        elif config.stem_pool_caffe:
+            self.maxpool = nn.MaxPool2d(3, 2, padding=0, ceil_mode=True)
         else:
             self.maxpool = nn.MaxPool2d(3, 2, padding=1)
         self._stem_reduction = 1 if config.stem == "cifar" else 4

@@ -124,23 +124,26 @@ def _read_keras(path: Path) -> ImportedWeights:
 
 def _read_caffe(path: Path, caffemodel: str | os.PathLike | None, model_name: str | None,
                 num_classes: int | None) -> ImportedWeights:
-    """A Caffe ResNet (MSRA layer names): the prototxt does not say which registered model it is."""
+    """A Caffe ResNet (MSRA layer names), built with the geometry its prototxt declares.
+
+    ``model_name`` is checked against that geometry; without it, the model is inferred."""
     try:
-        from .caffe import caffe_to_state_dict
+        from .caffe import caffe_model_spec, caffe_to_state_dict
     except ImportError:
         raise ResnetsError("caffe support not installed (resnets.weights.caffe is missing)") from None
     prototxt, weights = (path, caffemodel) if path.suffix == ".prototxt" else (caffemodel, path)
     if prototxt is None or weights is None:
         raise ResnetsError("a Caffe model needs both files: pass the .caffemodel as SRC and --prototxt PATH")
-    if model_name is None:
-        raise ResnetsError("pass --model NAME for a Caffe network (e.g. resnet50_v1 for MSRA's ResNet-50)")
-    model = create_model(model_name, num_classes=num_classes)
+    spec = caffe_model_spec(prototxt, model_name)
+    model_name = spec.model_name
+    classes = spec.num_classes if num_classes is None else num_classes
+    model = create_model(model_name, num_classes=classes, **spec.options)
     state = caffe_to_state_dict(prototxt, weights, model)
     names = _imagenet_names() if model.num_classes == 1000 else None
     preprocessing = make_preprocessing(256, 224, CAFFE_MEAN_BGR, (1.0, 1.0, 1.0), channel_order="BGR",
                                        pixel_range=255.0)
-    return ImportedWeights(state, model_name, f"Caffe {Path(weights).name}", class_names=names,
-                           preprocessing=preprocessing)
+    return ImportedWeights(state, model_name, f"Caffe {Path(weights).name}", dict(spec.options), class_names=names,
+                           preprocessing=preprocessing, notes=list(spec.notes))
 
 
 def _recognised(state: dict[str, torch.Tensor], source: str, kind: str) -> ImportedWeights:

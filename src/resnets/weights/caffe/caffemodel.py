@@ -7,6 +7,7 @@ an unknown field. The descriptors are built in Python, so nothing is generated a
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -78,17 +79,30 @@ NetParameter = _MESSAGES["NetParameter"]
 BlobProto = _MESSAGES["BlobProto"]
 
 
-def blob_to_array(blob) -> np.ndarray:
-    """A BlobProto as an array: its ``shape``, or the legacy (num, channels, height, width)."""
+# Caffe's own limits: at most 32 axes (kMaxBlobAxes), each dimension an int32.
+MAX_BLOB_AXES = 32
+MAX_BLOB_DIM = (1 << 31) - 1
+
+
+def blob_to_array(blob, where: str = "a blob") -> np.ndarray:
+    """A BlobProto as an array: its ``shape``, or the legacy (num, channels, height, width).
+
+    The declared shape is untrusted: it is checked (dimensions 0..2^31-1, at most 32 axes) and
+    its element count compared with the values actually present before anything is allocated.
+    """
     if blob.HasField("shape"):
         shape = tuple(blob.shape.dim)
     else:
         shape = tuple(d for d in (blob.num, blob.channels, blob.height, blob.width))
+    if len(shape) > MAX_BLOB_AXES or any(not 0 <= d <= MAX_BLOB_DIM for d in shape):
+        raise ResnetsError(f"{where} declares shape {shape[:8]}{'...' if len(shape) > 8 else ''}: "
+                           f"at most {MAX_BLOB_AXES} dimensions from 0 to {MAX_BLOB_DIM}; the caffemodel is damaged")
+    present = len(blob.double_data) or len(blob.data)
+    if math.prod(shape) != present:
+        raise ResnetsError(f"{where} declares shape {shape} ({math.prod(shape)} values) but holds {present}; "
+                           "the caffemodel is damaged")
     values = (np.array(blob.double_data, dtype=np.float64) if len(blob.double_data)
               else np.array(blob.data, dtype=np.float32))
-    if int(np.prod(shape)) != values.size:
-        raise ResnetsError(f"a blob declares shape {shape} but holds {values.size} values; "
-                           "the caffemodel is damaged")
     return values.reshape(shape)
 
 
@@ -122,7 +136,8 @@ def read_caffemodel(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
     weights: dict[str, list[np.ndarray]] = {}
     for layer in list(net.layer) + list(net.layers):
         if len(layer.blobs):
-            weights[layer.name] = [blob_to_array(blob) for blob in layer.blobs]
+            weights[layer.name] = [blob_to_array(blob, f"blob {i} of layer {layer.name!r}")
+                                   for i, blob in enumerate(layer.blobs)]
     if not weights:
         raise ResnetsError(f"{path} holds no weights (an empty or truncated caffemodel?)")
     return weights

@@ -5,6 +5,10 @@ leaves gamma and beta to a separate Scale layer; both become one ``BatchNorm2d``
 differences are folded in exactly: a bias on the convolution before a BatchNorm (MSRA's
 ``conv1`` has one) shifts the running mean, and a Caffe ``eps`` other than the module's
 shifts the running variance.
+
+Before any weight is copied, the prototxt's geometry is compared with the model's: every
+convolution's kernel, stride, padding and groups, so a model that would load every blob but
+compute something else (stride on the wrong conv, another stem pool) is refused.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ from torch import nn
 from ...errors import ResnetsError
 from ...models import ResNet
 from .caffemodel import read_caffemodel
+from .geometry import CaffeResNetSpec, caffe_resnet_spec
 from .layout import ConvUnit, ResNetLayout, resnet_layout
-from .net import CaffeLayer, fit_blob, net_layers
-from .prototxt import first, parse_prototxt
+from .net import CaffeLayer, fit_blob, pair_param, read_definition
+from .prototxt import first
 
 Blobs = Mapping[str, Sequence[np.ndarray]]
 
@@ -33,16 +38,47 @@ def caffe_to_state_dict(prototxt: str | os.PathLike, caffemodel: str | os.PathLi
     Blocks may be named ``res4b`` or ``res4b1`` (ResNet-101/152 style); the classifier is the
     last InnerProduct of the prototxt.
     """
-    layers = {layer.name: layer for layer in net_layers(parse_prototxt(prototxt), "TEST")}
+    layers = _layers_by_name(prototxt)
     blobs = read_caffemodel(caffemodel) if isinstance(caffemodel, (str, os.PathLike)) else caffemodel
     layout = _matching_layout(model, blobs)
     modules = dict(model.named_modules())
+    _check_conv_geometry(layout, modules, layers, getattr(model, "model_name", None) or "the model")
     state: dict[str, torch.Tensor] = {}
     for unit in layout.units():
         state.update(_conv_bn_state(unit, modules, layers, blobs))
     if model.num_classes:
         state.update(_fc_state(model, layers, blobs))
     return state
+
+
+def caffe_model_spec(prototxt: str | os.PathLike, model_name: str | None = None) -> CaffeResNetSpec:
+    """Which model (registered name + options) a Caffe ResNet prototxt needs; ``model_name`` is
+    checked against the prototxt's geometry (one-line error naming the first difference)."""
+    return caffe_resnet_spec(_layers_by_name(prototxt), model_name)
+
+
+def _layers_by_name(prototxt: str | os.PathLike) -> dict[str, CaffeLayer]:
+    _, layers, _ = read_definition(prototxt, "TEST")
+    return {layer.name: layer for layer in layers}
+
+
+def _check_conv_geometry(layout: ResNetLayout, modules: dict[str, nn.Module], layers: Mapping[str, CaffeLayer],
+                         model_name: str) -> None:
+    for unit in layout.units():
+        layer = layers.get(unit.caffe_conv)
+        if layer is None or layer.type != "Convolution":
+            raise ResnetsError(f"the prototxt has no Convolution layer {unit.caffe_conv!r} though the caffemodel "
+                               "holds its weights; the two files belong to different networks")
+        p = layer.param("convolution_param")
+        caffe = (pair_param(p, "kernel_size", 0), pair_param(p, "stride", 1), pair_param(p, "pad", 0),
+                 pair_param(p, "dilation", 1), int(first(p, "group", 1)))
+        conv = modules[unit.conv]
+        ours = (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups)
+        if caffe != ours:
+            label = ("kernel", "stride", "pad", "dilation", "group")
+            which = next(i for i in range(5) if caffe[i] != ours[i])
+            raise ResnetsError(f"the prototxt's {unit.caffe_conv} has {label[which]} {caffe[which]} but {model_name}'s "
+                               f"{unit.conv} has {ours[which]}; the model does not compute what the Caffe net does")
 
 
 def _matching_layout(model: ResNet, blobs: Blobs) -> ResNetLayout:

@@ -9,6 +9,7 @@ becomes one ``nn.BatchNorm2d``. Data, loss and accuracy layers do not run; what 
 
 from __future__ import annotations
 
+import contextvars
 import math
 import os
 import re
@@ -23,6 +24,7 @@ from ...errors import ResnetsError
 from .caffemodel import read_caffemodel
 from .layers import ChannelScale, Concat, Crop, Eltwise, InnerProduct, Split
 from .prototxt import Message, first, parse_prototxt
+from .validate import MAX_BLOB_VALUES, MAX_PARAMS, check_dims, check_layer, check_param_count
 
 Shape = tuple[int, ...]  # a blob's shape without the batch axis
 
@@ -154,18 +156,23 @@ def net_layers(net: Message, phase: str) -> list[CaffeLayer]:
         raise ResnetsError("the prototxt has both `layer` and V1 `layers` entries; Caffe takes one "
                            "kind per file: upgrade the V1 `layers` (caffe's upgrade_net_proto_text)")
     layers = []
-    for message in net.get("layer", []) + net.get("layers", []):
+    for index, message in enumerate(net.get("layer", []) + net.get("layers", [])):
+        if not isinstance(message, dict):
+            raise ResnetsError(f"layer entry {index + 1} is {message!r}, not a {{ ... }} block")
         kind = str(first(message, "type", ""))
         kind = V1_TYPES.get(kind, kind)
         name = str(first(message, "name", f"{kind.lower()}{len(layers)}"))
         if _in_phase(message, phase):
-            layers.append(CaffeLayer(name, kind, tuple(map(str, message.get("bottom", []))),
-                                     tuple(map(str, message.get("top", []))), message))
+            check_layer(message, kind, name)
+            layers.append(CaffeLayer(name, kind, tuple(message.get("bottom", [])),
+                                     tuple(message.get("top", [])), message))
     return layers
 
 
 def _in_phase(message: Message, phase: str) -> bool:
     def matches(rule: Message) -> bool:
+        if not isinstance(rule, dict):
+            raise ResnetsError(f"an include/exclude rule must be a {{ ... }} block, got {rule!r}")
         return "phase" not in rule or str(first(rule, "phase")) in (phase, str(_PHASE_NUMBERS[phase]))
 
     includes, excludes = message.get("include", []), message.get("exclude", [])
@@ -177,7 +184,7 @@ def _in_phase(message: Message, phase: str) -> bool:
 _PHASE_NUMBERS = {"TRAIN": 0, "TEST": 1}
 
 
-def _pair(message: Message, name: str, default: int) -> tuple[int, int]:
+def pair_param(message: Message, name: str, default: int) -> tuple[int, int]:
     """A 2-d spatial parameter: ``name_h``/``name_w``, or ``name`` given once or per axis."""
     if f"{name}_h" in message or f"{name}_w" in message:
         return int(first(message, f"{name}_h", default)), int(first(message, f"{name}_w", default))
@@ -192,21 +199,23 @@ Builder = Callable[[CaffeLayer, list[Shape]], tuple[nn.Module, list[Shape]]]
 def _conv(layer: CaffeLayer, shapes: list[Shape]) -> tuple[nn.Module, list[Shape]]:
     p = layer.param("convolution_param")
     (c, h, w) = _spatial(layer, shapes[0])
-    kernel = _pair(p, "kernel_size", 0) if ("kernel_size" in p or "kernel_h" in p) else None
+    kernel = pair_param(p, "kernel_size", 0) if ("kernel_size" in p or "kernel_h" in p) else None
     if kernel is None or min(kernel) < 1:
         raise ResnetsError(f"Convolution layer {layer.name!r} has no kernel_size; add one to its "
                            "convolution_param")
-    stride, pad, dilation = _pair(p, "stride", 1), _pair(p, "pad", 0), _pair(p, "dilation", 1)
+    stride, pad, dilation = pair_param(p, "stride", 1), pair_param(p, "pad", 0), pair_param(p, "dilation", 1)
     out_ch, groups = int(first(p, "num_output", 0)), int(first(p, "group", 1))
     if out_ch < 1 or c % groups or out_ch % groups:
         raise ResnetsError(f"Convolution layer {layer.name!r}: num_output {out_ch} and input channels "
                            f"{c} must both divide into group {groups}")
-    conv = nn.Conv2d(c, out_ch, kernel, stride, pad, dilation, groups, bias=bool(first(p, "bias_term", True)))
+    out_h, out_w = (_conv_out(size, k, s, q, d) for size, k, s, q, d
+                    in zip((h, w), kernel, stride, pad, dilation))
+    bias = bool(first(p, "bias_term", True))
+    _check_layer_params(layer, out_ch * (c // groups) * kernel[0] * kernel[1] + (out_ch if bias else 0))
+    conv = nn.Conv2d(c, out_ch, kernel, stride, pad, dilation, groups, bias=bias)
     nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
     if conv.bias is not None:
         nn.init.zeros_(conv.bias)
-    out_h, out_w = (_conv_out(size, k, s, q, d) for size, k, s, q, d
-                    in zip((h, w), kernel, stride, pad, dilation))
     return conv, [(out_ch, out_h, out_w)]
 
 
@@ -224,7 +233,7 @@ def _pool(layer: CaffeLayer, shapes: list[Shape]) -> tuple[nn.Module, list[Shape
     if first(p, "global_pooling", False):
         module = nn.AdaptiveMaxPool2d(1) if method == "MAX" else nn.AdaptiveAvgPool2d(1)
         return module, [(c, 1, 1)]
-    kernel, stride, pad = _pair(p, "kernel_size", 0), _pair(p, "stride", 1), _pair(p, "pad", 0)
+    kernel, stride, pad = pair_param(p, "kernel_size", 0), pair_param(p, "stride", 1), pair_param(p, "pad", 0)
     for k, s, q in zip(kernel, stride, pad):
         # torch's ceil mode equals Caffe's rounding (output size rounded up, the last window
         # starting inside the padded image) except in these geometries, which no real net uses.
@@ -254,7 +263,9 @@ def _inner_product(layer: CaffeLayer, shapes: list[Shape]) -> tuple[nn.Module, l
     out = int(first(p, "num_output", 0))
     if out < 1:
         raise ResnetsError(f"InnerProduct layer {layer.name!r} needs a positive num_output")
-    module = InnerProduct(math.prod(shapes[0]), out, bias=bool(first(p, "bias_term", True)))
+    bias = bool(first(p, "bias_term", True))
+    _check_layer_params(layer, math.prod(shapes[0]) * out + (out if bias else 0))
+    module = InnerProduct(math.prod(shapes[0]), out, bias=bias)
     return module, [(out,)]
 
 
@@ -286,7 +297,11 @@ def _eltwise(layer: CaffeLayer, shapes: list[Shape]) -> tuple[nn.Module, list[Sh
 def _concat(layer: CaffeLayer, shapes: list[Shape]) -> tuple[nn.Module, list[Shape]]:
     p = layer.param("concat_param")
     axis = int(first(p, "axis", first(p, "concat_dim", 1)))
-    dim = axis - 1 if axis > 0 else axis
+    dim = _axis(layer, axis, shapes[0]) - 1
+    if dim < 0 or len({len(s) for s in shapes}) != 1 or any(
+            s[:dim] + s[dim + 1:] != shapes[0][:dim] + shapes[0][dim + 1:] for s in shapes):
+        raise ResnetsError(f"Concat layer {layer.name!r} joins blobs {', '.join(map(str, shapes))} along "
+                           f"axis {axis}; their other dimensions must agree (and the batch axis cannot join)")
     out = list(shapes[0])
     out[dim] = sum(s[dim] for s in shapes)
     return Concat(axis), [tuple(out)]
@@ -295,12 +310,23 @@ def _concat(layer: CaffeLayer, shapes: list[Shape]) -> tuple[nn.Module, list[Sha
 def _flatten(layer: CaffeLayer, shapes: list[Shape]) -> tuple[nn.Module, list[Shape]]:
     p = layer.param("flatten_param")
     axis, end = int(first(p, "axis", 1)), int(first(p, "end_axis", -1))
+    if _axis(layer, axis, shapes[0]) > _axis(layer, end, shapes[0]):
+        raise ResnetsError(f"Flatten layer {layer.name!r} has axis {axis} after end_axis {end}")
     return nn.Flatten(axis, end), [tuple(torch.empty((1, *shapes[0]), device="meta").flatten(axis, end).shape[1:])]
 
 
 def _crop(layer: CaffeLayer, shapes: list[Shape]) -> tuple[nn.Module, list[Shape]]:
     p = layer.param("crop_param")
-    axis = int(first(p, "axis", 2))
+    axis = _axis(layer, int(first(p, "axis", 2)), shapes[0])
+    offsets = [int(o) for o in p.get("offset", [])]
+    if axis < 1 or len(shapes[0]) != len(shapes[1]) or len(offsets) not in (0, 1, len(shapes[0]) + 1 - axis):
+        raise ResnetsError(f"Crop layer {layer.name!r}: axis {axis} and {len(offsets)} offsets do not fit "
+                           f"blobs {shapes[0]} and {shapes[1]}")
+    for i, dim in enumerate(range(axis - 1, len(shapes[0]))):
+        offset = offsets[0] if len(offsets) == 1 else (offsets[i] if offsets else 0)
+        if offset + shapes[1][dim] > shapes[0][dim]:
+            raise ResnetsError(f"Crop layer {layer.name!r} cuts {shapes[1]} at offset {offset} out of {shapes[0]}, "
+                               "which is too small")
     out = list(shapes[0])
     out[axis - 1:] = shapes[1][axis - 1:]
     return Crop(axis, [int(o) for o in p.get("offset", [])]), [tuple(out)]
@@ -324,11 +350,38 @@ _BUILDERS: dict[str, Builder] = {
                                                                       "bias_term", False))), shapes[:1]),
     "Dropout": _same_shape(lambda layer: nn.Dropout(float(first(layer.param("dropout_param"),
                                                                 "dropout_ratio", 0.5)))),
-    "Softmax": _same_shape(lambda layer: nn.Softmax(int(first(layer.param("softmax_param"), "axis", 1)))),
+    "Softmax": lambda layer, shapes: (nn.Softmax(_axis(layer, int(first(layer.param("softmax_param"), "axis", 1)),
+                                                        shapes[0])), shapes[:1]),
     "Sigmoid": _same_shape(lambda layer: nn.Sigmoid()),
     "TanH": _same_shape(lambda layer: nn.Tanh()),
     "Split": lambda layer, shapes: (Split(len(layer.tops)), shapes[:1] * len(layer.tops)),
 }
+
+
+def _axis(layer: CaffeLayer, axis: int, shape: Shape) -> int:
+    """``axis`` of a blob with the batch axis first, made non-negative; out of range is an error."""
+    rank = len(shape) + 1
+    if not -rank <= axis < rank:
+        raise ResnetsError(f"{layer.type} layer {layer.name!r} names axis {axis} of a {rank}-d blob")
+    return axis % rank
+
+
+# The parameter limit of the net being built (from_prototxt's max_params).
+_PARAM_LIMIT: contextvars.ContextVar[int] = contextvars.ContextVar("caffe_param_limit", default=MAX_PARAMS)
+
+
+def _check_layer_params(layer: CaffeLayer, count: int) -> None:
+    check_param_count(count, _PARAM_LIMIT.get(), f"{layer.type} layer {layer.name!r}")
+
+
+def _check_output(layer: CaffeLayer, shapes: Sequence[Shape]) -> None:
+    for shape in shapes:
+        if any(d < 1 for d in shape):
+            raise ResnetsError(f"{layer.type} layer {layer.name!r} would output an empty blob {shape}; its "
+                               "kernel is larger than its (padded) input")
+        if math.prod(shape) > MAX_BLOB_VALUES:
+            raise ResnetsError(f"{layer.type} layer {layer.name!r} would output {math.prod(shape):.3g} values "
+                               f"per image, over the limit of {MAX_BLOB_VALUES:.3g}")
 
 
 def _spatial(layer: CaffeLayer, shape: Shape) -> Shape:
@@ -413,13 +466,36 @@ _LOADERS: dict[type, Callable[..., None]] = {
 
 # -- the whole net ----------------------------------------------------------------------------
 def from_prototxt(path: str | os.PathLike, caffemodel: str | os.PathLike | None = None,
-                  phase: str = "TEST") -> CaffeNet:
+                  phase: str = "TEST", max_params: int = MAX_PARAMS) -> CaffeNet:
     """Build a runnable :class:`CaffeNet` from a prototxt, with a caffemodel's weights if given.
 
     ``path`` may also be the prototxt text itself. Without weights, convolutions are
     Kaiming-initialised so the net runs. The model is returned in eval mode (BatchNorm uses its
     running statistics, as Caffe's ``use_global_stats``); ``phase`` (TRAIN or TEST) selects
     layers by their include/exclude rules and which data layer ``data_info`` describes.
+
+    The definition is untrusted: every parameter is checked, and the net is first planned on
+    the meta device, so one declaring more than ``max_params`` parameters (or absurd blobs) is
+    refused before anything is allocated.
+    """
+    net_def, layers, info = read_definition(path, phase, max_params)
+    token = _PARAM_LIMIT.set(max_params)
+    try:
+        steps = _build_steps(layers, info)
+    finally:
+        _PARAM_LIMIT.reset(token)
+    model = CaffeNet(str(first(net_def, "name", "caffe_net")), steps, info.input_name, info)
+    if caffemodel is not None:
+        model.load_caffe_blobs(read_caffemodel(caffemodel))
+    return model.eval()
+
+
+def read_definition(path: str | os.PathLike, phase: str = "TEST",
+                    max_params: int = MAX_PARAMS) -> tuple[Message, list[CaffeLayer], CaffeDataInfo]:
+    """(net, its checked layers in ``phase``, data info) of a prototxt, planned without allocating.
+
+    The plan builds every module on the meta device: shapes are inferred, each layer's
+    geometry checked and the parameters counted against ``max_params``.
     """
     phase = str(phase).upper()
     if phase not in _PHASE_NUMBERS:
@@ -427,11 +503,15 @@ def from_prototxt(path: str | os.PathLike, caffemodel: str | os.PathLike | None 
     net_def = parse_prototxt(path)
     layers = net_layers(net_def, phase)
     info = _data_info(net_def, layers, phase)
-    model = CaffeNet(str(first(net_def, "name", "caffe_net")), _build_steps(layers, info),
-                     info.input_name, info)
-    if caffemodel is not None:
-        model.load_caffe_blobs(read_caffemodel(caffemodel))
-    return model.eval()
+    token = _PARAM_LIMIT.set(max_params)
+    try:
+        with torch.device("meta"):
+            planned = _build_steps(layers, info)
+    finally:
+        _PARAM_LIMIT.reset(token)
+    total = sum(p.numel() for _, module in planned for p in module.parameters())
+    check_param_count(total, max_params, f"network {str(first(net_def, 'name', 'caffe_net'))!r}")
+    return net_def, layers, info
 
 
 def _build_steps(layers: list[CaffeLayer], info: CaffeDataInfo) -> list[tuple[_Step, nn.Module]]:
@@ -466,6 +546,7 @@ def _build_steps(layers: list[CaffeLayer], info: CaffeDataInfo) -> list[tuple[_S
         else:
             raise ResnetsError(f"layer {layer.name!r} has type {layer.type!r}, which resnets cannot "
                                f"run (supported: {', '.join(sorted(_BUILDERS))})")
+        _check_output(layer, out_shapes)
         shapes.update(zip(layer.tops, out_shapes))
         module_name = _module_name(group[0].name, used_names)
         steps.append((_Step(module_name, tuple(group), group[0].bottoms, layer.tops), module))
@@ -489,8 +570,9 @@ def _data_info(net: Message, layers: list[CaffeLayer], phase: str) -> CaffeDataI
         _read_data_layer(data, info)
     elif "input" in net:
         info.input_name = str(net["input"][0])
-        dims = ([int(d) for d in first(net, "input_shape", {}).get("dim", [])]
-                or [int(d) for d in net.get("input_dim", [])])
+        shape = first(net, "input_shape", {})
+        dims = list(shape.get("dim", []) if isinstance(shape, dict) else []) or list(net.get("input_dim", []))
+        dims = list(check_dims(dims, f"input {info.input_name!r}"))
         if len(dims) == 4:
             info.batch_size, info.input_size, info.input_size_known = dims[0], tuple(dims[1:]), True
     if info.input_name is None:
@@ -517,15 +599,20 @@ def _read_data_layer(layer: CaffeLayer, info: CaffeDataInfo) -> None:
     info.backend = str(first(params, "backend")) if "backend" in params else None
     channels = 3 if first(params, "is_color", True) else 1
     if layer.type == "Input":
-        dims = [int(d) for d in first(layer.param("input_param"), "shape", {}).get("dim", [])]
+        shape = first(layer.param("input_param"), "shape", {})
+        if not isinstance(shape, dict):
+            raise ResnetsError(f"Input layer {layer.name!r}: input_param.shape must be a {{ dim: ... }} block")
+        dims = list(check_dims(list(shape.get("dim", [])), f"Input layer {layer.name!r}"))
         if len(dims) == 4:
             info.batch_size, info.input_size, info.input_size_known = dims[0], tuple(dims[1:]), True
     elif layer.type == "MemoryData" and "height" in params:
-        info.input_size = (int(first(params, "channels", 3)), int(first(params, "height")),
-                           int(first(params, "width")))
+        info.input_size = check_dims([1, first(params, "channels", 3), first(params, "height"),
+                                      first(params, "width", 1)], f"MemoryData layer {layer.name!r}")[1:]
         info.input_size_known = True
     elif info.crop_size:
-        info.input_size, info.input_size_known = (channels, info.crop_size, info.crop_size), True
+        info.input_size = check_dims([1, channels, info.crop_size, info.crop_size], f"layer {layer.name!r}")[1:]
+        info.input_size_known = True
     elif "new_height" in params:
-        info.input_size = (channels, int(first(params, "new_height")), int(first(params, "new_width")))
+        info.input_size = check_dims([1, channels, first(params, "new_height"), first(params, "new_width", 1)],
+                                     f"layer {layer.name!r}")[1:]
         info.input_size_known = True

@@ -27,6 +27,12 @@ _TOKEN = re.compile(r"""
 """, re.VERBOSE)
 
 _CLOSE = {"{": "}", "<": ">"}
+# Caffe's messages nest a few levels (layer > param > shape); a file nesting deeper is not a
+# network definition, and unbounded recursion would end in a RecursionError.
+MAX_NESTING = 64
+# The largest real definitions (ResNet-269, DenseNet-264 train_val) are well under 1 MiB; the
+# parsed form costs tens of bytes per token, so a cap keeps a hostile file's parse small.
+MAX_PROTOTXT_BYTES = 16 << 20
 _TRUE, _FALSE = {"true", "True", "t"}, {"false", "False", "f"}
 _SPECIAL_FLOATS = {"inf": float("inf"), "infinity": float("inf"), "nan": float("nan")}
 
@@ -48,6 +54,10 @@ def load_prototxt_text(path_or_text: str | os.PathLike) -> tuple[str, str]:
         return path_or_text, "<prototxt text>"
     if not _is_file(path):
         raise ResnetsError(f"prototxt file {str(path)!r} not found; check the path")
+    size = path.stat().st_size
+    if size > MAX_PROTOTXT_BYTES:
+        raise ResnetsError(f"{path} holds {size / 2**20:.0f} MiB, more than any network definition "
+                           f"(limit {MAX_PROTOTXT_BYTES >> 20} MiB); pass the .prototxt, not the weights")
     try:
         return path.read_text(encoding="utf-8"), str(path)
     except UnicodeDecodeError:
@@ -70,18 +80,24 @@ def parse_prototxt(path_or_text: str | os.PathLike) -> Message:
     """Parse a text-format message (a Caffe ``NetParameter``) into nested dicts of lists.
 
     Comments, repeated fields, ``field: {`` / ``field {`` / ``field <``, separators and any
-    indentation are accepted. A syntax error is a one-line :class:`ResnetsError` naming
-    ``file:line``.
+    indentation are accepted. A syntax error, nesting deeper than :data:`MAX_NESTING` or a text
+    over :data:`MAX_PROTOTXT_BYTES` is a one-line :class:`ResnetsError` naming ``file:line``.
     """
     text, source = load_prototxt_text(path_or_text)
+    if len(text) > MAX_PROTOTXT_BYTES:
+        raise ResnetsError(f"{source} is longer than any network definition (limit {MAX_PROTOTXT_BYTES >> 20} MiB)")
     return _Parser(text, source).parse()
 
 
 class _Parser:
+    """Recursive descent over a lazily tokenized text (one token of look-ahead)."""
+
     def __init__(self, text: str, source: str) -> None:
         self.source = source
-        self.tokens = list(self._tokenize(text))
-        self.pos = 0
+        self._tokens = self._tokenize(text)
+        self._lookahead = next(self._tokens, None)
+        self._last_line = 1
+        self.depth = 0
 
     def _tokenize(self, text: str) -> Iterator[tuple[str, str, int]]:
         line, index = 1, 0
@@ -100,18 +116,31 @@ class _Parser:
         return ResnetsError(f"{self.source}:{line}: prototxt syntax error: {what}")
 
     def _peek(self) -> tuple[str, str, int] | None:
-        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+        return self._lookahead
+
+    def _advance(self) -> None:
+        if self._lookahead is not None:
+            self._last_line = self._lookahead[2]
+        self._lookahead = next(self._tokens, None)
 
     def _next(self, expected: str) -> tuple[str, str, int]:
         token = self._peek()
         if token is None:
-            last_line = self.tokens[-1][2] if self.tokens else 1
-            raise self._error(last_line, f"file ends where {expected} was expected (unclosed '{{'?)")
-        self.pos += 1
+            raise self._error(self._last_line, f"file ends where {expected} was expected (unclosed '{{'?)")
+        self._advance()
         return token
 
     def parse(self) -> Message:
         message = self._fields(closing=None)
+        return message
+
+    def _message(self, closing: str, line: int) -> Message:
+        """A nested message, after its opening brace."""
+        if self.depth >= MAX_NESTING:
+            raise self._error(line, f"messages nest deeper than {MAX_NESTING} levels; not a network definition")
+        self.depth += 1
+        message = self._fields(closing)
+        self.depth -= 1
         return message
 
     def _fields(self, closing: str | None) -> Message:
@@ -124,25 +153,25 @@ class _Parser:
                 return message
             kind, text, line = token
             if kind == "punct" and text == closing:
-                self.pos += 1
+                self._advance()
                 return message
             if kind == "punct" and text in ";,":
-                self.pos += 1
+                self._advance()
                 continue
             if kind != "word":
                 raise self._error(line, f"expected a field name, found {text!r}")
-            self.pos += 1
+            self._advance()
             message.setdefault(text, []).extend(self._field_value(text))
 
     def _field_value(self, name: str) -> list[Any]:
         kind, text, line = self._next(f"a value for {name!r}")
         if kind == "punct" and text in _CLOSE:
-            return [self._fields(_CLOSE[text])]
+            return [self._message(_CLOSE[text], line)]
         if not (kind == "punct" and text == ":"):
             raise self._error(line, f"expected ':' or '{{' after {name!r}, found {text!r}")
         kind, text, line = self._next(f"a value for {name!r}")
         if kind == "punct" and text in _CLOSE:
-            return [self._fields(_CLOSE[text])]
+            return [self._message(_CLOSE[text], line)]
         if kind == "punct" and text == "[":
             return self._list(name)
         return [self._scalar(kind, text, line, name)]
@@ -156,7 +185,7 @@ class _Parser:
             if kind == "punct" and text == ",":
                 continue
             if kind == "punct" and text in _CLOSE:
-                values.append(self._fields(_CLOSE[text]))
+                values.append(self._message(_CLOSE[text], line))
             else:
                 values.append(self._scalar(kind, text, line, name))
 
@@ -166,7 +195,7 @@ class _Parser:
             # Adjacent string literals concatenate, as in C and protobuf.
             while (token := self._peek()) is not None and token[0] == "string":
                 value += token[1][1:-1]
-                self.pos += 1
+                self._advance()
             if "\\" not in value:
                 return value
             # Non-ASCII text survives as \uXXXX escapes, which unicode_escape turns back.
