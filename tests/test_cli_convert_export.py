@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -113,3 +115,109 @@ def test_caffe_round_trip_through_export_and_convert(tmp_path, capsys):
     preprocessing = converted.preprocessing
     preprocessing = preprocessing.to_dict() if hasattr(preprocessing, "to_dict") else preprocessing
     assert preprocessing["channel_order"] == "BGR"
+
+
+TINY = {"layers": (1, 1, 1, 1), "widths": (8, 8, 16, 16), "stem_width": 8}
+
+
+def _tiny_weights(path, seed: int = 0, num_classes: int = 3):
+    from resnets.weights import save_weights
+
+    torch.manual_seed(seed)
+    return save_weights(path, randomise(create_model("resnet18", num_classes=num_classes, **TINY), seed),
+                        class_names=[f"class{i}" for i in range(num_classes)])
+
+
+def _digest(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _export_pair(capsys, weights, prototxt):
+    return _run(capsys, "export", str(weights), "--format", "prototxt", "--out", str(prototxt), "--input-size", "64")
+
+
+def test_prototxt_pair_survives_a_failure_between_its_two_replacements(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("resnets.weights.caffe")
+    prototxt, caffemodel = tmp_path / "r.prototxt", tmp_path / "r.caffemodel"
+    status, _, err = _export_pair(capsys, _tiny_weights(tmp_path / "old.safetensors", 0), prototxt)
+    assert status == 0, err
+    before = (_digest(prototxt), _digest(caffemodel))
+    new_weights = _tiny_weights(tmp_path / "new.safetensors", 1, num_classes=4)  # another prototxt too
+    real_replace, final = os.replace, []
+
+    def replace(src, dst):
+        if str(dst) in (str(prototxt), str(caffemodel)):  # the pair's own renames, not the writers' inside
+            final.append(str(dst))
+            if len(final) == 2:
+                raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="No space"):
+        _export_pair(capsys, new_weights, prototxt)
+    monkeypatch.undo()
+    assert final[:2] == [str(prototxt), str(caffemodel)]
+    assert (_digest(prototxt), _digest(caffemodel)) == before
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    status, _, err = _export_pair(capsys, new_weights, prototxt)
+    assert status == 0, err
+    assert _digest(prototxt) != before[0] and _digest(caffemodel) != before[1]
+
+
+def test_prototxt_out_naming_the_caffemodel_is_refused(tmp_path, capsys):
+    pytest.importorskip("resnets.weights.caffe")
+    status, _, err = _export_pair(capsys, _tiny_weights(tmp_path / "w.safetensors"), tmp_path / "x.caffemodel")
+    assert status == 2 and err.count("\n") == 1 and "x.prototxt" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]
+
+
+def test_export_removes_the_leftovers_of_a_killed_export(tmp_path, capsys):
+    pytest.importorskip("resnets.weights.caffe")
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    leftovers = [tmp_path / f".r.prototxt.{child.pid}-0123abcd.tmp", tmp_path / f".r.caffemodel.{child.pid}-0123abcd.tmp",
+                 tmp_path / f"..r.caffemodel.{child.pid}-0123abcd.tmp.{child.pid}-89abcdef.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"torn")
+        os.utime(path, (time.time() - 600, time.time() - 600))
+    status, _, err = _export_pair(capsys, _tiny_weights(tmp_path / "w.safetensors"), tmp_path / "r.prototxt")
+    assert status == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.caffemodel", "r.prototxt", "w.safetensors"]
+
+
+@pytest.mark.parametrize("mask, expected", [(0o022, 0o644), (0o077, 0o600)])
+def test_exported_safetensors_follow_the_umask(tmp_path, capsys, mask, expected):
+    weights = _tiny_weights(tmp_path / "w.safetensors")
+    old = os.umask(mask)
+    try:
+        status, _, err = _run(capsys, "export", str(weights), "--format", "safetensors", "--out",
+                              str(tmp_path / "out.safetensors"))
+    finally:
+        os.umask(old)
+    assert status == 0, err
+    assert os.stat(tmp_path / "out.safetensors").st_mode & 0o777 == expected
+
+
+@pytest.mark.parametrize("size", ["-1", "0", "100000"])
+def test_export_bad_input_size_is_one_line_before_anything_is_built(tmp_path, capsys, monkeypatch, size):
+    def never(*args):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr("resnets.cli.export.load_checkpoint", never)
+    status, _, err = _run(capsys, "export", "resnet18", "--format", "onnx", "--out", str(tmp_path / "m.onnx"),
+                          "--input-size", size)
+    assert status == 2 and err.startswith("resnets: error: ") and err.count("\n") == 1, err
+    assert "--input-size" in err and size in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_input_size_below_the_network_stride_is_one_line(tmp_path, capsys):
+    status, _, err = _run(capsys, "export", str(_tiny_weights(tmp_path / "w.safetensors")), "--format", "torchscript",
+                          "--out", str(tmp_path / "m.pt"), "--input-size", "8")
+    assert status == 2 and "too small" in err and err.count("\n") == 1, err
