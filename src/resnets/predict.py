@@ -93,13 +93,24 @@ def load_for_inference(checkpoint: str | os.PathLike, device: str | torch.device
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files as given; directories replaced by the image files under them (sorted)."""
-    from .data.images import is_image_name
+    """Files as given; directories replaced by the image files under them (sorted).
+
+    Directories are walked as image folders are (:func:`resnets.data.imagetree.walk_files`:
+    symbolic links to folders not followed, regular files only). A given path that exists but
+    is not a folder or a regular file (a FIFO would block the read, a device never end) is
+    skipped with a warning; a missing one is kept, for the reader to report.
+    """
+    import warnings
+
+    from .data.images import BadImageWarning, is_image_name, printable
+    from .data.imagetree import walk_files
 
     paths: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            paths.extend(sorted(p for p in item.rglob("*") if p.is_file() and is_image_name(p.name)))
+            paths.extend(item / name for name in walk_files(item) if is_image_name(name))
+        elif item.exists() and not item.is_file():
+            warnings.warn(f"skipped {printable(str(item))}: not a regular file", BadImageWarning, stacklevel=2)
         else:
             paths.append(item)
     return paths

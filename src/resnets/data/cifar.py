@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import io
 import pickle
+import stat
 import tarfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,10 @@ from PIL import Image
 
 from ..errors import ResnetsError
 from .dataset import ImageDataset
+from .images import first_line, printable
+
+# No CIFAR file is larger (CIFAR-100's train pickle is 150 MiB); a bigger one is not read.
+MAX_CIFAR_FILE_BYTES = 512 * 2**20
 
 # file names (inside the folder or archive) of each layout: meta file, class-name key,
 # label key, and the batches of each split.
@@ -111,30 +117,46 @@ class CifarSource:
                                f"batches.meta, or train + test + meta)")
         meta_name, names_key, self._label_key, self._batches = _LAYOUTS[kind]
         self._files = files
-        meta = _plain_keys(load_pickle(files[meta_name], f"{path}/{meta_name}"))
-        self.classes = [_text(name) for name in meta[names_key]]
+        where = f"{printable(str(path))}/{meta_name}"
+        meta = _plain_keys(load_pickle(files[meta_name], where), where)
+        names = meta.get(names_key)
+        if not isinstance(names, (list, tuple)) or not names \
+                or not all(isinstance(name, (str, bytes)) for name in names):
+            raise ResnetsError(f"{where} has no class names: expected a list of names under {names_key!r}")
+        self.classes = [printable(_text(name)) for name in names]
 
     def dataset(self, split: str | None) -> CifarDataset:
         pixels, labels, names = [], [], []
         for batch_name in self._batches[split]:
-            where = f"{self.path}/{batch_name}"
+            where = f"{printable(str(self.path))}/{batch_name}"
             if batch_name not in self._files:
                 raise ResnetsError(f"{where} is missing; the CIFAR download is incomplete")
-            batch = _plain_keys(load_pickle(self._files[batch_name], where))
-            data = np.asarray(batch.get("data"))
-            batch_labels = [int(label) for label in batch.get(self._label_key, [])]
-            if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 \
-                    or len(batch_labels) != len(data):
-                raise ResnetsError(f"{where} is not a CIFAR batch: expected uint8 data of shape "
-                                   f"(N, 3072) and N labels")
-            if batch_labels and not 0 <= min(batch_labels) <= max(batch_labels) < len(self.classes):
-                raise ResnetsError(f"{where} has labels outside 0..{len(self.classes) - 1}")
+            data, batch_labels, batch_names = self._batch(batch_name, where)
             pixels.append(data.reshape(-1, 3, 32, 32))
             labels.extend(batch_labels)
-            names.extend(_text(n) for n in batch.get("filenames", [f"{batch_name}#{i}" for i in
-                                                                    range(len(data))]))
+            names.extend(batch_names)
         return CifarDataset(torch.from_numpy(np.concatenate(pixels)), labels, names, self.classes,
-                            f"{self.path} [{split}]")
+                            f"{printable(str(self.path))} [{split}]")
+
+    def _batch(self, batch_name: str, where: str) -> tuple[np.ndarray, list[int], list[str]]:
+        """(uint8 (N, 3072) pixels, N labels, N names) of one batch, checked."""
+        batch = _plain_keys(load_pickle(self._files[batch_name], where), where)
+        data = np.asarray(batch.get("data"))
+        raw_labels = batch.get(self._label_key)
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 \
+                or not isinstance(raw_labels, (list, tuple, np.ndarray)) or len(raw_labels) != len(data):
+            raise ResnetsError(f"{where} is not a CIFAR batch: expected uint8 data of shape "
+                               f"(N, 3072) and N labels")
+        try:
+            batch_labels = [int(label) for label in raw_labels]
+        except (TypeError, ValueError):
+            raise ResnetsError(f"{where} has labels that are not integers") from None
+        if batch_labels and not 0 <= min(batch_labels) <= max(batch_labels) < len(self.classes):
+            raise ResnetsError(f"{where} has labels outside 0..{len(self.classes) - 1}")
+        names = batch.get("filenames")
+        if not isinstance(names, (list, tuple)) or len(names) != len(data):
+            names = [f"{batch_name}#{i}" for i in range(len(data))]
+        return data, batch_labels, [printable(_text(name)) for name in names]
 
 
 def detect_layout(files: dict[str, bytes] | set[str]) -> str | None:
@@ -145,37 +167,71 @@ def detect_layout(files: dict[str, bytes] | set[str]) -> str | None:
     return None
 
 
+def _cifar_names() -> set[str]:
+    """Every file name a CIFAR layout reads; nothing else in a folder or archive is read."""
+    return {name for meta, _, _, batches in _LAYOUTS.values()
+            for name in (meta, *batches["train"], *batches["test"])}
+
+
 def is_cifar_dir(path: Path) -> bool:
-    return path.is_dir() and detect_layout({p.name for p in path.iterdir()}) is not None
+    return path.is_dir() and detect_layout(set(_regular_files(path))) is not None
 
 
 def is_cifar_tar(path: Path) -> bool:
-    if not path.is_file() or not tarfile.is_tarfile(path):
-        return False
-    with tarfile.open(path) as archive:
-        return detect_layout({Path(n).name for n in archive.getnames()}) is not None
+    """Whether ``path`` is a tarball holding CIFAR batches; ResnetsError if it is a tar that cannot be read."""
+    try:
+        if not path.is_file() or not tarfile.is_tarfile(path):
+            return False
+        with tarfile.open(path) as archive:
+            return detect_layout({Path(n).name for n in archive.getnames()}) is not None
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+        raise ResnetsError(f"cannot read archive {printable(str(path))}: {first_line(error)}") from None
+
+
+def _regular_files(path: Path) -> dict[str, Path]:
+    """The regular files (or links to one) directly in folder ``path``, by name."""
+    found = {}
+    for child in path.iterdir():
+        try:
+            if stat.S_ISREG(child.stat().st_mode):
+                found[child.name] = child
+        except OSError:  # a broken link or a link loop
+            continue
+    return found
 
 
 def _read_dir(path: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()}
+    files = {}
+    for name, child in _regular_files(path).items():
+        if name in _cifar_names():
+            try:
+                if child.stat().st_size > MAX_CIFAR_FILE_BYTES:
+                    raise ResnetsError(f"{printable(str(child))} is too large to be a CIFAR file")
+                files[name] = child.read_bytes()
+            except OSError as error:
+                raise ResnetsError(f"cannot read {printable(str(child))}: {error.strerror or error}") from None
+    return files
 
 
 def _read_tar(path: Path) -> dict[str, bytes]:
-    """The regular files of a CIFAR tarball, by base name, read without extracting to disk."""
+    """The CIFAR files of a CIFAR tarball, by base name, read without extracting to disk."""
     files = {}
     try:
         with tarfile.open(path) as archive:
             for member in archive.getmembers():
-                if member.isfile():
-                    files[Path(member.name).name] = archive.extractfile(member).read()
-    except (tarfile.TarError, OSError, EOFError) as error:
-        raise ResnetsError(f"cannot read archive {path}: {error}") from None
+                name = Path(member.name).name
+                if member.isfile() and name in _cifar_names():
+                    if member.size > MAX_CIFAR_FILE_BYTES:
+                        raise ResnetsError(f"{printable(str(path))}:{member.name} is too large to be a CIFAR file")
+                    files[name] = archive.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+        raise ResnetsError(f"cannot read archive {printable(str(path))}: {first_line(error)}") from None
     return files
 
 
-def _plain_keys(batch: Any) -> dict[str, Any]:
+def _plain_keys(batch: Any, where: str) -> dict[str, Any]:
     if not isinstance(batch, dict):
-        raise ResnetsError("a CIFAR batch must be a dict")
+        raise ResnetsError(f"{where} is not a CIFAR file: it must hold a dict")
     return {_text(key): value for key, value in batch.items()}
 
 

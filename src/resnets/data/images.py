@@ -1,13 +1,19 @@
-"""Decoding one image file into an RGB PIL image, whatever its mode, or saying why not.
+"""Reading one image file and decoding it into an RGB PIL image, whatever its mode, or saying why not.
 
 Every reader of the package goes through :func:`decode_image`, so that corrupt, truncated or
 non-image files fail the same way (:class:`BadImageError`, naming the file) and odd modes
-(grayscale, CMYK, palette, RGBA, 16-bit) all come out as 8-bit RGB.
+(grayscale, CMYK, palette, RGBA, 16-bit) all come out as 8-bit RGB. Files on disk are read
+with :func:`read_image_file`, which opens regular files only (never a device, FIFO or socket,
+which could block or never end) and refuses files over :data:`MAX_IMAGE_BYTES`. PIL's
+decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``) stays on: an image declaring more than
+twice that many pixels fails to decode instead of filling memory.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import stat
 
 import numpy as np
 from PIL import Image
@@ -16,6 +22,10 @@ from ..errors import ResnetsError
 
 # The extensions torchvision's ImageFolder accepts; matched case-insensitively.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+# The largest image file (or archive member) read; larger ones are skipped as unreadable. A
+# 50-megapixel camera JPEG is about 25 MiB.
+MAX_IMAGE_BYTES = 64 * 2**20
 
 
 class BadImageError(ResnetsError):
@@ -30,6 +40,49 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def printable(name: str) -> str:
+    """``name`` safe to print and to encode as UTF-8.
+
+    A file name that is not valid UTF-8 reaches Python with its bad bytes as lone surrogates
+    (``"caf\\udce9"``), which a UTF-8 terminal, an LMDB record name or ``str.encode`` refuse;
+    they become ``\\xNN`` escapes (``"caf\\xe9"``).
+    """
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that no undecodable byte produced
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def read_image_file(path: str | os.PathLike, limit: int = MAX_IMAGE_BYTES) -> bytes:
+    """The bytes of the image file at ``path``; BadImageError unless it is a readable regular file.
+
+    The file is opened non-blocking (a FIFO cannot hang the open) and checked on the open
+    descriptor, so what is checked is what is read: devices (``/dev/zero``), FIFOs and
+    folders are refused, and so is a file of more than ``limit`` bytes, before any is read.
+    """
+    name = printable(os.fspath(path))
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        descriptor = os.open(path, flags)
+    except OSError as error:
+        raise BadImageError(f"cannot read image {name}: {error.strerror or error}") from None
+    with open(descriptor, "rb") as handle:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            raise BadImageError(f"cannot read image {name}: not a regular file")
+        if info.st_size > limit:
+            raise BadImageError(f"cannot read image {name}: {info.st_size} bytes, more than the "
+                                f"{limit} an image file may have")
+        try:
+            data = handle.read(limit + 1)
+        except OSError as error:
+            raise BadImageError(f"cannot read image {name}: {error.strerror or error}") from None
+    if len(data) > limit:  # grew since fstat
+        raise BadImageError(f"cannot read image {name}: more than the {limit} bytes an image file may have")
+    return data
+
+
 def decode_image(data: bytes, name: str) -> Image.Image:
     """Fully decode ``data`` (the bytes of file ``name``) to an RGB image.
 
@@ -41,8 +94,13 @@ def decode_image(data: bytes, name: str) -> Image.Image:
             image.load()
             return to_rgb(image)
     except Exception as error:  # any decoder error means the file is unusable  # noqa: BLE001
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise BadImageError(f"cannot decode image {name}: {reason}") from error
+        raise BadImageError(f"cannot decode image {name}: {first_line(error)}") from error
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none), for one-line errors."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

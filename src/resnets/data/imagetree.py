@@ -5,18 +5,36 @@ one level deeper per split: ``root/train/<class>/...`` and ``root/val/<class>/..
 ``test/``). A zip whose entries all sit under one wrapper folder (``cifar10/train/...``) is
 read as if the wrapper were the root. Class labels are the sorted union of the class folders
 of all splits, so a label means the same class in every split.
+
+Hostile trees and archives are read without harm:
+
+* folders are walked without following symbolic links to folders (each such link is named in
+  a warning). Following them can loop forever (``cat/up -> ..``) or reach another class's
+  images under this class's name, and "at most once" would still label images by whichever
+  path the walk met first. Links to files are followed, and kept when they lead to a regular
+  file; FIFOs, devices and sockets are left out (with a warning when they have an image name),
+  and every file is read through :func:`~resnets.data.images.read_image_file` (regular files
+  of at most ``MAX_IMAGE_BYTES`` only);
+* zip members with an absolute path or a ``.``/``..``/empty path part are ignored with a
+  warning; members that cannot be read (bad CRC, encrypted, unsupported compression, larger
+  than ``MAX_IMAGE_BYTES``) fail like corrupt images, so readers skip them with a warning;
+* class names are :func:`~resnets.data.images.printable`: a folder name that is not UTF-8
+  keeps its undecodable bytes as ``\\xNN``.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 from ..errors import ResnetsError
 from .dataset import EncodedImageDataset
-from .images import is_image_name
+from .images import (MAX_IMAGE_BYTES, BadImageError, BadImageWarning, first_line, is_image_name, printable,
+                     read_image_file)
 
 SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
 
@@ -36,15 +54,70 @@ def layout_tree(paths: list[str], where: str) -> tuple[Layout, list[str]]:
     layout: Layout = {}
     if tops and tops <= set(SPLIT_NAMES) and all(len(parts) >= 3 for _, parts in named):
         for path, parts in named:
-            layout.setdefault(parts[0], []).append((path, parts[1]))
+            layout.setdefault(parts[0], []).append((path, printable(parts[1])))
     else:
-        layout[None] = [(path, parts[0]) for path, parts in named if len(parts) >= 2]
+        layout[None] = [(path, printable(parts[0])) for path, parts in named if len(parts) >= 2]
     layout = {split: items for split, items in layout.items() if items}
     if not layout:
-        raise ResnetsError(f"no images found in {where}: expected class folders "
+        raise ResnetsError(f"no images found in {printable(where)}: expected class folders "
                            f"(root/<class>/*.jpg or root/train/<class>/*.jpg)")
     classes = sorted({cls for items in layout.values() for _, cls in items})
     return layout, classes
+
+
+def walk_files(root: Path) -> list[str]:
+    """The regular files under ``root``, as sorted "/"-separated paths relative to it.
+
+    Symbolic links to folders are not followed (see the module docstring); entries that are
+    not regular files are left out. Both are named in a warning (non-regular entries only when
+    they have an image name); so is a subfolder that cannot be listed.
+    """
+    files: list[str] = []
+    pending = [""]
+    while pending:
+        folder = pending.pop()
+        try:
+            with os.scandir(root / folder) as listing:
+                entries = list(listing)
+        except OSError as error:
+            if not folder:
+                raise ResnetsError(f"cannot list {printable(str(root))}: {error.strerror or error}") from None
+            _skip(root / folder, f"cannot list it: {error.strerror or error}")
+            continue
+        for entry in entries:
+            rel = f"{folder}/{entry.name}" if folder else entry.name
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(rel)
+            elif entry.is_symlink() and _is_dir(entry):
+                _skip(root / rel, "symbolic links to folders are not followed")
+            elif _is_file(entry):
+                files.append(rel)
+            elif is_image_name(entry.name):
+                _skip(root / rel, "not a regular file")
+    return sorted(files)
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a link loop, or a target that cannot be looked at
+        return False
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
+def _skip(path: Path | str, why: str) -> None:
+    warnings.warn(f"skipped {printable(str(path))}: {why}", BadImageWarning, stacklevel=3)
+
+
+def _unsafe_member(name: str) -> bool:
+    """A zip member name that is absolute, or has an empty, ``.`` or ``..`` part."""
+    return name.startswith("/") or any(part in ("", ".", "..") for part in name.split("/"))
 
 
 def _hidden(path: str) -> bool:
@@ -72,13 +145,13 @@ class FolderDataset(EncodedImageDataset):
         self.classes = classes
         index = {name: k for k, name in enumerate(classes)}
         self.targets = [index[cls] for _, cls in items]
-        self.source = f"{root}" + (f" [{split}]" if split else "")
+        self.source = printable(str(root)) + (f" [{split}]" if split else "")
 
     def encoded(self, index: int) -> bytes:
-        return (self.root / self.files[index]).read_bytes()
+        return read_image_file(self.root / self.files[index])
 
     def describe(self, index: int) -> str:
-        return str(self.root / self.files[index])
+        return printable(str(self.root / self.files[index]))
 
 
 # One open archive per file and process (reading the central directory of a 60,000-file
@@ -95,7 +168,7 @@ def _open_zip(archive: Path) -> tuple[zipfile.ZipFile, threading.Lock]:
             try:
                 _ARCHIVES[key] = (zipfile.ZipFile(archive), threading.Lock())
             except (zipfile.BadZipFile, OSError) as error:
-                raise ResnetsError(f"cannot read zip archive {archive}: {error}") from None
+                raise ResnetsError(f"cannot read zip archive {printable(str(archive))}: {error}") from None
         return _ARCHIVES[key]
 
 
@@ -112,18 +185,27 @@ class ZipDataset(EncodedImageDataset):
         self.members = members
         self.targets = labels
         self.classes = classes
-        self.source = f"{archive}" + (f" [{split}]" if split else "")
+        self.source = printable(str(archive)) + (f" [{split}]" if split else "")
         self._handle: tuple[int, zipfile.ZipFile, threading.Lock] | None = None
 
     def encoded(self, index: int) -> bytes:
         if self._handle is None or self._handle[0] != os.getpid():
             self._handle = (os.getpid(), *_open_zip(self.archive))
         _, handle, lock = self._handle
-        with lock:
-            return handle.read(self.members[index])
+        member = self.members[index]
+        try:
+            with lock:
+                info = handle.getinfo(member)
+                if info.file_size > MAX_IMAGE_BYTES:
+                    raise BadImageError(f"cannot read image {self.describe(index)}: {info.file_size} bytes, "
+                                        f"more than the {MAX_IMAGE_BYTES} an image file may have")
+                return handle.read(info)
+        except (zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, zlib.error, OSError) as error:
+            # bad CRC, encrypted member, unknown compression method, truncated data
+            raise BadImageError(f"cannot read image {self.describe(index)}: {first_line(error)}") from None
 
     def describe(self, index: int) -> str:
-        return f"{self.archive}:{self.members[index]}"
+        return printable(f"{self.archive}:{self.members[index]}")
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_handle": None}
@@ -136,11 +218,7 @@ class FolderSource:
 
     def __init__(self, root: Path):
         self.path = root
-        files = []
-        for directory, _, names in os.walk(root, followlinks=True):
-            rel = Path(directory).relative_to(root)
-            files.extend((rel / name).as_posix() for name in names)
-        self.layout, self.classes = layout_tree(files, str(root))
+        self.layout, self.classes = layout_tree(walk_files(root), str(root))
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -160,6 +238,9 @@ class ZipSource:
         handle, lock = _open_zip(archive)
         with lock:
             names = [info.filename for info in handle.infolist() if not info.is_dir()]
+        for name in [n for n in names if _unsafe_member(n) and is_image_name(n)]:
+            _skip(f"{archive}:{name}", "zip member with an absolute path or a '.', '..' or empty part")
+        names = [name for name in names if not _unsafe_member(name)]
         self.layout, self.classes = layout_tree(names, str(archive))
 
     @property

@@ -11,6 +11,12 @@ reads. Layout (our own, simpler than Caffe's ``Datum`` protobuf, which is not re
 * ``b"%09d" % i``: record ``i``: ``<I label><H name length><name UTF-8><encoded image file>``,
   the image being the source file's own bytes (or, with ``size``, a JPEG re-encoded at
   quality 95 after resizing the shorter side).
+
+A database is read through a memory map, where a page past the end of a truncated file is a
+SIGBUS that kills the process, not an error. So before opening, the file's length is checked
+against the last page its LMDB meta pages declare (:func:`check_complete`); LMDB itself refuses
+page numbers past that last page. The metadata is checked too (types, counts, spans), so a
+database that is not what ``pack_lmdb`` writes fails with one line.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from tqdm.auto import tqdm
 from ..errors import ResnetsError
 from ..fileio import atomic_path
 from .dataset import EncodedImageDataset, ImageDataset
-from .images import BadImageError, BadImageWarning, decode_image
+from .images import BadImageError, BadImageWarning, decode_image, printable
 
 FORMAT = "resnets-lmdb"
 VERSION = 1
@@ -46,6 +52,43 @@ _WINDOW = 1024  # images decoded ahead of the writer, and written per transactio
 def is_lmdb(path: Path) -> bool:
     return (path.is_file() and path.suffix.lower() in (".lmdb", ".mdb")) or \
         (path.is_dir() and (path / "data.mdb").is_file())
+
+
+# LMDB's on-disk meta page (lmdb.h / mdb.c, 64-bit builds): pages 0 and 1 each hold a 16-byte
+# page header, then MDB_meta: magic, version, address, map size, two 48-byte MDB_db records
+# (the first one's md_pad holds the page size), last page number, transaction id.
+_META = struct.Struct("<II8xQ I44x 48x QQ")
+_META_OFFSET = 16
+_MAGIC = 0xBEEFC0DE
+
+
+def check_complete(data_file: Path) -> None:
+    """ResnetsError unless ``data_file`` is an LMDB data file holding every page it declares.
+
+    Each valid meta page names the last page in use; a file shorter than that page's end was
+    truncated (an interrupted copy) and would crash the process when read through the map.
+    """
+    name = printable(str(data_file))
+    try:
+        with open(data_file, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            first = handle.read(_META_OFFSET + _META.size)
+            metas = [_META.unpack_from(first, _META_OFFSET)] if len(first) == _META_OFFSET + _META.size else []
+            page_size = metas[0][3] if metas and metas[0][0] == _MAGIC else 0
+            if page_size in (2**k for k in range(9, 17)):  # LMDB pages are 512 B to 64 KiB
+                handle.seek(page_size)
+                second = handle.read(_META_OFFSET + _META.size)
+                if len(second) == _META_OFFSET + _META.size:
+                    metas.append(_META.unpack_from(second, _META_OFFSET))
+    except OSError as error:
+        raise ResnetsError(f"cannot read LMDB database {name}: {error.strerror or error}") from None
+    valid = [meta for meta in metas if meta[0] == _MAGIC and meta[1] == 1]
+    if not page_size or len(valid) != 2:
+        raise ResnetsError(f"{name} is not an LMDB database (or its header is damaged)")
+    needed = max(last_page + 1 for *_, last_page, _ in valid) * page_size
+    if size < needed:
+        raise ResnetsError(f"{name} is truncated: {size} bytes where its LMDB header declares {needed}; "
+                           f"copy or pack it again")
 
 
 # One read-only environment per database file and process: LMDB forbids opening the same
@@ -65,6 +108,7 @@ def _open_env(path: Path) -> lmdb.Environment:
             # a file in a process, and a parent's handle must not be used in a child)
             for stale in [k for k in _ENVIRONMENTS if k[1] == key[1]]:
                 _ENVIRONMENTS.pop(stale).close()
+            check_complete(path / "data.mdb" if path.is_dir() else path)
             try:
                 env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False,
                                 subdir=path.is_dir(), max_readers=512)
@@ -96,11 +140,14 @@ class LmdbDataset(EncodedImageDataset):
             self._env = (os.getpid(), _open_env(self.path))
         with self._env[1].begin() as txn:
             value = txn.get(_record_key(self.start + index))
+        where = f"{printable(str(self.path))} record {self.start + index}"
         if value is None:
-            raise ResnetsError(f"{self.path} lacks record {self.start + index}; the database is damaged")
+            raise ResnetsError(f"{where} is missing; the database is damaged")
+        if len(value) < _RECORD_HEADER.size:
+            raise ResnetsError(f"{where} is too short to be a record; the database is damaged")
         _, name_length = _RECORD_HEADER.unpack_from(value)
         name_end = _RECORD_HEADER.size + name_length
-        return value[_RECORD_HEADER.size:name_end].decode("utf-8"), value[name_end:]
+        return value[_RECORD_HEADER.size:name_end].decode("utf-8", "replace"), value[name_end:]
 
     def encoded(self, index: int) -> bytes:
         return self._record(index)[1]
@@ -119,15 +166,16 @@ class LmdbSource:
 
     def __init__(self, path: Path):
         self.path = path
-        with _open_env(path).begin() as txn:
-            meta, labels = txn.get(b"__meta__"), txn.get(b"__labels__")
+        name = printable(str(path))
+        try:
+            with _open_env(path).begin() as txn:
+                meta, labels = txn.get(b"__meta__"), txn.get(b"__labels__")
+        except lmdb.Error as error:
+            raise ResnetsError(f"cannot read LMDB database {name}: {error}") from None
         if meta is None or labels is None:
-            raise ResnetsError(f"{path} is not a database made by `resnets data pack` (Caffe Datum "
+            raise ResnetsError(f"{name} is not a database made by `resnets data pack` (Caffe Datum "
                                f"databases are not read); repack the images with `resnets data pack`")
-        self._meta = json.loads(meta)
-        if self._meta.get("format") != FORMAT or self._meta.get("version") != VERSION:
-            raise ResnetsError(f"{path} has unsupported layout {self._meta.get('format')} "
-                               f"v{self._meta.get('version')}")
+        self._meta = _checked_meta(meta, labels, name)
         self._labels = np.frombuffer(labels, dtype="<i4").tolist()
         self.classes = list(self._meta["classes"])
 
@@ -138,6 +186,36 @@ class LmdbSource:
     def dataset(self, split: str | None) -> LmdbDataset:
         start, stop = self._meta["splits"][split or ""]
         return LmdbDataset(self.path, start, self._labels[start:stop], self.classes, split)
+
+
+def _checked_meta(meta: bytes, labels: bytes, name: str) -> dict[str, Any]:
+    """The ``__meta__`` record, checked against what :func:`pack_lmdb` writes and the labels."""
+    try:
+        record = json.loads(meta)
+    except ValueError:  # not JSON, or not UTF-8
+        record = None
+    if not isinstance(record, dict):
+        raise ResnetsError(f"{name}: its __meta__ record is not the JSON object `resnets data pack` writes")
+    if record.get("format") != FORMAT or record.get("version") != VERSION:
+        raise ResnetsError(f"{name} has unsupported layout {printable(str(record.get('format')))} "
+                           f"v{printable(str(record.get('version')))}")
+    classes, splits = record.get("classes"), record.get("splits")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise ResnetsError(f"{name}: its metadata has no class names (a list of strings)")
+    record["classes"] = [printable(c) for c in classes]
+    if len(labels) % 4:
+        raise ResnetsError(f"{name}: its __labels__ record is not a whole number of int32 labels")
+    count = len(labels) // 4
+    if not isinstance(splits, dict) or not splits or not all(
+            isinstance(split, str) and printable(split) == split and isinstance(span, list) and len(span) == 2
+            and all(type(bound) is int for bound in span) and 0 <= span[0] <= span[1] <= count
+            for split, span in splits.items()):
+        raise ResnetsError(f"{name}: its metadata splits are not [start, stop] record ranges within "
+                           f"its {count} labels")
+    values = np.frombuffer(labels, dtype="<i4")
+    if count and not 0 <= int(values.min()) <= int(values.max()) < len(classes):
+        raise ResnetsError(f"{name} has labels outside 0..{len(classes) - 1}")
+    return record
 
 
 def pack_lmdb(src: str | os.PathLike, dst: str | os.PathLike, size: int | None = None, workers: int = 2,
@@ -217,5 +295,5 @@ def _checked(dataset: ImageDataset, index: int, size: int | None) -> bytes | Non
 
 
 def _encode_record(label: int, name: str, data: bytes) -> bytes:
-    encoded_name = name.encode("utf-8")[:65535]
+    encoded_name = printable(name).encode("utf-8")[:65535]
     return _RECORD_HEADER.pack(label, len(encoded_name)) + encoded_name + data

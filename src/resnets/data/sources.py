@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ResnetsError
 from .dataset import ImageDataset, stratified_split
+from .images import printable
 
 # Preferred order when a tree has several held-out splits.
 VAL_SPLITS = ("val", "validation", "valid", "test")
@@ -39,16 +40,18 @@ def open_source(path: str | os.PathLike) -> DataSource:
 
     path = Path(path).expanduser()
     if not path.exists():
-        raise ResnetsError(f"no such data set: {path}")
+        raise ResnetsError(f"no such data set: {printable(str(path))}")
     if lmdbstore.is_lmdb(path):
         return lmdbstore.LmdbSource(path)
     if path.is_dir():
         return cifar.CifarSource(path) if cifar.is_cifar_dir(path) else imagetree.FolderSource(path)
+    if not path.is_file():  # a FIFO would block the first read, a device would never end
+        raise ResnetsError(f"{printable(str(path))} is neither a folder nor a regular file")
     if cifar.is_cifar_tar(path):
         return cifar.CifarSource(path)
     if path.suffix.lower() == ".zip" or zipfile.is_zipfile(path):
         return imagetree.ZipSource(path)
-    raise ResnetsError(f"unknown data format: {path} (expected an image folder, a .zip of one, "
+    raise ResnetsError(f"unknown data format: {printable(str(path))} (expected an image folder, a .zip of one, "
                        f"CIFAR python pickles or their .tar.gz, or an .lmdb from `resnets data pack`)")
 
 
@@ -113,7 +116,7 @@ def inspect_source(path: str | os.PathLike, check: bool = False) -> dict:
     from .images import BadImageError
 
     source = open_source(path)
-    report: dict = {"path": str(source.path), "format": source.format, "classes": list(source.classes),
+    report: dict = {"path": printable(str(source.path)), "format": source.format, "classes": list(source.classes),
                     "splits": {}}
     unreadable: list[str] = []
     for split in source.splits or (None,):
