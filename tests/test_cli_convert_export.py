@@ -96,15 +96,13 @@ def test_export_cli_torchscript_from_weights_file(tmp_path, capsys, r18_checkpoi
 
 def test_caffe_round_trip_through_export_and_convert(tmp_path, capsys):
     pytest.importorskip("resnets.weights.caffe")
-    model = randomise(create_model("resnet18"))
-    status, _, err = _run(capsys, "export", "resnet18", "--format", "prototxt", "--out", str(tmp_path / "r.prototxt"))
-    assert status == 0, err
-    from resnets.weights.caffe import export_caffe
+    from resnets.weights import save_weights
 
-    export_caffe(model, tmp_path / "r.prototxt", tmp_path / "r.caffemodel")
-    status, _, err = _run(capsys, "convert", str(tmp_path / "r.caffemodel"), str(tmp_path / "r.safetensors"),
-                          "--prototxt", str(tmp_path / "r.prototxt"))
-    assert status == 2 and "--model" in err
+    model = randomise(create_model("resnet18"))
+    save_weights(tmp_path / "w.safetensors", model)
+    status, _, err = _run(capsys, "export", str(tmp_path / "w.safetensors"), "--format", "prototxt",
+                          "--out", str(tmp_path / "r.prototxt"))
+    assert status == 0, err  # the pair: r.prototxt and r.caffemodel
     status, _, err = _run(capsys, "convert", str(tmp_path / "r.caffemodel"), str(tmp_path / "r.safetensors"),
                           "--prototxt", str(tmp_path / "r.prototxt"), "--model", "resnet18")
     assert status == 0, err
@@ -181,8 +179,9 @@ def test_export_removes_the_leftovers_of_a_killed_export(tmp_path, capsys):
 
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
-    leftovers = [tmp_path / f".r.prototxt.{child.pid}-0123abcd.tmp", tmp_path / f".r.caffemodel.{child.pid}-0123abcd.tmp",
-                 tmp_path / f"..r.caffemodel.{child.pid}-0123abcd.tmp.{child.pid}-89abcdef.tmp"]
+    pid = child.pid  # a writer that is gone: its temporary files are abandoned
+    leftovers = [tmp_path / f".r.prototxt.{pid}-0123abcd.tmp", tmp_path / f".r.caffemodel.{pid}-0123abcd.tmp",
+                 tmp_path / f"..r.caffemodel.{pid}-0123abcd.tmp.{pid}-89abcdef.tmp"]
     for path in leftovers:
         path.write_bytes(b"torn")
         os.utime(path, (time.time() - 600, time.time() - 600))

@@ -136,9 +136,10 @@ def test_leftovers_of_killed_writes_are_removed_by_the_next_write_only_when_aban
     live = tmp_path / f".w.safetensors.{os.getpid()}-fedcba98.tmp"  # a writer still running
     foreign = tmp_path / ".w.safetensors.editor-swap.tmp"
     other_target = tmp_path / f".other.bin.{gone}-0123abcd.tmp"
-    for path in (abandoned, nested, old_mkstemp, just_killed, live, foreign, other_target):
+    old_backup = tmp_path / f".w.safetensors.{gone}-0badc0de.bak"  # the old file of a commit killed midway
+    for path in (abandoned, nested, old_mkstemp, just_killed, live, foreign, other_target, old_backup):
         path.write_text("partial")
-    for path in (abandoned, nested, live, foreign, other_target):
+    for path in (abandoned, nested, live, foreign, other_target, old_backup):
         age(path, 3600)
     age(old_mkstemp, 3 * 24 * 3600)
     save_weights(target, torch.nn.Linear(2, 2))
