@@ -210,6 +210,7 @@ def _conv(layer: CaffeLayer, shapes: list[Shape]) -> tuple[nn.Module, list[Shape
                            f"{c} must both divide into group {groups}")
     out_h, out_w = (_conv_out(size, k, s, q, d) for size, k, s, q, d
                     in zip((h, w), kernel, stride, pad, dilation))
+    _check_output(layer, [(out_ch, out_h, out_w)])
     bias = bool(first(p, "bias_term", True))
     _check_layer_params(layer, out_ch * (c // groups) * kernel[0] * kernel[1] + (out_ch if bias else 0))
     conv = nn.Conv2d(c, out_ch, kernel, stride, pad, dilation, groups, bias=bias)
