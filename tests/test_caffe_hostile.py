@@ -228,3 +228,13 @@ def test_read_caffemodel_checks_declared_count_before_allocating(tmp_path):
     path = hostile_blob_model(tmp_path / "m.caffemodel", [1 << 30, 1 << 30], 0)
     with pytest.raises(ResnetsError, match=r"holds 0; the caffemodel is damaged"):
         read_caffemodel(path)
+
+
+def test_oversized_prototxt_is_refused_before_parsing(tmp_path):
+    from resnets.weights.caffe.prototxt import MAX_PROTOTXT_BYTES, parse_prototxt
+
+    path = tmp_path / "big.prototxt"
+    with open(path, "wb") as handle:
+        handle.truncate(MAX_PROTOTXT_BYTES + 1)  # sparse: costs no disk
+    with pytest.raises(ResnetsError, match="more than any network definition"):
+        parse_prototxt(path)
