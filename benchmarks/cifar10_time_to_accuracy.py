@@ -142,15 +142,14 @@ def last_epoch_top1(run_dir: Path, data, device: str, ttas: tuple[str | None, ..
     """Test top-1 of the run's last-epoch weights for each test-time augmentation in ``ttas``:
     ``None`` (plain) or ``"flip"`` (each image's and its mirror's logits averaged)."""
     from resnets import create_model
-    from resnets.data import BatchAugment, TensorLoader, preset_for_model
+    from resnets.data import BatchAugment, TensorLoader
     from resnets.evaluate import collect_logits, topk_accuracy
     from resnets.train.checkpoint import load_state
 
     config = json.loads((run_dir / "config.json").read_text())
     model = create_model(config["model"], num_classes=data.num_classes)
     model.load_state_dict(load_state(run_dir)["model"])
-    mean, std, _, _ = preset_for_model(model.model_name)
-    augment = BatchAugment("none", 32, list(mean), list(std), train=False)
+    augment = BatchAugment("none", model.preprocessing, train=False)
     loader = TensorLoader(data.val_images, data.val_labels, 500, shuffle=False, drop_last=False,
                           augment=augment, device=device)
     model = model.to(device).eval()

@@ -56,7 +56,7 @@ def main() -> None:
     loader.set_epoch(1)
     ours = images_per_second(loader, len(images))
 
-    peer_loader = make_dataloader(train, preset, size, mean, std, train=True, batch_size=args.batch_size,
+    peer_loader = make_dataloader(train, preset, augment.preprocessing, train=True, batch_size=args.batch_size,
                                   workers=2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

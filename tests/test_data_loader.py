@@ -10,6 +10,7 @@ import torch
 from _data_helpers import make_tree
 from resnets.data import BatchAugment, TensorLoader, make_dataloader, open_dataset, shard_indices
 from resnets.errors import ResnetsError
+from resnets.preprocessing import Preprocessing
 
 
 def indexed(n=50):
@@ -106,7 +107,8 @@ def test_make_dataloader_streams_from_disk_and_skips_bad_files(tmp_path):
     (tmp_path / "cat" / "broken.png").write_bytes(b"not a png")
     dataset = open_dataset(tmp_path)
     loader = make_dataloader(
-        dataset, "imagenet", 16, (0.5,) * 3, (0.25,) * 3, train=False, batch_size=5, workers=0
+        dataset, "imagenet", Preprocessing.for_input_size(16, (0.5,) * 3, (0.25,) * 3), train=False, batch_size=5,
+        workers=0
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -115,7 +117,8 @@ def test_make_dataloader_streams_from_disk_and_skips_bad_files(tmp_path):
     assert any("broken.png" in str(w.message) for w in caught)
     assert batches[0][0].shape[1:] == (3, 16, 16) and batches[0][0].dtype == torch.float32
     train = make_dataloader(
-        dataset, "cifar", 16, (0.5,) * 3, (0.25,) * 3, train=True, batch_size=4, workers=0
+        dataset, "cifar", Preprocessing.for_input_size(16, (0.5,) * 3, (0.25,) * 3), train=True, batch_size=4,
+        workers=0
     )
     train.sampler.set_epoch(0)
     with warnings.catch_warnings():
@@ -140,11 +143,12 @@ def test_worker_processes_reopen_zip_and_lmdb(tmp_path):
 
     make_tree(tmp_path / "tree", splits=(None,), per_class=3, size=(8, 8))
     pack_lmdb(tmp_path / "tree", tmp_path / "t.lmdb", progress=False)
+    record = Preprocessing.for_input_size(8, (0.5,) * 3, (0.5,) * 3)
     for path in (zip_tree(tmp_path / "tree", tmp_path / "t.zip"), tmp_path / "t.lmdb"):
         dataset = open_dataset(path)
         dataset[0]  # the parent holds an open handle before the workers fork
-        expected = make_dataloader(dataset, "none", 8, (0.5,) * 3, (0.5,) * 3, False, batch_size=4, workers=0)
-        in_workers = make_dataloader(dataset, "none", 8, (0.5,) * 3, (0.5,) * 3, False, batch_size=4, workers=2)
+        expected = make_dataloader(dataset, "none", record, False, batch_size=4, workers=0)
+        in_workers = make_dataloader(dataset, "none", record, False, batch_size=4, workers=2)
         for (x1, y1), (x2, y2) in zip(expected, in_workers, strict=True):
             assert torch.equal(x1, x2) and torch.equal(y1, y2)
         assert dataset[1][1] == 0  # the parent's handle still works

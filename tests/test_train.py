@@ -44,7 +44,7 @@ def test_cli_train_evaluate_predict_end_to_end(folder_data, tmp_path, capsys):
     assert [r["epoch"] for r in rows] == [1, 2]
     assert {"train_loss", "train_acc", "val_loss", "val_top1", "val_top5", "lr", "images_per_s"} <= set(rows[0])
     record = load_weights_file(run / "weights.safetensors")
-    assert record.class_names == ["class0", "class1", "class2"] and record.preprocessing["img_size"] == 16
+    assert record.class_names == ["class0", "class1", "class2"] and record.preprocessing.input_size == 16
     capsys.readouterr()
 
     assert run_cli(["evaluate", str(run), "--data", str(folder_data), "--json"]) == 0

@@ -68,7 +68,7 @@ def test_a_run_trains_at_the_scheduled_sizes_and_validates_at_full_size(tmp_path
     # validation every 2 epochs, at the full size the weights file records
     assert ["val_top1" in r for r in result.history] == [False, True, False, True]
     record = load_weights_file(result.weights)
-    assert record.preprocessing["img_size"] == 32
+    assert record.preprocessing.input_size == 32
 
 
 def test_progressive_resume_reaches_the_same_weights(tmp_path):

@@ -110,7 +110,7 @@ def test_create_model_with_imagenet_weights_from_registry(server, cache, monkeyp
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(model(x), reference(x))
-    assert model.class_names[0] == "tench" and model.preprocessing["crop_size"] == 224
+    assert model.class_names[0] == "tench" and model.preprocessing.input_size == 224
 
 
 def test_registry_reads_torchvision_metadata():
@@ -118,7 +118,7 @@ def test_registry_reads_torchvision_metadata():
     weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V2
     assert entry.url == weights.url and entry.hash_prefix == weights.url.rsplit("-", 1)[1][:8]
     assert entry.accuracy["acc@1"] == weights.meta["_metrics"]["ImageNet-1K"]["acc@1"]
-    assert entry.preprocessing["resize_size"] == 232 and entry.preprocessing["interpolation"] == "bilinear"
+    assert entry.preprocessing.resize_size == 232 and entry.preprocessing.interpolation == "bilinear"
     assert pretrained.get_pretrained("resnet50").url == torchvision.models.ResNet50_Weights.DEFAULT.url
     assert len(entry.class_names) == 1000
     with pytest.raises(ResnetsError, match="IMAGENET1K_V1"):

@@ -14,7 +14,7 @@ pytest.importorskip("h5py")
 
 from resnets import create_model  # noqa: E402
 from resnets.weights.convert import convert  # noqa: E402
-from resnets.weights.preprocessing import build_transform  # noqa: E402
+
 from weights_helpers import real_photo, top5  # noqa: E402
 
 CONSTRUCTORS = {"v1": "ResNet50", "v2": "ResNet50V2"}
@@ -77,5 +77,5 @@ def test_same_top5_on_a_real_photo_with_keras_preprocessing(tmp_path, version):
     pixels = module.preprocess_input(np.asarray(photo, dtype="float32")[None].copy())
     expected = torch.from_numpy(np.asarray(keras.ops.convert_to_numpy(net(pixels, training=False))))
     with torch.no_grad():
-        got = model(build_transform(model.preprocessing)(photo).unsqueeze(0))
+        got = model(model.preprocessing.transform()(photo).unsqueeze(0))
     assert (got - expected).abs().max().item() < 1e-4 and top5(got) == top5(expected)

@@ -11,7 +11,7 @@ import torchvision
 
 from resnets import ResnetsError, create_model
 from resnets.weights.convert import convert
-from resnets.weights.preprocessing import build_transform
+
 from weights_helpers import randomise, real_photo, top5
 
 
@@ -100,5 +100,5 @@ def test_same_top5_on_a_real_photo_with_paddle_preprocessing(tmp_path):
     convert(tmp_path / "r50.pdparams", tmp_path / "r50.safetensors")
     model = create_model(weights=str(tmp_path / "r50.safetensors")).eval()
     with torch.no_grad():
-        got = model(build_transform(model.preprocessing)(photo).unsqueeze(0))
+        got = model(model.preprocessing.transform()(photo).unsqueeze(0))
     assert (got - expected).abs().max().item() < 1e-4 and top5(got) == top5(expected)

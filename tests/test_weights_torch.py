@@ -11,7 +11,7 @@ import torchvision
 from resnets import ResnetsError, create_model
 from resnets.weights.convert import convert
 from resnets.weights.format import load_weights_file
-from resnets.weights.preprocessing import build_transform
+
 from weights_helpers import randomise, real_photo, top5
 
 ATOL = 1e-4
@@ -129,7 +129,7 @@ def test_same_top5_on_a_real_photo_at_224(tmp_path):
     torch.save(reference.state_dict(), tmp_path / "r50.pth")
     convert(tmp_path / "r50.pth", tmp_path / "r50.safetensors")
     model = create_model(weights=str(tmp_path / "r50.safetensors")).eval()
-    ours = build_transform(model.preprocessing)(photo).unsqueeze(0)
+    ours = model.preprocessing.transform()(photo).unsqueeze(0)
     theirs = torchvision.models.ResNet50_Weights.IMAGENET1K_V1.transforms()(photo).unsqueeze(0)
     with torch.no_grad():
         a, b = model(ours), reference(theirs)

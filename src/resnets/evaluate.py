@@ -68,9 +68,13 @@ class EvalReport:
     confusion: torch.Tensor                       # [true, predicted] counts
     per_class: list[dict[str, Any]] = field(default_factory=list)
     backend: str = "eager"  # the inference backend that computed the logits
+    split: str = "all"  # which images were scored
+    split_how: str = ""  # how that split was chosen, for the report
+    skipped_classes: dict[str, int] = field(default_factory=dict)  # data classes the model lacks: images
 
     def to_dict(self) -> dict[str, Any]:
         return {"top1": self.top1, "top5": self.top5, "loss": self.loss, "count": self.count,
+                "split": self.split, "split_how": self.split_how, "skipped_classes": self.skipped_classes,
                 "backend": self.backend, "per_class": self.per_class, "confusion": self.confusion.tolist()}
 
 
@@ -118,35 +122,103 @@ def plot_confusion(report: EvalReport, path: str | os.PathLike) -> Path:
 CALIBRATION_IMAGES = 256
 
 
-def _calibration_images(dataset, size: int, workers: int) -> torch.Tensor:
+def _calibration_images(dataset, preprocessing, workers: int) -> torch.Tensor:
     from .data import decode_to_memory
 
     count = min(CALIBRATION_IMAGES, len(dataset))
     chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:count]
-    images, _ = decode_to_memory(dataset.subset(chosen.tolist()), size=size, workers=workers, progress=False)
+    images, _ = decode_to_memory(dataset.subset(chosen.tolist()), workers=workers, progress=False,
+                                 preprocessing=preprocessing)
     return images
 
 
-def _label_map(data_classes: list[str], model_classes: list[str]) -> torch.Tensor:
-    """Data label index -> model output index, matched by class name."""
+SPLITS = ("auto", "val", "train", "all")
+
+
+@dataclass
+class EvalData:
+    """The images ``evaluate`` scores: which split of which source, and why."""
+
+    dataset: Any  # ImageDataset
+    split: str  # "val", "test", "train", "all" ...
+    how: str  # one line for the report: how the split was chosen
+
+
+def evaluation_data(data: str | os.PathLike, split: str = "auto", run_config: dict[str, Any] | None = None
+                    ) -> tuple[EvalData, Any]:
+    """The split to score, and the training split (for int8 calibration; may be the same).
+
+    ``split``: ``auto`` scores the held-out images: the source's ``val``/``test`` split, else the
+    run's own ``--val-split`` reproduced from its stored seed and fraction, else everything.
+    ``val``, ``train`` and ``all`` ask for one of those explicitly. A source holding only a
+    ``val/`` or ``test/`` split, or a bare class tree, is scored whole.
+    """
+    from .data import load_splits
+    from .data.sources import VAL_SPLITS, open_source
+
+    if split not in SPLITS:
+        raise ResnetsError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    source = open_source(data)
+    names = list(source.splits)
+    held_out = next((name for name in VAL_SPLITS if name in names), None)
+    if names and "train" not in names:  # only held-out splits (a validation download): the preferred one, whole
+        if split == "train":
+            raise ResnetsError(f"{data} has no train split (its splits: {', '.join(names)})")
+        name = held_out or names[0]
+        whole = source.dataset(name)
+        return EvalData(whole, name, f"all of its {name} split"), whole
+    run = run_config or {}
+    fraction = run.get("val_split") if held_out is None else None
+    train, val = load_splits(data, val_split=fraction or None, seed=int(run.get("seed", 0)))
+    if split == "all":
+        everything = _concat(source, names) if names else load_splits(data)[0]
+        return EvalData(everything, "all", "every image"), train
+    if split == "train":
+        return EvalData(train, "train", "the training split"), train
+    if val is None:
+        if split == "val":
+            raise ResnetsError(f"{data} has no val/test split and the model's run held nothing out; "
+                               "use --split all")
+        return EvalData(train, "all", "every image (no held-out split)"), train
+    how = (f"the {held_out} split" if held_out else
+           f"the run's held-out {fraction:g} (seed {run.get('seed', 0)}), {len(val)} of {len(train) + len(val)}")
+    return EvalData(val, held_out or "val", how), train
+
+
+def _concat(source: Any, names: list[str]) -> Any:
+    """Every split of ``source`` as one data set (class names must agree across splits)."""
+    from .data.dataset import ConcatDataset
+
+    parts = [source.dataset(name) for name in names] if names else [source.dataset(None)]
+    return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+
+
+def _label_map(data_classes: list[str], model_classes: list[str]) -> tuple[torch.Tensor, list[str]]:
+    """Data label index -> model output index, matched by class name (-1: unknown to the model)."""
     lookup = {name: i for i, name in enumerate(model_classes)}
-    missing = [c for c in data_classes if c not in lookup]
-    if missing:
-        raise ResnetsError(f"the data has class {missing[0]!r} that the model does not know "
-                           f"({len(missing)} such); evaluate on data with the model's classes")
-    return torch.tensor([lookup[c] for c in data_classes])
+    unknown = [c for c in data_classes if c not in lookup]
+    if len(unknown) == len(data_classes):
+        raise ResnetsError(f"none of the data's classes ({', '.join(data_classes[:3])}...) is one the model knows "
+                           f"({', '.join(model_classes[:3])}...); is this the right data?")
+    return torch.tensor([lookup.get(c, -1) for c in data_classes]), unknown
 
 
 def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, batch_size: int = 128,
              tta: str | None = None, device: str = "cpu", workers: int = 2,
-             confusion_png: str | os.PathLike | None = None, backend: str = "eager") -> EvalReport:
-    """Evaluate a run directory or weights file on a data set's held-out split (or all of it).
+             confusion_png: str | os.PathLike | None = None, backend: str = "eager",
+             split: str = "auto") -> EvalReport:
+    """Evaluate a model (anything :func:`resnets.weights.resolve.load_model` takes) on a data set.
+
+    Images go through the model's own preprocessing record. ``split``: see
+    :func:`evaluation_data`; the report says which split was scored and how many images.
+    Classes are matched to the model's by name: a class the model does not know is left out and
+    reported (``report.skipped_classes``).
 
     ``backend``: any of :func:`resnets.optimize_for_inference`'s. The int8 ones are calibrated on
     ``CALIBRATION_IMAGES`` images drawn (seed 0) from the training split, or from the evaluated
-    images when the data has no held-out split, so that their accuracy cost can be read here.
+    images when the data has no other split, so that their accuracy cost can be read here.
     """
-    from .data import BatchAugment, TensorLoader, decode_to_memory, load_splits
+    from .data import BatchAugment, TensorLoader, decode_to_memory
     from .inference import INT8_BACKENDS, check_backend
     from .predict import load_for_inference
 
@@ -154,19 +226,44 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, batch_size:
         raise ResnetsError(f"--batch-size must be positive, got {batch_size}")
     backend = check_backend(backend)
     int8 = backend in INT8_BACKENDS
+    chosen, train_set = evaluation_data(data, split, _run_config(checkpoint))
     predictor = load_for_inference(checkpoint, device, backend="eager" if int8 else backend)
-    train_set, val_set = load_splits(str(data))
-    dataset = val_set if val_set is not None and len(val_set) else train_set
+    label_map, unknown = _label_map(list(chosen.dataset.classes), predictor.class_names)
     if int8:  # calibrated on images the model is then not scored on, where the data allows
-        predictor = predictor.with_backend(backend, _calibration_images(train_set, predictor.img_size, workers))
-    images, labels = decode_to_memory(dataset, size=predictor.img_size, workers=workers)
-    labels = _label_map(list(dataset.classes), predictor.class_names)[labels]
-    augment = BatchAugment("none", predictor.img_size, predictor.mean, predictor.std, train=False)
+        predictor = predictor.with_backend(backend, _calibration_images(train_set, predictor.preprocessing, workers))
+    images, labels = decode_to_memory(chosen.dataset, workers=workers, preprocessing=predictor.preprocessing)
+    labels = label_map[labels]
+    known = labels >= 0
+    images, labels = images[known], labels[known]
+    augment = BatchAugment("none", predictor.preprocessing, train=False)
     loader = TensorLoader(images, labels, batch_size, shuffle=False, drop_last=False, augment=augment,
                           seed=0, device=predictor.device)
     logits, labels = collect_logits(predictor.model, loader, tta=tta)
     report = classification_report(logits, labels, predictor.class_names)
-    report.backend = predictor.backend
+    report.backend, report.split, report.split_how = predictor.backend, chosen.split, chosen.how
+    report.skipped_classes = {name: int((torch.as_tensor(chosen.dataset.targets) == i).sum())
+                              for i, name in enumerate(chosen.dataset.classes) if name in unknown}
     if confusion_png is not None:
         plot_confusion(report, confusion_png)
     return report
+
+
+def _run_config(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
+    """The training config of a run directory (for its held-out split), else None."""
+    import json
+
+    path = Path(checkpoint) / "config.json"
+    if not Path(checkpoint).is_dir() or not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ResnetsError(f"{path} is unreadable ({error}); pass the weights file instead") from None
+    if not isinstance(config, dict):
+        raise ResnetsError(f"{path} is not a JSON object")
+    fraction = config.get("val_split")
+    if fraction is not None and (not isinstance(fraction, (int, float)) or not 0 <= fraction < 1):
+        raise ResnetsError(f"{path}: val_split {fraction!r} is not a fraction in [0, 1)")
+    if not isinstance(config.get("seed", 0), int):
+        raise ResnetsError(f"{path}: seed {config.get('seed')!r} is not an integer")
+    return config

@@ -13,24 +13,23 @@ from torch import nn
 
 from .device import resolve_device
 from .errors import ResnetsError
-from .weights import WeightsFile, model_from_weights
-
-WEIGHTS_IN_RUN_DIR = "weights.safetensors"
+from .preprocessing import Preprocessing
 
 
 @dataclass
 class InferenceModel:
-    """A model ready for inference, with what it needs to read images and name its outputs."""
+    """A model ready for inference, with its record: how to feed it and how to name its outputs."""
 
     model: nn.Module
     class_names: list[str]
-    img_size: int
-    mean: list[float]
-    std: list[float]
+    preprocessing: Preprocessing
     device: torch.device
-    record: WeightsFile
     plain: nn.Module  # the eval-mode model that ``model`` was made from
     backend: str  # how ``model`` was made from ``plain`` (see :meth:`with_backend`)
+
+    @property
+    def img_size(self) -> int:
+        return self.preprocessing.input_size
 
     def with_backend(self, backend: str, calibration_u8: torch.Tensor | None = None) -> "InferenceModel":
         """The same model through another inference backend (:func:`optimize_for_inference`).
@@ -45,50 +44,32 @@ class InferenceModel:
         if backend not in ("eager", "compile") and self.device.type != "cpu":
             raise ResnetsError(f"backend {backend!r} runs on the CPU; use --device cpu or backend eager")
         calibration = None if calibration_u8 is None else self.normalise(calibration_u8)
-        example = torch.zeros(1, 3, self.img_size, self.img_size, device=self.device)
+        example = torch.zeros(1, self.plain.in_chans, self.img_size, self.img_size, device=self.device)
         model = optimize_for_inference(self.plain, backend, example_input=example, calibration_data=calibration)
         return replace(self, model=model, backend=backend)
 
     def normalise(self, images_u8: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, S, S) -> the float batch the model was trained on."""
-        mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
-        return (images_u8.to(self.device, torch.float32) / 255.0 - mean) / std
-
-
-def resolve_weights(checkpoint: str | os.PathLike) -> Path:
-    """A run directory means its ``weights.safetensors``; a file is taken as it is."""
-    path = Path(checkpoint)
-    if path.is_dir():
-        path = path / WEIGHTS_IN_RUN_DIR
-        if not path.is_file():
-            raise ResnetsError(f"{checkpoint} holds no {WEIGHTS_IN_RUN_DIR}; is it a finished run directory?")
-    elif not path.exists():
-        raise ResnetsError(f"no such checkpoint: {checkpoint}")
-    return path
+        """uint8 (B, 3, S, S) -> the float batch the model expects (its preprocessing record)."""
+        return self.preprocessing.normalize(images_u8.to(self.device))
 
 
 def load_for_inference(checkpoint: str | os.PathLike, device: str | torch.device = "cpu",
                        backend: str = "eager", calibration_u8: torch.Tensor | None = None) -> InferenceModel:
-    """THE one place that prepares a trained model for inference (eval mode, device, metadata).
+    """THE one place that prepares a trained model for inference (eval mode, device, record).
 
-    Every inference path (``evaluate``, ``predict``) goes through here. The model comes back
-    in its fast form (:func:`resnets.inference.optimize_for_inference`: BatchNorm folded into the
+    ``checkpoint`` is anything :func:`resnets.weights.resolve.load_model` takes (run directory,
+    weights file of any format, ``NAME`` for its ImageNet weights, ``NAME:TAG``). Every
+    inference path (``evaluate``, ``predict``) goes through here. The model comes back in its
+    fast form (:func:`resnets.inference.optimize_for_inference`: BatchNorm folded into the
     convolutions, channels-last, inference mode) through ``backend``; int8 backends need
     ``calibration_u8`` (see :meth:`InferenceModel.with_backend`).
     """
-    device = resolve_device(device)
-    model, record = model_from_weights(resolve_weights(checkpoint))
-    plain = model.eval().to(device)
-    classes = record.class_names or [str(i) for i in range(plain.num_classes)]
-    pre = record.preprocessing or {}
-    from .models import get_model_spec
+    from .weights.resolve import load_model
 
-    spec = get_model_spec(record.model_name) if record.model_name else None
-    img_size = int(pre.get("img_size") or (spec.input_size if spec else 224))
-    mean = list(pre.get("mean") or (spec.mean if spec else (0.485, 0.456, 0.406)))
-    std = list(pre.get("std") or (spec.std if spec else (0.229, 0.224, 0.225)))
-    unoptimized = InferenceModel(plain, classes, img_size, mean, std, device, record, plain, backend="plain")
+    device = resolve_device(device)
+    plain = load_model(checkpoint).to(device)
+    classes = plain.class_names or [str(i) for i in range(plain.num_classes)]
+    unoptimized = InferenceModel(plain, classes, plain.preprocessing, device, plain, backend="plain")
     return unoptimized.with_backend(backend, calibration_u8)
 
 
@@ -116,19 +97,15 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     return paths
 
 
-def read_image(path: Path, size: int) -> torch.Tensor:
-    """One file as uint8 (3, size, size): shorter side resized, centre-cropped (as in training)."""
-    import numpy as np
-    from PIL import Image, ImageOps
-
+def read_image(path: Path, preprocessing: Preprocessing) -> torch.Tensor:
+    """One file as the uint8 (3, S, S) its model's record asks for (resize, centre crop)."""
     from .data.images import decode_image
 
     try:
         data = path.read_bytes()
     except OSError as error:
         raise ResnetsError(f"cannot read {path}: {error.strerror or error}") from None
-    image = ImageOps.fit(decode_image(data, str(path)), (size, size), Image.BILINEAR)
-    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+    return preprocessing.to_uint8(decode_image(data, str(path)))
 
 
 @torch.inference_mode()
@@ -143,7 +120,7 @@ def predict_files(predictor: InferenceModel, inputs: Iterable[str | os.PathLike]
     readable: list[tuple[Path, torch.Tensor]] = []
     for path in expand_inputs(inputs):
         try:
-            readable.append((path, read_image(path, predictor.img_size)))
+            readable.append((path, read_image(path, predictor.preprocessing)))
         except ResnetsError as error:
             on_error(path, str(error))
     k = min(topk, len(predictor.class_names))

@@ -37,14 +37,13 @@ def load_any_model(spec: str, num_classes: int | None) -> tuple[nn.Module, int]:
 
         model = from_prototxt(path)
         return model, int(getattr(model, "input_size", (3, 224, 224))[-1])
-    if path.suffix == ".safetensors" or path.is_file():
-        from ..weights import model_from_weights
+    from ..weights.resolve import load_model, split_tag, weights_path
 
-        model, record = model_from_weights(path)
-        size = (record.preprocessing or {}).get("crop_size") or (record.extra or {}).get("img_size")
-        return model, int(size or 224)
-    model_spec = get_model_spec(spec)
-    return create_model(spec, num_classes=num_classes), model_spec.input_size
+    if num_classes is not None and weights_path(spec) is None and split_tag(spec)[1] is None:
+        model = create_model(spec, num_classes=num_classes)  # the architecture with another head
+    else:
+        model = load_model(spec, pretrained=False)
+    return model, model.preprocessing.input_size
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,7 +10,8 @@ Presets:
     imagenet: train: random-resized crop (scale 0.08-1, ratio 3/4-4/3), horizontal flip.
            eval: resize the shorter side to ``img_size / 0.875``, centre-crop ``img_size``.
     none: the eval transform of ``cifar``, in training too.
-All end with ``(x / 255 - mean) / std``.
+All end with the model's :meth:`Preprocessing.normalize <resnets.preprocessing.Preprocessing.normalize>`
+(the same code that ``predict`` and ``evaluate`` run), and evaluation resizes as the record says.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.ops import roi_align
 
 from ..errors import ResnetsError
-from ..models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, get_model_spec
+from ..models.registry import ModelSpec, get_model_spec
+from ..preprocessing import EVAL_CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 PRESETS = ("cifar", "imagenet", "none")
-EVAL_CROP_FRACTION = 0.875
 
 
 def preset_for_model(model: str | ModelSpec) -> tuple[tuple[float, ...], tuple[float, ...], int, str]:
@@ -45,22 +46,34 @@ def storage_size(preset: str, img_size: int, crop_fraction: float = EVAL_CROP_FR
     return math.floor(img_size / crop_fraction) if preset == "imagenet" else img_size
 
 
-class BatchAugment:
-    """Callable turning a uint8 batch into a normalised float32 batch of ``img_size`` squares."""
+def training_preprocessing(base: Preprocessing, preset: str, img_size: int) -> Preprocessing:
+    """The record of a model trained with ``preset`` at ``img_size``: ``base``'s pixel values
+    (mean, std, channel order, range, interpolation) and the geometry the preset evaluates with."""
+    return base.replace(input_size=img_size, resize_size=storage_size(preset, img_size))
 
-    def __init__(self, preset: str = "none", img_size: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD, train: bool = True, padding: int = 4,
-                 scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                 hflip: float = 0.5, crop_fraction: float = EVAL_CROP_FRACTION):
+
+class BatchAugment:
+    """Callable turning a uint8 batch into a normalised float32 batch of ``img_size`` squares.
+
+    ``preprocessing``: the model's record (its ``input_size`` is ``img_size``), or an
+    ``img_size`` with ``mean`` and ``std``, for the preset's own eval geometry.
+    """
+
+    def __init__(self, preset: str = "none", preprocessing: Preprocessing | int = 224,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None, train: bool = True,
+                 padding: int = 4, scale: tuple[float, float] = (0.08, 1.0),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), hflip: float = 0.5):
         if preset not in PRESETS:
             raise ResnetsError(f"unknown augmentation preset {preset!r}; choose from {', '.join(PRESETS)}")
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ResnetsError("mean and std need 3 values each, std > 0")
-        self.preset, self.img_size, self.train = preset, int(img_size), train
+        if not isinstance(preprocessing, Preprocessing):
+            preprocessing = training_preprocessing(
+                Preprocessing(mean=tuple(mean or IMAGENET_MEAN), std=tuple(std or IMAGENET_STD)), preset,
+                int(preprocessing))
+        elif mean is not None or std is not None:
+            raise ResnetsError("pass mean and std in the preprocessing record, not beside it")
+        self.preset, self.preprocessing, self.train = preset, preprocessing, train
+        self.img_size = preprocessing.input_size
         self.padding, self.scale, self.ratio, self.hflip = padding, scale, ratio, hflip
-        self.crop_fraction = crop_fraction
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
 
     def __repr__(self) -> str:
         mode = "train" if self.train else "eval"
@@ -77,15 +90,17 @@ class BatchAugment:
         return self._normalise(self._eval_resize(images))
 
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
-        mean, std = self.mean.to(images.device), self.std.to(images.device)
-        scale = 1.0 / (255.0 * std)
-        return images.to(torch.float32).mul_(scale).sub_(mean / std)
+        return self.preprocessing.normalize(images)
 
     def _eval_resize(self, images: torch.Tensor) -> torch.Tensor:
-        size = self.img_size
-        resize_to = storage_size(self.preset, size, self.crop_fraction)
-        if min(images.shape[-2:]) != resize_to:
-            images = TF.resize(images, [resize_to], antialias=True)
+        """The record's geometry on tensors; a no-op for images decoded through the record."""
+        size, resize = self.img_size, self.preprocessing.resize_size
+        if self.preprocessing.keeps(*images.shape[-2:]):
+            return images
+        if isinstance(resize, tuple):
+            images = TF.resize(images, list(resize), antialias=True)
+        elif min(images.shape[-2:]) != resize:
+            images = TF.resize(images, [resize], antialias=True)
         if tuple(images.shape[-2:]) != (size, size):
             images = TF.center_crop(images, [size, size])
         return images

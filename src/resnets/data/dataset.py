@@ -118,3 +118,34 @@ def stratified_split(targets: Sequence[int], fraction: float, seed: int) -> tupl
         val.extend(members[:n_val].tolist())
         train.extend(members[n_val:].tolist())
     return sorted(train), sorted(val)
+
+
+class ConcatDataset(ImageDataset):
+    """Several splits of one source as one data set; they must name the same classes in the same order."""
+
+    def __init__(self, parts: Sequence[ImageDataset]):
+        from ..errors import ResnetsError
+
+        if any(list(p.classes) != list(parts[0].classes) for p in parts):
+            raise ResnetsError(f"the splits of {parts[0].source} name different classes; evaluate one split")
+        self.parts = list(parts)
+        self.classes = parts[0].classes
+        self.targets = [t for p in parts for t in p.targets]
+        self.source = " + ".join(p.source for p in parts)
+        self._starts = np.cumsum([0] + [len(p) for p in parts]).tolist()
+
+    def _locate(self, index: int) -> tuple[ImageDataset, int]:
+        part = int(np.searchsorted(self._starts, index, side="right")) - 1
+        return self.parts[part], index - self._starts[part]
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        part, local = self._locate(index)
+        return part[local]
+
+    def describe(self, index: int) -> str:
+        part, local = self._locate(index)
+        return part.describe(local)
+
+    def encoded(self, index: int) -> bytes:
+        part, local = self._locate(index)
+        return part.encoded(local)

@@ -17,7 +17,8 @@ import torch
 from torchvision.transforms import v2
 
 from ..errors import ResnetsError
-from .augment import EVAL_CROP_FRACTION, PRESETS, BatchAugment
+from ..preprocessing import Preprocessing
+from .augment import PRESETS, BatchAugment
 from .dataset import ImageDataset
 from .images import BadImageError, BadImageWarning
 
@@ -128,20 +129,22 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def torchvision_transform(preset: str, img_size: int, mean: Sequence[float], std: Sequence[float],
-                          train: bool) -> v2.Transform:
-    """The torchvision v2 pipeline (PIL image -> normalised float tensor) of a preset."""
+def torchvision_transform(preset: str, preprocessing: Preprocessing, train: bool) -> v2.Transform:
+    """The torchvision v2 pipeline (PIL image -> normalised float tensor) of a preset.
+
+    Evaluation is the model's record itself (:meth:`Preprocessing.to_uint8`), and every path
+    ends in its :meth:`Preprocessing.normalize`, as the in-memory path does.
+    """
     if preset not in PRESETS:
         raise ResnetsError(f"unknown augmentation preset {preset!r}; choose from {', '.join(PRESETS)}")
+    size = preprocessing.input_size
     if train and preset == "cifar":
-        steps = [v2.RandomCrop(img_size, padding=4), v2.RandomHorizontalFlip()]
+        steps = [v2.PILToTensor(), v2.RandomCrop(size, padding=4), v2.RandomHorizontalFlip()]
     elif train and preset == "imagenet":
-        steps = [v2.RandomResizedCrop(img_size, antialias=True), v2.RandomHorizontalFlip()]
+        steps = [v2.PILToTensor(), v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]
     else:
-        resize = int(img_size / EVAL_CROP_FRACTION) if preset == "imagenet" else img_size
-        steps = [v2.Resize(resize, antialias=True), v2.CenterCrop(img_size)]
-    return v2.Compose([v2.PILToTensor(), *steps, v2.ToDtype(torch.float32, scale=True),
-                       v2.Normalize(list(mean), list(std))])
+        steps = [preprocessing.to_uint8]
+    return v2.Compose([*steps, preprocessing.normalize])
 
 
 class _Transformed(torch.utils.data.Dataset):
@@ -177,8 +180,8 @@ def _collate_readable(samples: list) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.utils.data.default_collate(samples)
 
 
-def make_dataloader(dataset: ImageDataset, preset: str, img_size: int, mean: Sequence[float],
-                    std: Sequence[float], train: bool, batch_size: int, workers: int = 2,
+def make_dataloader(dataset: ImageDataset, preset: str, preprocessing: Preprocessing,
+                    train: bool, batch_size: int, workers: int = 2,
                     seed: int = 0, rank: int = 0, world_size: int = 1,
                     pin_memory: bool = False, persistent: bool = True) -> torch.utils.data.DataLoader:
     """A torch DataLoader decoding from disk, for data sets too large for :func:`decode_to_memory`.
@@ -189,7 +192,7 @@ def make_dataloader(dataset: ImageDataset, preset: str, img_size: int, mean: Seq
     Training augmentation is seeded per image from (seed, ``loader.dataset.epoch``, index); set
     that epoch before iterating, with ``persistent=False`` so that fresh workers see it.
     """
-    transformed = _Transformed(dataset, torchvision_transform(preset, img_size, mean, std, train),
+    transformed = _Transformed(dataset, torchvision_transform(preset, preprocessing, train),
                                seed if train else None)
     sampler = torch.utils.data.DistributedSampler(
         transformed, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=train)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
 import numpy as np
 import torch
 from PIL import Image, ImageOps
@@ -32,7 +34,7 @@ def fits_in_memory(dataset: ImageDataset, size: tuple[int, int], limit: int = ME
 
 
 def decode_to_memory(dataset: ImageDataset, size: tuple[int, int] | int | None = None, workers: int = 2,
-                     progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                     progress: bool = True, preprocessing: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """All images of ``dataset`` as uint8 (N, 3, H, W) and their labels as int64 (N,).
 
     Args:
@@ -41,14 +43,22 @@ def decode_to_memory(dataset: ImageDataset, size: tuple[int, int] | int | None =
             the same for all of them.
         workers: decoding threads.
         progress: show a tqdm bar on stderr.
+        preprocessing: a model's :class:`resnets.preprocessing.Preprocessing`: each image goes
+            through its ``resize_crop`` (the model's own resize, crop and interpolation) instead
+            of being fitted to ``size``, which is then its ``input_size``.
 
     Unreadable files are skipped: one :class:`BadImageWarning` naming each, and one with the
     count at the end. N counts the images kept.
     """
+    if preprocessing is not None:
+        size = (preprocessing.input_size, preprocessing.input_size)
     if isinstance(size, int):
         size = (size, size)
+    fit = preprocessing.resize_crop if preprocessing is not None else None
     stored = dataset.as_uint8()
-    if stored is not None and (size is None or tuple(stored.shape[-2:]) == tuple(size)):
+    if stored is not None and fit is not None and preprocessing.keeps(*stored.shape[-2:]):
+        fit = None  # already what the model takes (CIFAR at 32 px): no decoding at all
+    if stored is not None and fit is None and (size is None or tuple(stored.shape[-2:]) == tuple(size)):
         return stored, torch.as_tensor(dataset.targets, dtype=torch.int64)
     count = len(dataset)
     if count == 0:
@@ -56,7 +66,7 @@ def decode_to_memory(dataset: ImageDataset, size: tuple[int, int] | int | None =
     readable = torch.zeros(count, dtype=torch.bool)
     bar = tqdm(total=count, desc="decoding", unit="img", disable=not progress, leave=False)
     with bar:
-        first, array = next(((i, a) for i in range(count) if (a := _load(dataset, i, size)) is not None),
+        first, array = next(((i, a) for i in range(count) if (a := _load(dataset, i, size, fit)) is not None),
                             (count, None))
         bar.update(first + 1)
         if array is None:
@@ -68,7 +78,7 @@ def decode_to_memory(dataset: ImageDataset, size: tuple[int, int] | int | None =
 
         def fill(chunk: range) -> None:
             for index in chunk:
-                array = _load(dataset, index, size)
+                array = _load(dataset, index, size, fit)
                 if array is not None:
                     if array.shape[:2] != tuple(images.shape[-2:]):
                         raise ResnetsError(
@@ -96,12 +106,15 @@ def decode_to_memory(dataset: ImageDataset, size: tuple[int, int] | int | None =
 _CHUNK = 256
 
 
-def _load(dataset: ImageDataset, index: int, size: tuple[int, int] | None) -> np.ndarray | None:
+def _load(dataset: ImageDataset, index: int, size: tuple[int, int] | None,
+          fit: Callable[[Image.Image], Image.Image] | None = None) -> np.ndarray | None:
     """Item ``index`` as an HWC uint8 array (fitted to ``size`` if given), or None if unreadable."""
     try:
         image = dataset[index][0]
     except BadImageError:
         return None
-    if size is not None and image.size != (size[1], size[0]):
+    if fit is not None:
+        image = fit(image)
+    elif size is not None and image.size != (size[1], size[0]):
         image = ImageOps.fit(image, (size[1], size[0]), Image.BILINEAR)
     return np.asarray(image, dtype=np.uint8)

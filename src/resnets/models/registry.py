@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ResnetsError
+from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from .resnet import ResNet, ResNetConfig
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
@@ -150,4 +149,5 @@ def create_model(name: str | None = None, num_classes: int | None = None, in_cha
     classes = spec.num_classes if num_classes is None else num_classes
     model = ResNet(config, num_classes=classes, in_chans=in_chans, **runtime)
     model.model_name = name
+    model.preprocessing = Preprocessing.for_model(name)
     return model

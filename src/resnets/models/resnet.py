@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ResnetsError
+from ..preprocessing import Preprocessing
 from .blocks import BLOCKS, ShortcutKind, SubsampleShortcut, conv3x3, make_shortcut, zero_init_last
 
 StemKind = Literal["imagenet", "deep", "cifar"]
@@ -59,6 +60,34 @@ class ResNetConfig:
     stem_pool_zero_pad: bool = False
     stem_pool_caffe: bool = False
 
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> "ResNetConfig":
+        """The config a weights file records, checked field by field (the file is untrusted)."""
+        import dataclasses
+
+        if not isinstance(record, dict):
+            raise ResnetsError(f"the architecture record must be a JSON object, got {type(record).__name__}")
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(record) - set(known))
+        if unknown:
+            raise ResnetsError(f"unknown architecture field(s) {', '.join(unknown)}")
+        values = dict(record)
+        for key in ("layers", "widths"):
+            if key in values:
+                if not isinstance(values[key], (list, tuple)):
+                    raise ResnetsError(f"architecture field {key} must be a list, got {values[key]!r}")
+                values[key] = tuple(values[key])
+        for key, value in values.items():
+            expected = bool if known[key].type == "bool" else None
+            if expected is bool and not isinstance(value, bool):
+                raise ResnetsError(f"architecture field {key} must be true or false, got {value!r}")
+        try:
+            config = cls(**values)
+        except TypeError as error:
+            raise ResnetsError(f"incomplete architecture record ({error})") from None
+        _validate(config, 0, 1, 0.0, 0.0)
+        return config
+
     @property
     def preact(self) -> bool:
         return self.block.startswith("preact")
@@ -77,14 +106,30 @@ class FeatureInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+# Bounds on a configuration, checked before anything is built (a file's record is untrusted).
+MAX_BLOCKS = 2000
+MAX_WIDTH = 1 << 14
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _validate(config: ResNetConfig, num_classes: int, in_chans: int, drop_path_rate: float,
               drop_rate: float) -> None:
-    if config.block not in BLOCKS:
+    if not isinstance(config.block, str) or config.block not in BLOCKS:
         raise ResnetsError(f"unknown block {config.block!r}; choose from {', '.join(BLOCKS)}")
     if len(config.layers) != len(config.widths) or not config.layers:
         raise ResnetsError("layers and widths must name the same, non-zero number of stages")
-    if any(n < 1 for n in config.layers):
+    if any(not _is_int(n) or n < 1 for n in config.layers):
         raise ResnetsError(f"every stage needs at least one block, got layers={config.layers}")
+    if sum(config.layers) > MAX_BLOCKS:
+        raise ResnetsError(f"layers={config.layers} has {sum(config.layers)} blocks; at most {MAX_BLOCKS} are built")
+    sizes = {"widths": config.widths, "stem_width": (config.stem_width,), "deep_stem_width": (config.deep_stem_width,),
+             "groups": (config.groups,), "width_per_group": (config.width_per_group,)}
+    for label, values in sizes.items():
+        if any(not _is_int(v) or not 1 <= v <= MAX_WIDTH for v in values):
+            raise ResnetsError(f"{label} must be integers in 1..{MAX_WIDTH}, got {values if len(values) > 1 else values[0]}")
     if config.shortcut not in ("projection", "avg_down", "zero_pad"):
         raise ResnetsError(f"unknown shortcut {config.shortcut!r}; use projection, avg_down or zero_pad")
     if config.stride_in_last_block and not config.preact:
@@ -135,6 +180,11 @@ class ResNet(nn.Module):
         self.num_classes = num_classes
         self.fc: nn.Module = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
         self._init_weights(zero_init_residual)
+        # What the model is and how to feed it: saved with its weights, read by every command.
+        self.model_name: str | None = None
+        self.class_names: list[str] | None = None
+        self.preprocessing: Preprocessing = Preprocessing.for_input_size(
+            32 if config.stem == "cifar" else 224, crop_fraction=None if config.stem == "cifar" else 0.875)
 
     # -- construction -------------------------------------------------------------------------
     def _build_stem(self, config: ResNetConfig, in_chans: int) -> None:
@@ -225,6 +275,7 @@ class ResNet(nn.Module):
         if not isinstance(num_classes, int) or num_classes < 0:
             raise ResnetsError(f"num_classes must be a non-negative integer, got {num_classes!r}")
         self.num_classes = num_classes
+        self.class_names = None  # the new head's classes are the caller's to name
         device = next(self.parameters()).device
         self.fc = nn.Linear(self.num_features, num_classes).to(device) if num_classes else nn.Identity()
 

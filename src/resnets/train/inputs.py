@@ -40,9 +40,14 @@ class StreamingData:
 
 
 def open_training_data(path: str, img_size: int, val_split: float | None, seed: int, workers: int,
-                       stream: bool | None, progress: bool = True) -> InMemoryData | StreamingData:
+                       stream: bool | None, progress: bool = True,
+                       val_preprocessing: Any = None) -> InMemoryData | StreamingData:
     """The data at ``path``, decoded into memory or (``stream`` True, or None and too large for
-    memory at ``img_size``, see ``MEMORY_LIMIT_BYTES``) opened for streaming."""
+    memory at ``img_size``, see ``MEMORY_LIMIT_BYTES``) opened for streaming.
+
+    ``val_preprocessing``: the model's record; held-out images are decoded through it, exactly as
+    ``evaluate`` and ``predict`` will feed them (training images are fitted to ``img_size``).
+    """
     from ..data import fits_in_memory, load_splits
 
     train_set, val_set = load_splits(path, val_split=val_split, seed=seed)
@@ -54,7 +59,7 @@ def open_training_data(path: str, img_size: int, val_split: float | None, seed: 
     if stream:
         return StreamingData(train_set, val_set if val_set is not None and len(val_set) else None,
                              list(train_set.classes))
-    return _decode(train_set, val_set, size, workers, progress)
+    return _decode(train_set, val_set, size, workers, progress, val_preprocessing)
 
 
 def load_in_memory(path: str, img_size: int, val_split: float | None, seed: int, workers: int,
@@ -73,14 +78,13 @@ class StreamLoader:
     batches the unbroken run would have. Batches whose every image was unreadable are skipped.
     """
 
-    def __init__(self, dataset: Any, preprocessing: dict[str, Any], train: bool, batch_size: int,
+    def __init__(self, dataset: Any, preset: str, preprocessing: Any, train: bool, batch_size: int,
                  workers: int, seed: int, device: torch.device, rank: int = 0, world_size: int = 1) -> None:
         from ..data import make_dataloader
 
-        # Eval: shorter side to img_size, centre crop, as the in-memory decoding does.
-        preset = preprocessing["augment"] if train else "none"
-        self.loader = make_dataloader(dataset, preset, preprocessing["img_size"], preprocessing["mean"],
-                                      preprocessing["std"], train=train, batch_size=batch_size,
+        # Eval: the model's record, as the in-memory decoding does.
+        self.loader = make_dataloader(dataset, preset if train else "none", preprocessing, train=train,
+                                      batch_size=batch_size,
                                       workers=workers, seed=seed, rank=rank, world_size=world_size,
                                       pin_memory=device.type == "cuda", persistent=not train)
         self.device, self.epoch = device, 0
@@ -111,13 +115,14 @@ class StreamLoader:
 
 
 def _decode(train_set: Any, val_set: Any | None, size: tuple[int, int], workers: int,
-            progress: bool) -> InMemoryData:
+            progress: bool, val_preprocessing: Any = None) -> InMemoryData:
     from ..data import decode_to_memory
 
     train_images, train_labels = decode_to_memory(train_set, size=size, workers=workers, progress=progress)
     val_images = val_labels = None
     if val_set is not None and len(val_set):
-        val_images, val_labels = decode_to_memory(val_set, size=size, workers=workers, progress=progress)
+        val_images, val_labels = decode_to_memory(val_set, size=size, workers=workers, progress=progress,
+                                                  preprocessing=val_preprocessing)
     return InMemoryData(train_images, train_labels, val_images, val_labels, list(train_set.classes))
 
 

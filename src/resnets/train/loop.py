@@ -23,8 +23,9 @@ from tqdm import tqdm
 
 from ..errors import ResnetsError
 from ..models import ResNet, create_model
-from ..weights import load_weights_file, model_from_weights, save_weights
-from ..weights.format import load_state_dict_checked
+from ..preprocessing import Preprocessing
+from ..weights import save_weights
+from ..weights.resolve import load_model
 from . import checkpoint as ckpt
 from .config import RunResult, TrainConfig
 from .distributed import (DeferredInterrupt, DistContext, all_reduce_sum, barrier, in_launched_group,
@@ -125,14 +126,15 @@ class _Run:
         cfg = self.config
         torch.manual_seed(cfg.seed)
         self.run_dir = Path(cfg.out or "runs/train")
-        self.model, self.preprocessing = self._build_model()
+        self.model = self._build_model()
+        self.preset, self.preprocessing = self._training_preprocessing(cfg.img_size)
         if self.data is None:
             if not cfg.data:
                 raise ResnetsError("no training data: pass --data PATH")
-            self.data = open_training_data(cfg.data, self.preprocessing["img_size"], cfg.val_split, cfg.seed,
-                                           cfg.workers, cfg.stream, cfg.progress)
+            self.data = open_training_data(cfg.data, self.img_size, cfg.val_split, cfg.seed, cfg.workers,
+                                           cfg.stream, cfg.progress, val_preprocessing=self.preprocessing)
         elif cfg.img_size is None:  # images handed in: their size is the input size
-            self.preprocessing["img_size"] = int(self.data.train_images.shape[-1])
+            self.preset, self.preprocessing = self._training_preprocessing(int(self.data.train_images.shape[-1]))
         self._fit_classes()
         self.model.to(self.device)
         if cfg.channels_last:
@@ -152,28 +154,34 @@ class _Run:
         self.start_epoch, self.best_top1 = 0, None
         self.interrupt = DeferredInterrupt(self.ctx)
 
-    def _build_model(self) -> tuple[ResNet, dict[str, Any]]:
+    def _build_model(self) -> ResNet:
+        """The model to train, with its record: ``--weights`` is a run directory, a weights file of
+        any format, or a pretrained tag (``imagenet``, ``IMAGENET1K_V2``) of ``--model``."""
         cfg = self.config
-        from ..data import preset_for_model
+        if cfg.weights:
+            from ..weights.resolve import weights_path
 
-        if cfg.weights and not cfg.model:  # the architecture the file records
-            model, record = model_from_weights(cfg.weights)
-        elif cfg.weights:  # the named architecture; a file of another one is refused in one line
-            record = load_weights_file(cfg.weights)
-            model = create_model(cfg.model, num_classes=record.model_args.get("num_classes"), **cfg.model_options)
-            load_state_dict_checked(model, record.state_dict, cfg.weights)
-        else:
-            if not cfg.model:
-                raise ResnetsError("no model: pass --model NAME (see `resnets models`) or --weights FILE")
-            model = create_model(cfg.model, **cfg.model_options)
-            record = None
-        mean, std, img_size, preset = preset_for_model(model.model_name)
-        if record is not None and record.preprocessing:
-            mean = record.preprocessing.get("mean", mean)
-            std = record.preprocessing.get("std", std)
-        preset = cfg.augment or ("none" if cfg.freeze == "backbone" else preset)
-        return model, {"img_size": cfg.img_size or img_size, "mean": list(mean), "std": list(std),
-                       "augment": preset}
+            path = weights_path(cfg.weights)
+            if path is None and not cfg.model:
+                return load_model(cfg.weights).train()  # NAME:TAG, or one line naming what it is not
+            return create_model(cfg.model, weights=str(path or cfg.weights), **cfg.model_options)
+        if not cfg.model:
+            raise ResnetsError("no model: pass --model NAME (see `resnets models`) or --weights FILE")
+        return create_model(cfg.model, **cfg.model_options)
+
+    def _training_preprocessing(self, img_size: int | None) -> tuple[str, Preprocessing]:
+        """(augmentation preset, the run's record): the start model's pixel values (a converted
+        Keras or Caffe model keeps BGR 0-255), the geometry of this run's evaluation."""
+        from ..data.augment import training_preprocessing
+
+        base = self.model.preprocessing
+        preset = "cifar" if base.input_size <= 64 else "imagenet"
+        preset = self.config.augment or ("none" if self.config.freeze == "backbone" else preset)
+        return preset, training_preprocessing(base, preset, img_size or base.input_size)
+
+    @property
+    def img_size(self) -> int:
+        return self.preprocessing.input_size
 
     def _fit_classes(self) -> None:
         """A new head when the data's classes are not the model's (transfer learning)."""
@@ -188,12 +196,12 @@ class _Run:
         cfg = self.config
         whole_backbone = self.frozen_parts and set(self.frozen_parts) == set(parse_freeze("backbone", self.model))
         return bool(cfg.feature_cache and whole_backbone and cfg.unfreeze_after is None
-                    and self.preprocessing["augment"] == "none" and not cfg.mixup and not cfg.cutmix
+                    and self.preset == "none" and not cfg.mixup and not cfg.cutmix
                     and not cfg.ema)
 
     def _resize_schedule(self) -> ResizeSchedule:
         cfg = self.config
-        schedule = ResizeSchedule(self.preprocessing["img_size"], cfg.progressive_resize, cfg.progressive_delay,
+        schedule = ResizeSchedule(self.img_size, cfg.progressive_resize, cfg.progressive_delay,
                                   cfg.progressive_finetune)
         if schedule.enabled and self.use_feature_cache:
             raise ResnetsError("--progressive-resize needs images, but this head-only run trains on cached "
@@ -203,9 +211,7 @@ class _Run:
     def _augment(self, train: bool):
         from ..data import BatchAugment
 
-        p = self.preprocessing
-        return BatchAugment(preset=p["augment"] if train else "none", img_size=p["img_size"], mean=p["mean"],
-                            std=p["std"], train=train)
+        return BatchAugment(self.preset if train else "none", self.preprocessing, train=train)
 
     def _image_loader(self, images: torch.Tensor, labels: torch.Tensor, train: bool, sharded: bool):
         from ..data import TensorLoader
@@ -218,7 +224,7 @@ class _Run:
 
     def _stream_loader(self, dataset: Any, train: bool, sharded: bool) -> StreamLoader:
         cfg, ctx = self.config, self.ctx
-        return StreamLoader(dataset, self.preprocessing, train,
+        return StreamLoader(dataset, self.preset, self.preprocessing, train,
                             cfg.batch_size // ctx.world_size if sharded else cfg.batch_size, cfg.workers,
                             cfg.seed, self.device, ctx.rank if sharded else 0, ctx.world_size if sharded else 1)
 
@@ -305,12 +311,12 @@ class _Run:
             ckpt.write_config(self.run_dir, {**cfg.to_dict(), "model_name": self.model.model_name})
         last = cfg.epochs if stop_after is None else min(cfg.epochs, self.start_epoch + stop_after)
         self.epoch, self.epochs_began = self.start_epoch, time.time()
+        self.saved_epoch = self.start_epoch - 1 if cfg.resume else None  # the epoch state.pt holds
         try:
             with self.interrupt:
                 self._epochs(last)
         except KeyboardInterrupt:
-            self._on_interrupt(self.epoch)
-            raise
+            raise KeyboardInterrupt(self._on_interrupt()) from None
         return RunResult(self.run_dir, self.run_dir / ckpt.WEIGHTS, self.history, self.best_top1,
                          self.data.class_names, self.use_feature_cache)
 
@@ -331,7 +337,9 @@ class _Run:
             if improved and top1 is not None:
                 self.best_top1 = top1
             self.history.append(row)
-            self._save(epoch, improved)
+            with self.interrupt.held():  # a Ctrl-C waits until the checkpoint is whole
+                self._save(epoch, improved)
+                self.saved_epoch = epoch
             self._log(row)
             barrier(self.ctx)
             if epoch + 1 < last and self._out_of_time(epoch + 1 - self.start_epoch):
@@ -360,16 +368,20 @@ class _Run:
             return True
         return top1 is not None and (self.best_top1 is None or top1 > self.best_top1)
 
-    def _on_interrupt(self, epoch: int) -> None:
+    def _on_interrupt(self) -> str:
+        """Save the weights so far (rank 0); returns what to tell the user: which epoch was
+        interrupted, where the weights went, and from which epoch's checkpoint a resume continues."""
         if not self.ctx.is_main:
-            return
+            return ""
+        epoch = self.epoch
         path = self.run_dir / "interrupted.safetensors"
         save_weights(path, self._export_model(), class_names=self.data.class_names,
                      preprocessing=self.preprocessing, source=f"resnets train ({self.run_dir}), interrupted",
                      extra={"epoch": epoch})
-        done = f"after epoch {epoch}" if epoch else "before the first epoch ended"
-        print(f"resnets: interrupted in epoch {epoch + 1}; weights so far in {path}; "
-              f"`resnets train --resume {self.run_dir}` continues from the checkpoint {done}", file=sys.stderr)
+        when = "after" if self.saved_epoch == epoch else "in"  # after: stopped between epochs
+        resume = "no epoch had finished, so there is no checkpoint to resume from" if self.saved_epoch is None \
+            else f"`resnets train --resume {self.run_dir}` continues from the checkpoint of epoch {self.saved_epoch + 1}"
+        return f"interrupted {when} epoch {epoch + 1} of {self.config.epochs}; weights so far in {path}; {resume}"
 
     def _set_frozen(self, epoch: int) -> None:
         """Unfreeze everything once ``unfreeze_after`` epochs are done (fresh DDP wrapper)."""

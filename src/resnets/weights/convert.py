@@ -20,7 +20,7 @@ import torch
 from ..errors import ResnetsError
 from ..models import ResNet, create_model, get_model_spec
 from .format import load_state_dict_checked, save_weights
-from .preprocessing import make_preprocessing
+from ..preprocessing import Preprocessing
 
 SOURCES = ("auto", "torchvision", "timm", "keras", "paddle", "caffe", "resnets")
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -38,7 +38,7 @@ class ImportedWeights:
     options: dict[str, Any] = field(default_factory=dict)
     in_chans: int = 3
     class_names: list[str] | None = None
-    preprocessing: dict[str, Any] | None = None
+    preprocessing: Preprocessing | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -83,19 +83,19 @@ def read_weights(path: str | os.PathLike, source: str = "auto", model_name: str 
     imported = reader(Path(path))
     if model_name is not None:
         imported = _as_model(imported, model_name)
-    if imported.model_name is None:
+    if imported.model_name is None and not imported.options.get("layers"):
         raise ResnetsError(f"the weights in {path} match no registered model; pass --model NAME")
     return imported
 
 
 def _read_resnets(path: Path) -> ImportedWeights:
-    from .format import load_weights_file
+    from .format import checked_architecture, load_weights_file
 
     record = load_weights_file(path)
     if record.config is None:
         return _recognised(record.state_dict, str(path), "resnets")
-    args = record.model_args
-    options = {**record.config, "drop_rate": args.get("drop_rate", 0.0)}
+    config, args = checked_architecture(record, str(path))
+    options = {**config.to_dict(), "drop_rate": args.get("drop_rate", 0.0)}
     return ImportedWeights(record.state_dict, record.model_name, record.source or str(path), options,
                            in_chans=args.get("in_chans", 3), class_names=record.class_names,
                            preprocessing=record.preprocessing)
@@ -140,8 +140,8 @@ def _read_caffe(path: Path, caffemodel: str | os.PathLike | None, model_name: st
     model = create_model(model_name, num_classes=classes, **spec.options)
     state = caffe_to_state_dict(prototxt, weights, model)
     names = _imagenet_names() if model.num_classes == 1000 else None
-    preprocessing = make_preprocessing(256, 224, CAFFE_MEAN_BGR, (1.0, 1.0, 1.0), channel_order="BGR",
-                                       pixel_range=255.0)
+    preprocessing = Preprocessing(224, 256, "bilinear", CAFFE_MEAN_BGR, (1.0, 1.0, 1.0), channel_order="BGR",
+                                  pixel_range=255.0)
     return ImportedWeights(state, model_name, f"Caffe {Path(weights).name}", dict(spec.options), class_names=names,
                            preprocessing=preprocessing, notes=list(spec.notes))
 
@@ -170,12 +170,6 @@ def _imagenet_names() -> list[str]:
     return imagenet_class_names()
 
 
-def default_preprocessing(model_name: str) -> dict[str, Any]:
-    """The registry's normalisation with the usual resize of 1/0.875 of the crop."""
-    spec = get_model_spec(model_name)
-    return make_preprocessing(round(spec.input_size / 0.875), spec.input_size, spec.mean, spec.std)
-
-
 def build_model(imported: ImportedWeights, num_classes: int | None = None, drop_head: bool = False,
                 **options: Any) -> ResNet:
     """The model ``imported`` describes, loaded strictly with its tensors.
@@ -192,13 +186,28 @@ def build_model(imported: ImportedWeights, num_classes: int | None = None, drop_
     elif num_classes is not None and num_classes != file_classes:
         raise ResnetsError(f"the weights' head has {file_classes} classes, not {num_classes}; omit --num-classes "
                            "to keep it, or pass --drop-head to leave it out")
-    model = create_model(imported.model_name, num_classes=file_classes, in_chans=imported.in_chans,
-                         **{**imported.options, **options})
+    model = _create(imported, file_classes, {**imported.options, **options})
     for key, tensor in model.state_dict().items():
         if key.endswith("num_batches_tracked") and key not in state:
             state[key] = torch.zeros_like(tensor)
     load_state_dict_checked(model, state, imported.source)
+    if imported.class_names is not None and len(imported.class_names) == model.num_classes:
+        model.class_names = list(imported.class_names)
+    if imported.preprocessing is not None:
+        model.preprocessing = imported.preprocessing
     return model
+
+
+def _create(imported: ImportedWeights, num_classes: int, options: dict[str, Any]) -> ResNet:
+    """A registered model with overrides, or (a file recording an unregistered architecture) its config."""
+    if imported.model_name is not None:
+        return create_model(imported.model_name, num_classes=num_classes, in_chans=imported.in_chans, **options)
+    from ..models.registry import MODEL_OPTIONS
+    from ..models.resnet import ResNetConfig
+
+    config = ResNetConfig.from_dict({k: v for k, v in options.items() if k not in MODEL_OPTIONS})
+    runtime = {k: v for k, v in options.items() if k in MODEL_OPTIONS}
+    return ResNet(config, num_classes=num_classes, in_chans=imported.in_chans, **runtime)
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, source: str = "auto", model_name: str | None = None,
@@ -207,10 +216,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, source: str = "auto"
     """Convert ``src`` (any supported format) to a self-describing safetensors file at ``dst``."""
     imported = read_weights(src, source, model_name, caffemodel, num_classes)
     model = build_model(imported, num_classes=num_classes, drop_head=drop_head)
-    class_names = imported.class_names if model.num_classes == len(imported.class_names or ()) else None
-    preprocessing = imported.preprocessing or default_preprocessing(imported.model_name)
-    save_weights(dst, model, class_names=class_names, preprocessing=preprocessing, source=imported.source,
-                 extra={"notes": imported.notes} if imported.notes else None)
+    save_weights(dst, model, source=imported.source, extra={"notes": imported.notes} if imported.notes else None)
     return model, imported
 
 
@@ -232,9 +238,6 @@ def load_model_weights(weights: str | os.PathLike, model_name: str | None = None
     model = build_model(imported, **options)
     if num_classes is not None and num_classes != model.num_classes:
         model.reset_classifier(num_classes)
-    else:
-        model.class_names = imported.class_names
-    model.preprocessing = imported.preprocessing or default_preprocessing(imported.model_name)
     return model
 
 

@@ -22,6 +22,7 @@ from torch import nn
 from ..errors import ResnetsError
 from ..fileio import atomic_path
 from ..models import ResNet, ResNetConfig
+from ..preprocessing import Preprocessing
 
 FORMAT_VERSION = 1
 METADATA_KEY = "resnets"
@@ -36,14 +37,15 @@ class WeightsFile:
     config: dict[str, Any] | None = None
     model_args: dict[str, Any] = field(default_factory=dict)
     class_names: list[str] | None = None
-    preprocessing: dict[str, Any] | None = None
+    preprocessing: Preprocessing | None = None
     source: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def metadata(self) -> dict[str, Any]:
         return {"format_version": FORMAT_VERSION, "model_name": self.model_name, "config": self.config,
                 "model_args": self.model_args, "class_names": self.class_names,
-                "preprocessing": self.preprocessing, "source": self.source, "extra": self.extra}
+                "preprocessing": self.preprocessing.to_dict() if self.preprocessing else None,
+                "source": self.source, "extra": self.extra}
 
 
 def model_description(model: nn.Module) -> dict[str, Any]:
@@ -51,17 +53,21 @@ def model_description(model: nn.Module) -> dict[str, Any]:
     if not isinstance(model, ResNet):
         return {"model_name": getattr(model, "model_name", None), "config": None, "model_args": {}}
     args = {"num_classes": model.num_classes, "in_chans": model.in_chans, "drop_rate": model.drop_rate}
-    return {"model_name": getattr(model, "model_name", None), "config": model.config.to_dict(),
-            "model_args": args}
+    return {"model_name": model.model_name, "config": model.config.to_dict(), "model_args": args}
 
 
 def save_weights(path: str | os.PathLike, model: nn.Module, *, class_names: list[str] | None = None,
-                 preprocessing: dict[str, Any] | None = None, source: str | None = None,
+                 preprocessing: Preprocessing | None = None, source: str | None = None,
                  extra: dict[str, Any] | None = None) -> Path:
-    """Write ``model``'s weights and metadata to ``path`` atomically; returns the path."""
-    description = model_description(model)
-    record = WeightsFile(state_dict={}, class_names=class_names, preprocessing=preprocessing,
-                         source=source, extra=extra or {}, **description)
+    """Write ``model``'s weights and its record atomically; returns the path.
+
+    ``class_names`` and ``preprocessing`` default to the model's own (``model.class_names``,
+    ``model.preprocessing``), so a model loaded from a file is saved with what it was loaded with.
+    """
+    class_names = class_names if class_names is not None else getattr(model, "class_names", None)
+    preprocessing = preprocessing if preprocessing is not None else getattr(model, "preprocessing", None)
+    record = WeightsFile(state_dict={}, class_names=_checked_class_names(class_names, model, str(path)),
+                         preprocessing=preprocessing, source=source, extra=extra or {}, **model_description(model))
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(record.metadata())})
@@ -69,35 +75,135 @@ def save_weights(path: str | os.PathLike, model: nn.Module, *, class_names: list
 
 
 def load_weights_file(path: str | os.PathLike) -> WeightsFile:
-    """Read a weights file written by :func:`save_weights` (or any plain safetensors file)."""
+    """Read a weights file written by :func:`save_weights` (or any plain safetensors file).
+
+    The metadata is checked field by field: a file is untrusted until it has been.
+    """
     path = Path(path)
     if not path.is_file():
-        raise ResnetsError(f"no such weights file: {path}")
+        raise ResnetsError(f"no such weights file: {path}" if not path.exists() else f"{path} is not a file")
     try:
-        tensors = load_file(str(path))
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as handle:
             header = handle.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as error:
-        raise ResnetsError(f"{path} is not a readable safetensors file ({error})") from None
-    meta = json.loads(header.get(METADATA_KEY, "{}"))
-    meta.pop("format_version", None)
-    return WeightsFile(state_dict=tensors, **{k: v for k, v in meta.items() if v is not None})
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise ResnetsError(f"{path} is not a readable safetensors file ({str(error).splitlines()[0]})") from None
+    meta = _parse_metadata(header.get(METADATA_KEY), path)
+    return WeightsFile(state_dict=tensors, **meta)
+
+
+def _parse_metadata(text: str | None, path: Path) -> dict[str, Any]:
+    """The ``resnets`` metadata of a file, each field type-checked."""
+    if text is None:
+        return {}
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ResnetsError(f"{path}: its metadata is not valid JSON ({error.msg})") from None
+    if not isinstance(meta, dict):
+        raise ResnetsError(f"{path}: its metadata is not a JSON object")
+    types = {"model_name": str, "config": dict, "model_args": dict, "class_names": list,
+             "preprocessing": dict, "source": str, "extra": dict}
+    parsed: dict[str, Any] = {}
+    for key, kind in types.items():
+        value = meta.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, kind):
+            raise ResnetsError(f"{path}: metadata field {key} should be a {kind.__name__}, got {type(value).__name__}")
+        parsed[key] = value
+    if "class_names" in parsed and not all(isinstance(c, str) for c in parsed["class_names"]):
+        raise ResnetsError(f"{path}: metadata class_names must be strings")
+    if "preprocessing" in parsed:
+        try:
+            parsed["preprocessing"] = Preprocessing.from_dict(parsed["preprocessing"])
+        except ResnetsError as error:
+            raise ResnetsError(f"{path}: {error}") from None
+    return parsed
+
+
+def _checked_class_names(class_names: list[str] | None, model: nn.Module, where: str) -> list[str] | None:
+    if class_names is None:
+        return None
+    names = [str(c) for c in class_names]
+    outputs = getattr(model, "num_classes", None)
+    if outputs is not None and outputs != len(names):
+        raise ResnetsError(f"{where}: {len(names)} class names for a head of {outputs} outputs")
+    return names
 
 
 def model_from_weights(path: str | os.PathLike) -> tuple[ResNet, WeightsFile]:
-    """Rebuild the model a weights file describes and load its tensors (strictly)."""
+    """Rebuild the model a weights file describes and load its tensors (strictly).
+
+    The recorded architecture is validated and its size compared with the tensors the file
+    holds before anything is allocated, so a doctored record cannot make the tool allocate
+    more than the file itself.
+    """
     record = load_weights_file(path)
     if record.config is None:
         raise ResnetsError(f"{path} does not record its architecture; pass a model name to load it into")
-    config = dict(record.config)
-    config["layers"], config["widths"] = tuple(config["layers"]), tuple(config["widths"])
-    model = ResNet(ResNetConfig(**config), **record.model_args)
-    if record.model_name:
-        model.model_name = record.model_name
+    config, args = checked_architecture(record, str(path))
+    model = ResNet(config, **args)
+    attach_record(model, record)
     load_state_dict_checked(model, record.state_dict, str(path))
     return model, record
+
+
+def checked_architecture(record: WeightsFile, source: str) -> tuple[ResNetConfig, dict[str, Any]]:
+    """The recorded config and model arguments, validated, and no larger than the file's tensors."""
+    try:
+        config = ResNetConfig.from_dict(record.config or {})
+        args = _model_args(record.model_args)
+    except ResnetsError as error:
+        raise ResnetsError(f"{source}: {error}") from None
+    _check_size_against_file(config, args, record.state_dict, source)
+    return config, args
+
+
+def attach_record(model: ResNet, record: WeightsFile) -> ResNet:
+    """Give ``model`` the name, class names and preprocessing a weights file records."""
+    if record.model_name:
+        model.model_name = record.model_name
+    if record.class_names is not None:
+        model.class_names = _checked_class_names(record.class_names, model, record.source or "weights file")
+    if record.preprocessing is not None:
+        model.preprocessing = record.preprocessing
+    elif model.model_name:
+        from ..models import list_models
+
+        if model.model_name in list_models():
+            model.preprocessing = Preprocessing.for_model(model.model_name)
+    return model
+
+
+def _model_args(args: dict[str, Any]) -> dict[str, Any]:
+    allowed = {"num_classes": int, "in_chans": int, "drop_rate": (int, float)}
+    unknown = sorted(set(args) - set(allowed))
+    if unknown:
+        raise ResnetsError(f"unknown model argument(s) {', '.join(unknown)}")
+    for key, kind in allowed.items():
+        if key in args and (isinstance(args[key], bool) or not isinstance(args[key], kind)):
+            raise ResnetsError(f"model argument {key} has the wrong type ({args[key]!r})")
+    if not 0 <= args.get("num_classes", 0) <= MAX_CLASSES or not 1 <= args.get("in_chans", 3) <= 64:
+        raise ResnetsError(f"model arguments out of range ({args})")
+    return dict(args)
+
+
+MAX_CLASSES = 1_000_000
+
+
+def _check_size_against_file(config: ResNetConfig, args: dict[str, Any], tensors: dict[str, torch.Tensor],
+                             source: str) -> None:
+    """Refuse a record whose model would hold more numbers than the file carries."""
+    with torch.device("meta"):
+        shapes = ResNet(config, **args)
+    needed = sum(t.numel() for t in shapes.state_dict().values())
+    present = sum(t.numel() for t in tensors.values())
+    if needed > present:
+        raise ResnetsError(f"{source} records a model of {needed:,} numbers but holds {present:,}; "
+                           "its architecture record does not fit its tensors")
 
 
 def load_state_dict_checked(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:

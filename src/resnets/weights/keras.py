@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import ResnetsError
-from .preprocessing import make_preprocessing
+from ..preprocessing import Preprocessing
 
 KERAS_BN_EPS = 1.001e-5
 TORCH_BN_EPS = 1e-5
@@ -41,9 +41,9 @@ _VAR_NAMES = {"Conv2D": ("kernel", "bias"), "BatchNormalization": ("gamma", "bet
 _AUTO_NAMES = {"conv2d": "Conv2D", "batch_normalization": "BatchNormalization", "dense": "Dense"}
 
 # Keras' own preprocess_input: v1 "caffe" mode, v2 "tf" mode; load_img(target_size=(224, 224)).
-KERAS_V1_PREPROCESSING = make_preprocessing([224, 224], 224, (103.939, 116.779, 123.68), (1.0, 1.0, 1.0),
-                                            "nearest", channel_order="BGR", pixel_range=255.0)
-KERAS_V2_PREPROCESSING = make_preprocessing([224, 224], 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "nearest")
+KERAS_V1_PREPROCESSING = Preprocessing(224, (224, 224), "nearest", (103.939, 116.779, 123.68), (1.0, 1.0, 1.0),
+                                       channel_order="BGR", pixel_range=255.0)
+KERAS_V2_PREPROCESSING = Preprocessing(224, (224, 224), "nearest", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
 @dataclass
@@ -54,7 +54,7 @@ class KerasResNet:
     options: dict[str, Any]
     num_classes: int
     state_dict: dict[str, torch.Tensor]
-    preprocessing: dict[str, Any] = field(default_factory=dict)
+    preprocessing: Preprocessing = KERAS_V1_PREPROCESSING
 
 
 def read_keras(path: str | Path) -> KerasResNet:

@@ -22,7 +22,7 @@ import torch
 
 from ..errors import ResnetsError
 from .hub import cached_download
-from .preprocessing import make_preprocessing
+from ..preprocessing import Preprocessing
 
 DEFAULT_TAG = "imagenet"
 
@@ -37,7 +37,7 @@ class PretrainedWeights:
     filename: str
     sha256: str | None
     hash_prefix: str | None
-    preprocessing: dict[str, Any]
+    preprocessing: Preprocessing
     class_names: tuple[str, ...]
     accuracy: dict[str, float]
     source: str
@@ -54,8 +54,8 @@ def _from_torchvision(model_name: str, tag: str, enum_member: Any) -> Pretrained
     return PretrainedWeights(
         model_name=model_name, tag=tag, url=enum_member.url, filename=filename, sha256=None,
         hash_prefix=prefix.group(1) if prefix else None,
-        preprocessing=make_preprocessing(transforms.resize_size[0], transforms.crop_size[0], transforms.mean,
-                                         transforms.std, transforms.interpolation.value),
+        preprocessing=Preprocessing(transforms.crop_size[0], transforms.resize_size[0], transforms.interpolation.value,
+                                    tuple(transforms.mean), tuple(transforms.std)),
         class_names=tuple(meta["categories"]),
         accuracy={k: float(v) for k, v in meta["_metrics"]["ImageNet-1K"].items()},
         source=f"torchvision {type(enum_member).__name__}.{enum_member.name} ({meta.get('recipe', '')})")

@@ -1,0 +1,214 @@
+"""How a model wants its input: the one record, and the one place that applies it.
+
+Every model carries a :class:`Preprocessing` (``model.preprocessing``, as timm's models carry a
+``pretrained_cfg``); every weights file stores it; every command that feeds images to a model
+(training's validation, ``evaluate``, ``predict``, ``export``'s ONNX metadata, ``summary``,
+``bench``, ``explain``, ``serve``) turns it into pixels through the methods below and nothing else.
+
+Feeding an image is two steps, kept apart so that a data set can be decoded once and
+normalised per batch:
+
+1. :meth:`Preprocessing.resize_crop` (PIL image -> PIL image of ``input_size``): resize
+   (``resize_size`` an int: the shorter side, aspect kept; ``[height, width]``: exactly that,
+   as Keras' ``load_img(target_size=...)`` does), then a centre crop of ``input_size``.
+2. :meth:`Preprocessing.normalize` (uint8 ``(B, 3, H, W)`` -> float32): pixels scaled to
+   ``[0, pixel_range]``, reordered to ``channel_order``, then ``(x - mean) / std`` with ``mean``
+   and ``std`` in those units and that order. Keras' caffe-style ResNet50, for one, is
+   ``pixel_range=255``, ``BGR``, ``mean=[103.939, 116.779, 123.68]``, ``std=[1, 1, 1]``.
+
+:meth:`Preprocessing.transform` composes both for one image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .errors import ResnetsError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+CHANNEL_ORDERS = ("RGB", "BGR")
+EVAL_CROP_FRACTION = 0.875  # the usual resize of 1/0.875 of the crop (256 for 224)
+MAX_INPUT_SIZE = 8192
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What a model expects: geometry (resize, crop, interpolation) and pixel values."""
+
+    input_size: int = 224
+    resize_size: int | tuple[int, int] = 256
+    interpolation: str = "bilinear"
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    channel_order: str = "RGB"
+    pixel_range: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_size("input_size", self.input_size)
+        resize = self.resize_size
+        if isinstance(resize, (list, tuple)):
+            if len(resize) != 2:
+                raise ResnetsError(f"preprocessing resize_size must be one size or [height, width], got {resize!r}")
+            for value in resize:
+                _check_size("resize_size", value)
+            object.__setattr__(self, "resize_size", (int(resize[0]), int(resize[1])))
+        else:
+            _check_size("resize_size", resize)
+        if self.interpolation not in INTERPOLATIONS:
+            raise ResnetsError(f"preprocessing interpolation {self.interpolation!r} is not one of "
+                               f"{', '.join(INTERPOLATIONS)}")
+        if self.channel_order not in CHANNEL_ORDERS:
+            raise ResnetsError(f"preprocessing channel_order {self.channel_order!r} is not RGB or BGR")
+        object.__setattr__(self, "mean", _three_finite("mean", self.mean))
+        object.__setattr__(self, "std", _three_finite("std", self.std))
+        if min(self.std) <= 0:
+            raise ResnetsError(f"preprocessing std must be positive, got {list(self.std)}")
+        if not (isinstance(self.pixel_range, (int, float)) and math.isfinite(self.pixel_range)
+                and self.pixel_range > 0):
+            raise ResnetsError(f"preprocessing pixel_range must be a positive number, got {self.pixel_range!r}")
+        object.__setattr__(self, "pixel_range", float(self.pixel_range))
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def for_input_size(cls, input_size: int, mean: Sequence[float] = IMAGENET_MEAN,
+                       std: Sequence[float] = IMAGENET_STD, crop_fraction: float | None = None,
+                       **fields: Any) -> "Preprocessing":
+        """Resize to ``input_size / crop_fraction`` (no crop margin when None), centre-crop ``input_size``."""
+        resize = input_size if crop_fraction is None else math.floor(input_size / crop_fraction)
+        return cls(input_size=input_size, resize_size=resize, mean=tuple(mean), std=tuple(std), **fields)
+
+    @classmethod
+    def for_model(cls, model_name: str) -> "Preprocessing":
+        """A registered model's default: ImageNet nets resize 256 / crop 224; 32-pixel nets no crop margin."""
+        from .models.registry import get_model_spec
+
+        spec = get_model_spec(model_name)
+        fraction = None if spec.input_size <= 64 else EVAL_CROP_FRACTION
+        return cls.for_input_size(spec.input_size, spec.mean, spec.std, fraction)
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> "Preprocessing":
+        """A record as stored in a weights file; files of earlier versions are read too.
+
+        Earlier files wrote ``crop_size`` for ``input_size``, and training runs wrote
+        ``{"img_size", "mean", "std", "augment"}`` (images resized to ``img_size``, no margin).
+        """
+        if not isinstance(record, Mapping):
+            raise ResnetsError(f"the preprocessing record must be a JSON object, got {type(record).__name__}")
+        data = dict(record)
+        if "input_size" not in data:
+            size = data.get("crop_size", data.get("img_size"))
+            if size is None:
+                raise ResnetsError("the preprocessing record has no input_size")
+            data["input_size"] = size
+            data.setdefault("resize_size", size)
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if isinstance(values.get("resize_size"), list):
+            values["resize_size"] = tuple(values["resize_size"])
+        try:
+            return cls(**values)
+        except TypeError as error:
+            raise ResnetsError(f"invalid preprocessing record ({error})") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (lists, not tuples)."""
+        record = dataclasses.asdict(self)
+        for key in ("mean", "std"):
+            record[key] = list(record[key])
+        if isinstance(self.resize_size, tuple):
+            record["resize_size"] = list(self.resize_size)
+        return record
+
+    def replace(self, **changes: Any) -> "Preprocessing":
+        return dataclasses.replace(self, **changes)
+
+    # -- application -------------------------------------------------------------------------
+    def resize_crop(self, image: Any) -> Any:
+        """PIL image -> PIL image of ``input_size`` x ``input_size`` (resize, then centre crop)."""
+        from PIL import Image
+
+        resample = getattr(Image.Resampling, self.interpolation.upper())
+        width, height = image.size
+        if isinstance(self.resize_size, tuple):
+            new_height, new_width = self.resize_size
+        else:  # shorter side to resize_size, as torchvision's Resize(int) rounds the other
+            short, long = (width, height) if width <= height else (height, width)
+            other = int(self.resize_size * long / short)
+            new_width, new_height = (self.resize_size, other) if width <= height else (other, self.resize_size)
+        if (new_width, new_height) != (width, height):
+            image = image.resize((new_width, new_height), resample)
+        return _center_crop(image, self.input_size)
+
+    def keeps(self, height: int, width: int) -> bool:
+        """Whether :meth:`resize_crop` returns an image of this size unchanged."""
+        square = height == width == self.input_size
+        if isinstance(self.resize_size, tuple):
+            return square and self.resize_size == (height, width)
+        return square and self.resize_size == height
+
+    def to_uint8(self, image: Any) -> torch.Tensor:
+        """PIL RGB image -> uint8 (3, input_size, input_size) after :meth:`resize_crop`."""
+        array = np.asarray(self.resize_crop(image), dtype=np.uint8)
+        return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+    def normalize(self, images_u8: torch.Tensor) -> torch.Tensor:
+        """uint8 RGB ``(B, 3, H, W)`` (or ``(3, H, W)``) -> the float32 input the model expects."""
+        device = images_u8.device
+        shape = (1, 3, 1, 1) if images_u8.ndim == 4 else (3, 1, 1)
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=device).view(shape)
+        std = torch.tensor(self.std, dtype=torch.float32, device=device).view(shape)
+        x = images_u8.to(torch.float32) * (self.pixel_range / 255.0)
+        if self.channel_order == "BGR":
+            x = x.flip(-3)
+        return (x - mean) / std
+
+    def transform(self) -> Callable[[Any], torch.Tensor]:
+        """PIL image -> normalised float32 (3, input_size, input_size)."""
+        return lambda image: self.normalize(self.to_uint8(image))
+
+    def describe(self) -> str:
+        """One line for model cards and logs."""
+        resize = (f"{self.resize_size[0]}x{self.resize_size[1]}" if isinstance(self.resize_size, tuple)
+                  else f"shorter side {self.resize_size}")
+        scale = "0-255" if self.pixel_range == 255 else f"0-{self.pixel_range:g}"
+        return (f"resize {resize} ({self.interpolation}), centre crop {self.input_size}, {self.channel_order} "
+                f"{scale}, mean {[round(m, 4) for m in self.mean]}, std {[round(s, 4) for s in self.std]}")
+
+
+def _center_crop(image: Any, size: int) -> Any:
+    """Centre crop as torchvision's ``CenterCrop`` (rounded offsets; zero-padded if too small)."""
+    from PIL import Image
+
+    width, height = image.size
+    if width < size or height < size:
+        padded = Image.new(image.mode, (max(width, size), max(height, size)))
+        padded.paste(image, ((max(width, size) - width) // 2, (max(height, size) - height) // 2))
+        image, (width, height) = padded, padded.size
+    top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+    if (width, height) == (size, size):
+        return image
+    return image.crop((left, top, left + size, top + size))
+
+
+def _check_size(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= MAX_INPUT_SIZE:
+        raise ResnetsError(f"preprocessing {name} must be an integer in 1..{MAX_INPUT_SIZE}, got {value!r}")
+
+
+def _three_finite(name: str, values: Any) -> tuple[float, float, float]:
+    try:
+        floats = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ResnetsError(f"preprocessing {name} must be 3 numbers, got {values!r}") from None
+    if len(floats) != 3 or not all(math.isfinite(v) for v in floats):
+        raise ResnetsError(f"preprocessing {name} must be 3 finite numbers, got {list(floats)}")
+    return floats  # type: ignore[return-value]
