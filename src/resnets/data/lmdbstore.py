@@ -110,7 +110,7 @@ def _open_env(path: Path) -> lmdb.Environment:
                 _ENVIRONMENTS.pop(stale).close()
             check_complete(path / "data.mdb" if path.is_dir() else path)
             try:
-                env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False,
+                env = lmdb.open(os.fsencode(path), readonly=True, lock=False, readahead=False, meminit=False,
                                 subdir=path.is_dir(), max_readers=512)
             except lmdb.Error as error:
                 raise ResnetsError(f"cannot open LMDB database {path}: {error}") from None
@@ -233,8 +233,7 @@ def pack_lmdb(src: str | os.PathLike, dst: str | os.PathLike, size: int | None =
     dst = Path(dst)
     if size is not None and size < 1:
         raise ResnetsError(f"size must be positive, got {size}")
-    if dst.is_dir():
-        raise ResnetsError(f"{dst} is a folder; give the database file to write, e.g. {dst / 'data.lmdb'}")
+    _check_destination(dst)
     datasets = {name: source.dataset(name) for name in (source.splits or (None,))}
     total = sum(len(ds) for ds in datasets.values())
     spans: dict[str, list[int]] = {}
@@ -242,7 +241,7 @@ def pack_lmdb(src: str | os.PathLike, dst: str | os.PathLike, size: int | None =
     skipped: list[str] = []
     with atomic_path(dst) as tmp, ThreadPoolExecutor(max(1, workers)) as pool, \
             tqdm(total=total, desc="packing", unit="img", disable=not progress) as bar:
-        env = lmdb.open(str(tmp), subdir=False, lock=False, map_size=_MAP_SIZE, meminit=False)
+        env = lmdb.open(os.fsencode(tmp), subdir=False, lock=False, map_size=_MAP_SIZE, meminit=False)
         try:
             for split, dataset in datasets.items():
                 start = len(labels)
@@ -269,12 +268,23 @@ def pack_lmdb(src: str | os.PathLike, dst: str | os.PathLike, size: int | None =
         finally:
             env.close()
         if not labels:
-            raise ResnetsError(f"no readable images in {src}")
+            raise ResnetsError(f"no readable images in {printable(str(src))}")
     if skipped:
-        warnings.warn(f"skipped {len(skipped)} unreadable image(s) of {total} in {src}", BadImageWarning,
+        warnings.warn(f"skipped {len(skipped)} unreadable image(s) of {total} in {printable(str(src))}",
+                      BadImageWarning,
                       stacklevel=2)
     counts = {name or "all": stop - start for name, (start, stop) in spans.items()}
-    return {"path": str(dst), "classes": source.classes, "splits": counts, "skipped": skipped}
+    return {"path": printable(str(dst)), "classes": source.classes, "splits": counts, "skipped": skipped}
+
+
+def _check_destination(dst: Path) -> None:
+    """ResnetsError if ``dst`` cannot be a new file: it is a folder, or a file stands where a folder must."""
+    if dst.is_dir():
+        raise ResnetsError(f"{printable(str(dst))} is a folder; give the database file to write, "
+                           f"e.g. {printable(str(dst / 'data.lmdb'))}")
+    existing = next((folder for folder in dst.parents if folder.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ResnetsError(f"cannot write {printable(str(dst))}: {printable(str(existing))} is a file, not a folder")
 
 
 def _checked(dataset: ImageDataset, index: int, size: int | None) -> bytes | None:
