@@ -105,6 +105,17 @@ def test_truncated_lmdb_is_one_line_not_sigbus(tmp_path):
     assert out == ""
 
 
+def test_lmdb_pointing_past_its_own_pages_is_one_line(tmp_path):
+    pack_lmdb(photos(tmp_path / "photos"), tmp_path / "good.lmdb", progress=False)
+    data = bytearray((tmp_path / "good.lmdb").read_bytes())
+    for meta_page in (0, 4096):  # the main tree's root page number (MDB_meta.mm_dbs[1].md_root)
+        struct.pack_into("<Q", data, meta_page + 16 + 24 + 48 + 40, 10**6)
+    (tmp_path / "doctored.lmdb").write_bytes(bytes(data))
+    code, _, err, _ = run_forked(["data", "info", str(tmp_path / "doctored.lmdb")], tmp_path)
+    assert code == 2, (code, err)
+    assert_one_line_error(err, "doctored.lmdb")
+
+
 def _lmdb_with(path: Path, meta: bytes, labels: bytes) -> Path:
     env = lmdb.open(str(path), subdir=False, lock=False, map_size=2**22)
     with env.begin(write=True) as txn:

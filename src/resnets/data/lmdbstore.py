@@ -113,7 +113,7 @@ def _open_env(path: Path) -> lmdb.Environment:
                 env = lmdb.open(os.fsencode(path), readonly=True, lock=False, readahead=False, meminit=False,
                                 subdir=path.is_dir(), max_readers=512)
             except lmdb.Error as error:
-                raise ResnetsError(f"cannot open LMDB database {path}: {error}") from None
+                raise ResnetsError(f"cannot open LMDB database {printable(str(path))}: {error}") from None
             _ENVIRONMENTS[key] = env
         return env
 
