@@ -20,7 +20,7 @@ from ..errors import ResnetsError
 
 # Command modules, in the order `resnets --help` lists them.
 COMMANDS: tuple[str, ...] = ("models", "summary", "data", "train", "evaluate", "predict", "demo",
-                            "convert", "export", "bench", "compare")
+                            "convert", "export", "bench", "compare", "serve")
 
 
 class _Parser(argparse.ArgumentParser):

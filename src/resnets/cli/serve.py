@@ -1,0 +1,104 @@
+"""``resnets serve``: answer HTTP requests with a trained model (see :mod:`resnets.serve`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import warnings
+
+from ..errors import ResnetsError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve", help="serve a model over HTTP (TorchServe-style, KServe v2, web page, metrics)",
+        description="Serve MODEL over HTTP: POST /predictions/NAME (image bytes -> top-k), the Open Inference "
+        "Protocol under /v2, POST /explain/NAME (Grad-CAM PNG), GET /metrics (Prometheus) and a web page at /. "
+        "Concurrent requests are decoded in parallel and run as one batch. SIGTERM stops accepting, answers "
+        "the requests in flight, then exits 0.")
+    p.add_argument("model", help="run directory, weights file, NAME (its ImageNet weights) or NAME:TAG")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--name", help="model name in the URLs (default: the model's architecture name)")
+    p.add_argument("--backend", default="auto", help="inference backend: auto, eager, compile, onnxruntime, "
+                   "openvino")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-batch", type=int, default=32, help="most images per forward pass")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="longest a request waits for others to share its batch")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="threads decoding images in parallel")
+    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (not on / and /v2/health/*)")
+    p.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body accepted")
+    p.add_argument("--topk", type=int, default=5, help="classes in each answer")
+    p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(handler=run)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every argument checked before the model is loaded (one line each, exit 2)."""
+    if not 0 <= args.port <= 65535:
+        raise ResnetsError(f"--port must be in 0..65535, got {args.port}")
+    for flag, value in (("--max-batch", args.max_batch), ("--workers", args.workers), ("--topk", args.topk)):
+        if value < 1:
+            raise ResnetsError(f"{flag} must be >= 1, got {value}")
+    if not 0 <= args.max_wait_ms <= 10_000:
+        raise ResnetsError(f"--max-wait-ms must be in 0..10000, got {args.max_wait_ms}")
+    if not 0 < args.max_body_mb <= 4096:
+        raise ResnetsError(f"--max-body-mb must be in (0, 4096], got {args.max_body_mb}")
+    if args.token is not None and not args.token.strip():
+        raise ResnetsError("--token must not be empty")
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound now so that a taken port or a bad host is one line, exit 2."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as error:
+        raise ResnetsError(f"cannot resolve --host {host!r}: {error}") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as error:
+        sock.close()
+        raise ResnetsError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run(args: argparse.Namespace) -> int:
+    check_args(args)
+    try:
+        import uvicorn
+
+        from ..serve import ServeConfig, create_app
+    except ImportError as error:
+        raise ResnetsError(f"serve needs the 'serve' extra ({error.name} is missing): "
+                           f"pip install 'resnets[serve]'") from None
+    from PIL import Image
+
+    from ..predict import load_for_inference
+
+    sock = bind(args.host, args.port)
+    predictor = load_for_inference(args.model, args.device, backend=args.backend)
+    name = args.name or getattr(predictor.plain, "model_name", None) or "model"
+    config = ServeConfig(name=name, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, workers=args.workers,
+                         token=args.token, max_body_mb=args.max_body_mb, topk=args.topk)
+    # The whole process is the server: an image between one and two times PIL's pixel limit is
+    # refused, not decoded with a warning.
+    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+    app = create_app(predictor, config)
+    host, port = sock.getsockname()[:2]
+    print(f"resnets: serving {name} ({predictor.backend}) on http://{host}:{port}/", flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=60,
+                                           access_log=False))
+    # uvicorn re-raises SIGTERM after its graceful shutdown; the default action would turn a clean
+    # drain into death by signal. A Python handler makes the re-raise a no-op: exit status 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    server.run(sockets=[sock])
+    return 0

@@ -1,0 +1,388 @@
+"""The HTTP server of ``resnets serve``: one model, two protocols, a web page, metrics.
+
+Endpoints (``{model}`` is the served model's name; any other name is a 404):
+
+- ``POST /predictions/{model}``: TorchServe's form. The body is the image's bytes (or a
+  multipart form with the file in field ``data``); the answer is ``{class name: probability}``
+  for the top k, most probable first.
+- Open Inference Protocol (KServe v2): ``GET /v2``, ``GET /v2/health/live``,
+  ``GET /v2/health/ready``, ``GET /v2/models/{model}`` (metadata), ``GET /v2/models/{model}/ready``,
+  ``POST /v2/models/{model}/infer`` (see :mod:`resnets.serve.v2`).
+- ``POST /explain/{model}``: the Grad-CAM overlay of the image, as a PNG.
+- ``GET /card``: the model card the web page shows; ``GET /``: the web page.
+- ``GET /metrics``: Prometheus text format.
+
+Every refusal is a JSON ``{"error": "..."}`` with a 4xx status; nothing a client sends takes
+the server down. With a token, every endpoint but the page and the two health checks needs
+``Authorization: Bearer TOKEN`` (a load balancer's probes carry no secrets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import io
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import ResnetsError
+from ..predict import InferenceModel
+from .batcher import DynamicBatcher
+from .metrics import ServeMetrics, endpoint_of
+
+log = logging.getLogger("resnets.serve")
+
+OPEN_PATHS = ("/", "/favicon.ico", "/v2/health/live", "/v2/health/ready")
+IMAGE_CONTENT_TYPES = ("", "application/octet-stream", "multipart/form-data")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What ``resnets serve`` was asked for (see its --help)."""
+
+    name: str
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    workers: int = 4
+    token: str | None = None
+    max_body_mb: float = 20.0
+    topk: int = 5
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 2**20)
+
+
+class ServeError(Exception):
+    """A request refused: answered as ``{"error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+# -- decoding ----------------------------------------------------------------------------------
+def check_pixels(data: bytes, name: str) -> None:
+    """Refuse, from the header alone, an image declaring more pixels than PIL's bomb limit.
+
+    PIL only warns between one and two times ``Image.MAX_IMAGE_PIXELS``; a server must refuse.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            width, height = probe.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ServeError(413, f"image {name} too large: {error}") from None
+    except Image.UnidentifiedImageError:
+        raise ServeError(400, f"cannot decode image {name}: not an image format PIL can read") from None
+    except Exception as error:  # noqa: BLE001 - a header PIL cannot parse is the client's
+        raise ServeError(400, f"cannot decode image {name}: {_first_line(error)}") from None
+    if limit is not None and width * height > limit:
+        raise ServeError(413, f"image {name} declares {width}x{height} pixels, more than the {limit} "
+                              f"the server decodes")
+
+
+def decode_to_batch(predictor: InferenceModel, data: bytes, name: str) -> torch.Tensor:
+    """Image bytes -> the normalised (1, 3, S, S) float batch of the model's preprocessing."""
+    from ..data.images import decode_image
+
+    if not data:
+        raise ServeError(400, f"empty {name}: send the bytes of an image")
+    check_pixels(data, name)
+    try:
+        image = decode_image(data, name)
+    except ResnetsError as error:
+        raise ServeError(400, str(error)) from None
+    return predictor.normalise(predictor.preprocessing.to_uint8(image)[None])
+
+
+def _first_line(error: BaseException) -> str:
+    from ..data.images import first_line
+
+    return first_line(error)
+
+
+# -- the application --------------------------------------------------------------------------
+class Server:
+    """The state behind the endpoints: model, batcher, decode pool, metrics, card."""
+
+    def __init__(self, predictor: InferenceModel, config: ServeConfig) -> None:
+        self.predictor = predictor
+        self.config = config
+        self.metrics = ServeMetrics()
+        self.pool = ThreadPoolExecutor(max(1, config.workers), thread_name_prefix="resnets-decode")
+        self.batcher = DynamicBatcher(predictor.model, config.max_batch, config.max_wait_ms,
+                                      on_batch=self.metrics.batch_size.observe)
+        self.explain_lock = threading.Lock()  # Grad-CAM hooks the one plain model: one at a time
+        self.card = model_card(predictor, config)
+        self.ready = False
+
+    def warm_up(self) -> None:
+        """One forward pass before the first request (backends that build lazily build now)."""
+        size = self.predictor.img_size
+        zeros = torch.zeros(1, 3, size, size, dtype=torch.uint8)
+        self.batcher.submit(self.predictor.normalise(zeros)).result()
+        self.ready = True
+
+    def close(self) -> None:
+        self.ready = False
+        self.batcher.close()
+        self.pool.shutdown(wait=True)
+
+    def check_model(self, model: str) -> None:
+        if model != self.config.name:
+            raise ServeError(404, f"unknown model {model!r}; this server serves {self.config.name!r}")
+
+    async def classify(self, images: list[tuple[bytes, str]]) -> torch.Tensor:
+        """Probabilities (N, classes) of images given as (bytes, name): decoded in parallel, batched."""
+        loop = asyncio.get_running_loop()
+        decoded = await asyncio.gather(*[loop.run_in_executor(self.pool, decode_to_batch, self.predictor, d, n)
+                                         for d, n in images])
+        return await self.infer(torch.cat(decoded))
+
+    async def infer(self, batch: torch.Tensor) -> torch.Tensor:
+        return await asyncio.wrap_future(self.batcher.submit(batch))
+
+    def top(self, probs: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
+        k = min(k, probs.shape[1])
+        values, indices = probs.topk(k, dim=1)
+        names = self.predictor.class_names
+        return [[(names[i], p) for i, p in zip(row_i, row_p)]
+                for row_i, row_p in zip(indices.tolist(), values.tolist())]
+
+
+def model_card(predictor: InferenceModel, config: ServeConfig) -> dict[str, Any]:
+    """What the web page shows about the model (parameters and MACs counted as ``resnets summary``)."""
+    from ..summary import summary
+
+    plain = predictor.plain
+    counted = summary(plain, predictor.img_size)
+    return {"name": config.name, "architecture": getattr(plain, "model_name", type(plain).__name__),
+            "parameters": counted.total_params, "macs": counted.macs, "input_size": predictor.img_size,
+            "num_classes": len(predictor.class_names), "classes": predictor.class_names,
+            "preprocessing": predictor.preprocessing.describe(),
+            "preprocessing_record": predictor.preprocessing.to_dict(), "backend": predictor.backend,
+            "device": str(predictor.device), "topk": config.topk, "max_batch": config.max_batch,
+            "max_body_mb": config.max_body_mb}
+
+
+class Guard:
+    """ASGI middleware: bearer token, body size (by Content-Length and while streaming), metrics."""
+
+    def __init__(self, app: Any, server: Server) -> None:
+        self.app = app
+        self.server = server
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        endpoint = endpoint_of(scope["path"])
+        status = [500]
+        start = time.perf_counter()
+
+        async def send_noting_status(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            refusal = self._refusal(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send_noting_status)
+            else:
+                await self.app(scope, self._limited(receive), send_noting_status)
+        finally:
+            self.server.metrics.observe(endpoint, status[0], time.perf_counter() - start)
+
+    def _refusal(self, scope: dict) -> Response | None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        token = self.server.config.token
+        if token and scope["path"] not in OPEN_PATHS:
+            given = headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return JSONResponse({"error": "missing or wrong bearer token (Authorization: Bearer TOKEN)"},
+                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        length = headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                return error_response(400, f"invalid Content-Length {length!r}")
+            if int(length) > self.server.config.max_body_bytes:
+                return error_response(413, f"body of {length} bytes is over the limit of "
+                                           f"{self.server.config.max_body_bytes} (--max-body-mb)")
+        return None
+
+    def _limited(self, receive: Any) -> Any:
+        limit = self.server.config.max_body_bytes
+        seen = [0]
+
+        async def limited_receive() -> dict:
+            message = await receive()
+            if message["type"] == "http.request":
+                seen[0] += len(message.get("body", b""))
+                if seen[0] > limit:
+                    raise ServeError(413, f"body over the limit of {limit} bytes (--max-body-mb)")
+            return message
+
+        return limited_receive
+
+
+def create_app(predictor: InferenceModel, config: ServeConfig) -> FastAPI:
+    """The FastAPI application serving ``predictor`` (batcher and decode threads start now)."""
+    server = Server(predictor, config)
+    app = FastAPI(title="resnets serve", version="1", docs_url=None, redoc_url=None, openapi_url=None,
+                  on_startup=[server.warm_up], on_shutdown=[server.close])
+    app.state.server = server
+    _add_error_handlers(app)
+    _add_routes(app, server)
+    from .v2 import add_v2_routes
+
+    add_v2_routes(app, server)
+    app.add_middleware(Guard, server=server)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServeError)
+    async def _serve_error(request: Request, error: ServeError) -> JSONResponse:
+        return error_response(error.status, error.message)
+
+    @app.exception_handler(ResnetsError)
+    async def _resnets_error(request: Request, error: ResnetsError) -> JSONResponse:
+        return error_response(400, str(error))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        return error_response(error.status_code, str(error.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in error.errors())
+        return error_response(422, f"invalid request: {problems}")
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, error: Exception) -> JSONResponse:
+        log.exception("internal error on %s", request.url.path)
+        return error_response(500, f"internal error: {_first_line(error)}")
+
+
+async def read_image_body(request: Request) -> bytes:
+    """The image of a TorchServe-style request: the raw body, or multipart field ``data``."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in IMAGE_CONTENT_TYPES and not content_type.startswith("image/"):
+        raise ServeError(415, f"unsupported content type {content_type!r}: send the image's bytes "
+                              f"(image/*, application/octet-stream) or a multipart form with field 'data'")
+    if content_type != "multipart/form-data":
+        return await request.body()
+    limit = request.app.state.server.config.max_body_bytes
+    try:
+        form = await request.form(max_files=4, max_fields=16, max_part_size=limit)
+    except ServeError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a malformed form is the client's
+        raise ServeError(400, f"malformed multipart form: {_first_line(error)}") from None
+    part = form.get("data")
+    if part is None:
+        raise ServeError(400, "the multipart form has no field 'data' holding the image")
+    if isinstance(part, str):
+        return part.encode("latin-1", "replace")
+    return await part.read()
+
+
+def _add_routes(app: FastAPI, server: Server) -> None:
+    @app.get("/", include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(resources.files(__package__).joinpath("static/index.html").read_text("utf-8"))
+
+    @app.get("/card")
+    async def card() -> dict:
+        return server.card
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        body, content_type = server.metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    @app.post("/predictions/{model}")
+    async def predictions(model: str, request: Request, topk: int | None = None) -> JSONResponse:
+        server.check_model(model)
+        k = _checked_topk(topk, server.config.topk)
+        probs = await server.classify([(await read_image_body(request), "request body")])
+        return JSONResponse(dict(server.top(probs, k)[0]))
+
+    @app.post("/explain/{model}")
+    async def explain(model: str, request: Request, method: str = "gradcam", target: str | None = None,
+                      layer: str | None = None) -> Response:
+        server.check_model(model)
+        try:
+            from ..explain import explain_image
+        except ImportError:
+            raise ServeError(501, "explanations are not available in this installation "
+                                  "(resnets.explain is missing)") from None
+        data = await read_image_body(request)
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(server.pool, _explain, server, explain_image, data, method,
+                                            _target(target), layer)
+        return Response(result.overlay_png, media_type="image/png",
+                        headers={"X-Top-Class": _header_safe(_top_name(result)),
+                                 "X-Target-Class": _header_safe(str(getattr(result, "target_class", "")))})
+
+
+def _checked_topk(topk: int | None, default: int) -> int:
+    if topk is None:
+        return default
+    if topk < 1:
+        raise ServeError(400, f"topk must be >= 1, got {topk}")
+    return topk
+
+
+def _target(target: str | None) -> int | str | None:
+    if target is None or target == "":
+        return None
+    return int(target) if target.isdigit() else target
+
+
+def _explain(server: Server, explain_image: Any, data: bytes, method: str, target: Any, layer: str | None) -> Any:
+    from ..data.images import decode_image
+
+    if not data:
+        raise ServeError(400, "empty request body: send the bytes of an image")
+    check_pixels(data, "request body")
+    try:
+        image = decode_image(data, "request body")
+    except ResnetsError as error:
+        raise ServeError(400, str(error)) from None
+    with server.explain_lock:
+        return explain_image(server.predictor, image, method=method, target=target, layer=layer,
+                             topk=server.config.topk)
+
+
+def _top_name(result: Any) -> str:
+    top = getattr(result, "top", None) or []
+    if not top:
+        return ""
+    first = top[0]
+    if isinstance(first, dict):
+        return str(first.get("class", first.get("label", "")))
+    return str(first[0]) if isinstance(first, (tuple, list)) else str(first)
+
+
+def _header_safe(text: str) -> str:
+    return text.encode("ascii", "backslashreplace").decode("ascii").replace("\r", " ").replace("\n", " ")

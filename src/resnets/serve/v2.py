@@ -1,0 +1,244 @@
+"""The Open Inference Protocol (KServe v2 / Triton HTTP) endpoints of ``resnets serve``.
+
+The model declares two inputs; an inference request sends exactly one of them:
+
+- ``image``: ``BYTES``, shape ``[N]``: encoded image files (JPEG, PNG...). In the JSON body
+  each element is a base64 string; with the binary-data extension (header
+  ``Inference-Header-Content-Length``, the input's ``parameters.binary_data_size``) the raw
+  bytes follow the JSON, each element prefixed by its length (4 bytes, little-endian).
+- ``input``: ``FP32``, shape ``[N, 3, S, S]``: images already resized and normalised as the
+  model's preprocessing says, as a flat (row-major) or nested list, or binary little-endian.
+
+Outputs (all unless the request lists some): ``probabilities`` ``FP32 [N, classes]`` and
+``labels`` ``BYTES [N, k]``, the top-k class names, most probable first (``k`` from the
+request's ``parameters.topk``, else the server's ``--topk``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import struct
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Request
+
+from .app import Server, ServeError
+
+BINARY_HEADER = "inference-header-content-length"
+OUTPUTS = ("probabilities", "labels")
+JSON_TYPES = ("", "application/json", "application/octet-stream")
+
+
+def model_metadata(server: Server) -> dict[str, Any]:
+    size, classes = server.predictor.img_size, len(server.predictor.class_names)
+    return {"name": server.config.name, "versions": ["1"], "platform": f"pytorch_{server.predictor.backend}",
+            "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]},
+                       {"name": "input", "datatype": "FP32", "shape": [-1, 3, size, size]}],
+            "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]},
+                        {"name": "labels", "datatype": "BYTES", "shape": [-1, min(server.config.topk, classes)]}]}
+
+
+def add_v2_routes(app: FastAPI, server: Server) -> None:
+    @app.get("/v2")
+    async def server_metadata() -> dict:
+        from .. import __version__
+
+        return {"name": "resnets", "version": __version__, "extensions": ["binary_tensor_data"]}
+
+    @app.get("/v2/health/live")
+    async def live() -> dict:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def ready() -> Any:
+        if not server.ready:
+            raise ServeError(503, "the model is not loaded yet")
+        return {"ready": True}
+
+    @app.get("/v2/models/{model}")
+    async def metadata(model: str) -> dict:
+        server.check_model(model)
+        return model_metadata(server)
+
+    @app.get("/v2/models/{model}/ready")
+    async def model_ready(model: str) -> dict:
+        server.check_model(model)
+        return {"name": model, "ready": server.ready}
+
+    @app.post("/v2/models/{model}/infer")
+    async def infer(model: str, request: Request) -> dict:
+        server.check_model(model)
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type not in JSON_TYPES:
+            raise ServeError(415, f"unsupported content type {content_type!r}: the v2 protocol takes "
+                                  f"application/json (binary data after it with Inference-Header-Content-Length)")
+        header, binary = split_body(await request.body(), request.headers.get(BINARY_HEADER))
+        spec = _single_input(header)
+        if spec.get("datatype") == "BYTES":
+            images = image_elements(spec, binary)
+            probs = await server.classify([(data, f"image[{i}]") for i, data in enumerate(images)])
+        else:
+            probs = await server.infer(float_tensor(spec, binary, server.predictor.img_size)
+                                       .to(server.predictor.device))
+        return response(server, header, probs)
+
+
+def split_body(body: bytes, json_length: str | None) -> tuple[dict, bytes]:
+    """The JSON header of an inference request and the binary data after it (if any)."""
+    if not body:
+        raise ServeError(400, "empty request body: send a v2 inference request (JSON)")
+    if json_length is None:
+        text, binary = body, b""
+    else:
+        if not json_length.isdigit() or int(json_length) > len(body):
+            raise ServeError(400, f"invalid Inference-Header-Content-Length {json_length!r} for a body of "
+                                  f"{len(body)} bytes")
+        text, binary = body[:int(json_length)], body[int(json_length):]
+    try:
+        header = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ServeError(400, f"the request is not valid JSON: {error}") from None
+    if not isinstance(header, dict):
+        raise ServeError(400, "the request must be a JSON object with 'inputs'")
+    return header, binary
+
+
+def _single_input(header: dict) -> dict:
+    inputs = header.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise ServeError(400, "the request must have exactly one input: 'image' (BYTES) or 'input' (FP32)")
+    spec = inputs[0]
+    datatype = spec.get("datatype")
+    if datatype not in ("BYTES", "FP32"):
+        raise ServeError(400, f"input datatype must be BYTES (encoded images) or FP32 (a normalised "
+                              f"[N, 3, S, S] tensor), got {datatype!r}")
+    shape = spec.get("shape")
+    if not (isinstance(shape, list) and shape and all(isinstance(d, int) and not isinstance(d, bool)
+                                                     and d >= 1 for d in shape)):
+        raise ServeError(400, f"input shape must be a list of positive integers, got {shape!r}")
+    return spec
+
+
+def _binary_size(spec: dict, binary: bytes) -> int | None:
+    size = (spec.get("parameters") or {}).get("binary_data_size")
+    if size is None:
+        return None
+    if not isinstance(size, int) or size < 0 or size != len(binary):
+        raise ServeError(400, f"binary_data_size {size!r} does not match the {len(binary)} bytes after the JSON")
+    return size
+
+
+def image_elements(spec: dict, binary: bytes) -> list[bytes]:
+    """The encoded images of a BYTES input (base64 strings in JSON, or length-prefixed binary)."""
+    shape = spec["shape"]
+    if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
+        raise ServeError(400, f"BYTES input shape must be [N] (one encoded image each), got {shape}")
+    count = shape[0]
+    if _binary_size(spec, binary) is not None:
+        images = _length_prefixed(binary)
+    else:
+        data = spec.get("data")
+        if not isinstance(data, list) or not all(isinstance(d, str) for d in data):
+            raise ServeError(400, "BYTES input data must be a list of base64 strings (one encoded image each)")
+        images = [_base64(text, i) for i, text in enumerate(data)]
+    if len(images) != count:
+        raise ServeError(400, f"BYTES input declares shape [{count}] but holds {len(images)} elements")
+    return images
+
+
+def _base64(text: str, index: int) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ServeError(400, f"image[{index}] is not valid base64") from None
+
+
+def _length_prefixed(binary: bytes) -> list[bytes]:
+    items, offset = [], 0
+    while offset < len(binary):
+        if offset + 4 > len(binary):
+            raise ServeError(400, "truncated BYTES element: a 4-byte length prefix is cut off")
+        (length,) = struct.unpack_from("<I", binary, offset)
+        offset += 4
+        if offset + length > len(binary):
+            raise ServeError(400, f"truncated BYTES element: {length} bytes declared, "
+                                  f"{len(binary) - offset} left")
+        items.append(binary[offset:offset + length])
+        offset += length
+    return items
+
+
+def float_tensor(spec: dict, binary: bytes, size: int) -> torch.Tensor:
+    """The FP32 input as an (N, 3, S, S) tensor, checked against the declared shape."""
+    shape = spec["shape"]
+    if spec.get("name") not in (None, "input"):
+        raise ServeError(400, f"unknown FP32 input {spec.get('name')!r}; the model's FP32 input is 'input'")
+    if len(shape) != 4 or shape[1:] != [3, size, size]:
+        raise ServeError(400, f"FP32 input shape must be [N, 3, {size}, {size}], got {shape}")
+    expected = math.prod(shape)
+    if _binary_size(spec, binary) is not None:
+        if len(binary) != 4 * expected:
+            raise ServeError(400, f"FP32 binary data of {len(binary)} bytes for shape {shape} "
+                                  f"({4 * expected} expected)")
+        values = np.frombuffer(binary, dtype="<f4").astype(np.float32)
+    else:
+        values = _json_floats(spec.get("data"))
+    if values.size != expected:
+        raise ServeError(400, f"FP32 input has {values.size} values for shape {shape} ({expected} expected)")
+    if not np.isfinite(values).all():
+        raise ServeError(400, "FP32 input holds NaN or infinite values")
+    return torch.from_numpy(values.reshape(shape).copy())
+
+
+def _json_floats(data: Any) -> np.ndarray:
+    if not isinstance(data, list):
+        raise ServeError(400, "FP32 input data must be a list of numbers")
+    try:
+        values = np.asarray(data, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise ServeError(400, "FP32 input data must be numbers (flat, or nested to the declared shape)") from None
+    return values.reshape(-1)
+
+
+def response(server: Server, header: dict, probs: torch.Tensor) -> dict[str, Any]:
+    """The v2 inference response with the outputs the request asked for."""
+    wanted = _requested_outputs(header)
+    k = _topk(header, server.config.topk)
+    outputs = []
+    if "probabilities" in wanted:
+        outputs.append({"name": "probabilities", "datatype": "FP32", "shape": list(probs.shape),
+                        "data": probs.reshape(-1).tolist()})
+    if "labels" in wanted:
+        top = server.top(probs, k)
+        outputs.append({"name": "labels", "datatype": "BYTES", "shape": [len(top), len(top[0])],
+                        "data": [name for row in top for name, _ in row]})
+    answer: dict[str, Any] = {"model_name": server.config.name, "model_version": "1", "outputs": outputs}
+    if isinstance(header.get("id"), str):
+        answer["id"] = header["id"]
+    return answer
+
+
+def _requested_outputs(header: dict) -> tuple[str, ...]:
+    outputs = header.get("outputs")
+    if outputs is None:
+        return OUTPUTS
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+        raise ServeError(400, "'outputs' must be a list of objects with a 'name'")
+    names = tuple(o.get("name") for o in outputs)
+    unknown = [n for n in names if n not in OUTPUTS]
+    if unknown:
+        raise ServeError(400, f"unknown output {unknown[0]!r}; the model's outputs are {', '.join(OUTPUTS)}")
+    return names
+
+
+def _topk(header: dict, default: int) -> int:
+    topk = (header.get("parameters") or {}).get("topk", default) if isinstance(header.get("parameters"), dict) \
+        else default
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+        raise ServeError(400, f"parameters.topk must be a positive integer, got {topk!r}")
+    return topk
