@@ -71,6 +71,7 @@ class EvalReport:
     split: str = "all"  # which images were scored
     split_how: str = ""  # how that split was chosen, for the report
     skipped_classes: dict[str, int] = field(default_factory=dict)  # data classes the model lacks: images
+    items: list[str] = field(default_factory=list)  # the scored images (file names), in logits order
 
     def to_dict(self) -> dict[str, Any]:
         return {"top1": self.top1, "top5": self.top5, "loss": self.loss, "count": self.count,
@@ -231,16 +232,18 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, batch_size:
     label_map, unknown = _label_map(list(chosen.dataset.classes), predictor.class_names)
     if int8:  # calibrated on images the model is then not scored on, where the data allows
         predictor = predictor.with_backend(backend, _calibration_images(train_set, predictor.preprocessing, workers))
-    images, labels = decode_to_memory(chosen.dataset, workers=workers, preprocessing=predictor.preprocessing)
+    images, labels, kept = decode_to_memory(chosen.dataset, workers=workers, preprocessing=predictor.preprocessing,
+                                            return_kept=True)
     labels = label_map[labels]
     known = labels >= 0
-    images, labels = images[known], labels[known]
+    images, labels, kept = images[known], labels[known], kept[known]
     augment = BatchAugment("none", predictor.preprocessing, train=False)
     loader = TensorLoader(images, labels, batch_size, shuffle=False, drop_last=False, augment=augment,
                           seed=0, device=predictor.device)
     logits, labels = collect_logits(predictor.model, loader, tta=tta)
     report = classification_report(logits, labels, predictor.class_names)
     report.backend, report.split, report.split_how = predictor.backend, chosen.split, chosen.how
+    report.items = [chosen.dataset.describe(i) for i in kept.tolist()]
     report.skipped_classes = {name: int((torch.as_tensor(chosen.dataset.targets) == i).sum())
                               for i, name in enumerate(chosen.dataset.classes) if name in unknown}
     if confusion_png is not None:

@@ -99,13 +99,9 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
 
 def read_image(path: Path, preprocessing: Preprocessing) -> torch.Tensor:
     """One file as the uint8 (3, S, S) its model's record asks for (resize, centre crop)."""
-    from .data.images import decode_image
+    from .data.images import decode_image, read_image_file
 
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise ResnetsError(f"cannot read {path}: {error.strerror or error}") from None
-    return preprocessing.to_uint8(decode_image(data, str(path)))
+    return preprocessing.to_uint8(decode_image(read_image_file(path), str(path)))
 
 
 @torch.inference_mode()

@@ -7,13 +7,19 @@ import json
 import sys
 from pathlib import Path
 
+from ..evaluate import SPLITS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("evaluate", help="evaluate a trained model on a data set",
                               description="Top-1/top-5, per-class precision/recall/F1 and a confusion-matrix "
-                              "PNG, on the data's val/test split (or all of it when it has none).")
-    p.add_argument("checkpoint", help="run directory or weights file")
+                              "PNG, on the held-out images: the data's val/test split, else the run's own "
+                              "--val-split (same seed and fraction), else all of it. Classes are matched by name.")
+    p.add_argument("checkpoint", metavar="MODEL",
+                   help="run directory, weights file (any format), NAME (its ImageNet weights) or NAME:TAG")
     p.add_argument("--data", required=True, help="image folder, zip, CIFAR pickle folder or LMDB")
+    p.add_argument("--split", choices=SPLITS, default="auto",
+                   help="auto (default): the held-out images; val; train; all")
     p.add_argument("--tta", choices=("flip",), help="test-time augmentation: average with the mirror image")
     p.add_argument("--backend", default="eager",
                    help="inference backend: auto, eager, compile, onnxruntime, openvino, or int8 / openvino-int8 "
@@ -32,13 +38,18 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = Path(args.checkpoint)
     png = Path(args.confusion) if args.confusion else \
         (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "confusion.png"
-    report = evaluate(checkpoint, args.data, batch_size=args.batch_size, tta=args.tta, device=args.device,
-                      confusion_png=png, backend=args.backend)
+    if not checkpoint.exists():  # a model name: the confusion matrix goes to the working folder
+        png = Path(args.confusion) if args.confusion else Path("confusion.png")
+    report = evaluate(args.checkpoint, args.data, batch_size=args.batch_size, tta=args.tta, device=args.device,
+                      confusion_png=png, backend=args.backend, split=args.split)
     if args.json:
         print(json.dumps({**report.to_dict(), "confusion_png": str(png)}))
         return 0
-    print(f"{report.count} images ({report.backend}): top-1 {report.top1:.2f}%  top-5 {report.top5:.2f}%  "
-          f"loss {report.loss:.4f}")
+    for name, count in report.skipped_classes.items():
+        print(f"resnets: warning: left out {count} image(s) of class {name!r}, which the model does not know",
+              file=sys.stderr)
+    print(f"{report.count} images, {report.split_how} ({report.backend}): top-1 {report.top1:.2f}%  "
+          f"top-5 {report.top5:.2f}%  loss {report.loss:.4f}")
     width = max(len(row["class"]) for row in report.per_class)
     print(f"{'class':<{width}}  precision  recall     f1  support")
     for row in report.per_class:

@@ -34,7 +34,8 @@ def fits_in_memory(dataset: ImageDataset, size: tuple[int, int], limit: int = ME
 
 
 def decode_to_memory(dataset: ImageDataset, size: tuple[int, int] | int | None = None, workers: int = 2,
-                     progress: bool = True, preprocessing: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     progress: bool = True, preprocessing: Any = None,
+                     return_kept: bool = False) -> tuple[torch.Tensor, ...]:
     """All images of ``dataset`` as uint8 (N, 3, H, W) and their labels as int64 (N,).
 
     Args:
@@ -46,6 +47,7 @@ def decode_to_memory(dataset: ImageDataset, size: tuple[int, int] | int | None =
         preprocessing: a model's :class:`resnets.preprocessing.Preprocessing`: each image goes
             through its ``resize_crop`` (the model's own resize, crop and interpolation) instead
             of being fitted to ``size``, which is then its ``input_size``.
+        return_kept: also return the indices (into ``dataset``) of the images kept.
 
     Unreadable files are skipped: one :class:`BadImageWarning` naming each, and one with the
     count at the end. N counts the images kept.
@@ -59,7 +61,9 @@ def decode_to_memory(dataset: ImageDataset, size: tuple[int, int] | int | None =
     if stored is not None and fit is not None and preprocessing.keeps(*stored.shape[-2:]):
         fit = None  # already what the model takes (CIFAR at 32 px): no decoding at all
     if stored is not None and fit is None and (size is None or tuple(stored.shape[-2:]) == tuple(size)):
-        return stored, torch.as_tensor(dataset.targets, dtype=torch.int64)
+        kept = torch.arange(len(stored))
+        targets = torch.as_tensor(dataset.targets, dtype=torch.int64)
+        return (stored, targets, kept) if return_kept else (stored, targets)
     count = len(dataset)
     if count == 0:
         raise ResnetsError(f"data set {dataset.source} is empty")
@@ -100,7 +104,8 @@ def decode_to_memory(dataset: ImageDataset, size: tuple[int, int] | int | None =
                       BadImageWarning, stacklevel=2)
         images = images[readable]
     labels = torch.as_tensor(dataset.targets, dtype=torch.int64)
-    return images, labels[readable]
+    kept = torch.nonzero(readable).flatten()
+    return (images, labels[readable], kept) if return_kept else (images, labels[readable])
 
 
 _CHUNK = 256
