@@ -2,14 +2,13 @@
 
 Either the extracted folder (``cifar-10-batches-py/``, ``cifar-100-python/``) or the
 ``.tar.gz`` itself, read in place. The batches are pickles, and a pickle can run any code
-while loading; these are loaded with :class:`RestrictedUnpickler`, which resolves only the
+while loading; these are loaded with :mod:`resnets.safepickle`, which resolves only the
 numpy globals an array needs and refuses every other global, so a doctored file fails with
 an error instead of running anything.
 """
 
 from __future__ import annotations
 
-import io
 import pickle
 import stat
 import tarfile
@@ -22,6 +21,7 @@ import torch
 from PIL import Image
 
 from ..errors import ResnetsError
+from ..safepickle import load_numpy_pickle
 from .dataset import ImageDataset
 from .images import first_line, printable
 
@@ -37,46 +37,10 @@ _LAYOUTS = {
 }
 
 
-def _numpy_globals() -> dict[tuple[str, str], Any]:
-    """The only globals an unpickled CIFAR batch may name: numpy's array reconstruction."""
-    try:
-        multiarray = np._core.multiarray  # numpy >= 2
-        numeric = np._core.numeric
-    except AttributeError:  # numpy 1.x
-        multiarray = np.core.multiarray
-        numeric = np.core.numeric
-    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
-    for package in ("numpy.core", "numpy._core"):
-        allowed[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
-        if hasattr(numeric, "_frombuffer"):
-            allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer
-    allowed[("_codecs", "encode")] = _latin1_bytes
-    return allowed
-
-
-def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
-    """How protocol-2 pickles written by Python 3 rebuild ``bytes``; only latin-1 is accepted."""
-    if encoding.replace("-", "").lower() != "latin1":
-        raise pickle.UnpicklingError(f"refusing to decode bytes with codec {encoding!r}")
-    return text.encode("latin1")
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickles plain data and numpy arrays; any other global is refused before it is resolved."""
-
-    _allowed = _numpy_globals()
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return self._allowed[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}") from None
-
-
 def load_pickle(data: bytes, name: str) -> Any:
-    """Unpickle ``data`` with :class:`RestrictedUnpickler`; ResnetsError naming ``name`` on refusal."""
+    """Unpickle ``data`` safely (:mod:`resnets.safepickle`); ResnetsError naming ``name`` on refusal."""
     try:
-        return RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+        return load_numpy_pickle(data, encoding="latin1")
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as error:
         raise ResnetsError(f"{name} is not a CIFAR batch that can be loaded safely: {error}") from None
 

@@ -8,40 +8,17 @@ anything else is refused before any of it runs. Paddle's names are torchvision's
 
 from __future__ import annotations
 
-import collections
 import pickle
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import ResnetsError
+from ..safepickle import load_numpy_pickle
 
-try:
-    from numpy._core import multiarray as _multiarray
-except ImportError:  # numpy < 2
-    from numpy.core import multiarray as _multiarray
-
-_ALLOWED_GLOBALS = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("numpy.core.multiarray", "_reconstruct"): _multiarray._reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _multiarray._reconstruct,
-    ("numpy.core.multiarray", "scalar"): _multiarray.scalar,
-    ("numpy._core.multiarray", "scalar"): _multiarray.scalar,
-}
 # Bookkeeping entries paddle.save may add beside the parameters.
 _PADDLE_META_KEYS = ("StructuredToParameterName@@",)
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}") from None
 
 
 def read_paddle(path: str | Path) -> dict[str, torch.Tensor]:
@@ -49,7 +26,7 @@ def read_paddle(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     try:
         with open(path, "rb") as handle:
-            params = _NumpyOnlyUnpickler(handle).load()
+            params = load_numpy_pickle(handle)
     except pickle.UnpicklingError as error:
         raise ResnetsError(f"{path} holds objects other than arrays and was NOT unpickled (unsafe; {error})") from None
     except Exception as error:  # a damaged pickle can fail in many ways
