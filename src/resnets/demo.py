@@ -76,7 +76,7 @@ def run_demo(out: str | Path = "runs/demo", model: str = "resnet20", epochs: int
                          sched="onecycle", label_smoothing=0.1, augment="none", channels_last=True,
                          seed=seed, device="cpu", progress=progress)
     start = time.perf_counter()
-    train(config, data=data)
+    train(config, data=data, overwrite=True)  # the demo folder is the demo's own: a rerun replaces it
     seconds = time.perf_counter() - start
 
     predictor = load_for_inference(out)

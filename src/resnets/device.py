@@ -28,6 +28,8 @@ def resolve_device(requested: str | torch.device) -> torch.device:
             raise ResnetsError(f"--device {requested}: PyTorch sees no CUDA GPU on this machine; use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ResnetsError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ResnetsError(f"--device {requested}: this PyTorch has no usable MPS (Apple GPU) device; use --device cpu")
     elif device.type not in ("cpu", "mps"):
         raise ResnetsError(f"--device {requested}: resnets runs on cpu or cuda")
     return device

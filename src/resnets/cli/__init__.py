@@ -6,12 +6,24 @@ parsed arguments and returning an exit status. The work itself is done by the li
 
 Exit status: 0 done, 2 user error (one line ``resnets: error: ...`` on stderr), 1 internal
 failure, 130 interrupted.
+
+Errors of the environment are the user's to fix too, so they also get one line and status 2:
+a read-only or full disk, a missing permission, a folder given where a file is expected or the
+reverse (``PermissionError``, ``IsADirectoryError``, ``NotADirectoryError``, ``OSError`` with
+``ENOSPC``, ``EROFS``, ``EDQUOT``...) print ``resnets: error: <path>: <cause>``. Nothing already
+on disk is damaged by such a failure: every file is written to a temporary name and renamed
+(:mod:`resnets.fileio`), so the old file stays. Status 1 with a traceback stays for bugs.
+Ctrl-C at any moment of :func:`main`, parsing and imports included, exits 130 with one line;
+a training run first saves what it has (see :mod:`resnets.train.loop`). Output cut short by a
+closed pipe (``resnets predict ... | head``) ends quietly with 141, as a shell tool does.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import sys
 import warnings
 from typing import Sequence
@@ -20,7 +32,7 @@ from ..errors import ResnetsError
 
 # Command modules, in the order `resnets --help` lists them.
 COMMANDS: tuple[str, ...] = ("models", "summary", "data", "train", "evaluate", "predict", "demo",
-                            "convert", "export", "bench", "compare", "serve")
+                            "convert", "export", "bench", "compare", "explain", "serve")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,8 +43,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _fail(message: str, status: int = 2) -> None:
+    from ..terminal import printable
+
     first_line = str(message).strip().splitlines()[0] if str(message).strip() else "failed"
-    print(f"resnets: error: {first_line}", file=sys.stderr)
+    print(f"resnets: error: {printable(first_line)}", file=sys.stderr)
     raise SystemExit(status)
 
 
@@ -51,20 +65,47 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
     """Warnings (a skipped corrupt image...) as one ``resnets: warning: ...`` line on stderr."""
-    print(f"resnets: warning: {message}", file=sys.stderr if file is None else file)
+    from ..terminal import printable
+
+    print(f"resnets: warning: {printable(message)}", file=sys.stderr if file is None else file)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns (and exits with) the status."""
-    args = build_parser().parse_args(argv)
-    warnings.showwarning = _show_warning
     try:
+        args = build_parser().parse_args(argv)
+        warnings.showwarning = _show_warning
         status = args.handler(args)
     except ResnetsError as error:
         _fail(str(error))
-    except FileNotFoundError as error:
-        _fail(f"no such file: {error.filename or error}")
-    except KeyboardInterrupt:
-        print("resnets: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:  # training says what it saved: "interrupted in epoch 3 ..."
+        print(f"resnets: {str(interrupt) or 'interrupted'}", file=sys.stderr)
         raise SystemExit(130)
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+    except OSError as error:
+        _fail(os_error_line(error))
     raise SystemExit(status or 0)
+
+
+def os_error_line(error: OSError) -> str:
+    """``<path>: <cause>`` of an OS error (``no such file: <path>`` for a missing one)."""
+    from ..terminal import printable
+
+    if isinstance(error, FileNotFoundError):
+        return f"no such file: {printable(str(error.filename or error))}"
+    cause = error.strerror or (os.strerror(error.errno) if error.errno else "") or str(error) or type(error).__name__
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        cause += " (free some space and run again; files written before are intact)"
+    paths = [str(p) for p in (error.filename, error.filename2) if p is not None]
+    return f"{printable(' -> '.join(paths))}: {cause}" if paths else cause
+
+
+def _quiet_broken_pipe() -> None:
+    """The reader of stdout went away (``| head``): stop without a traceback, as a shell tool does."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's final flush of stdout must not fail again
+    except (OSError, ValueError):
+        pass
+    raise SystemExit(141)

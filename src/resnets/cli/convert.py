@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..terminal import printable
 from ..weights.convert import SOURCES, convert
 
 
@@ -31,6 +32,6 @@ def run(args: argparse.Namespace) -> int:
     model, imported = convert(src, args.dst, source=args.source, model_name=args.model,
                               num_classes=args.num_classes, drop_head=args.drop_head, caffemodel=caffemodel)
     for note in imported.notes:
-        print(f"resnets: note: {note}", file=sys.stderr)
-    print(f"{args.dst}: {imported.model_name}, {model.num_classes} classes, from {imported.source}")
+        print(f"resnets: note: {printable(note)}", file=sys.stderr)
+    print(printable(f"{args.dst}: {imported.model_name}, {model.num_classes} classes, from {imported.source}"))
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-
+from ..terminal import printable
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("data", help="inspect data sets, pack them into LMDB",
@@ -36,13 +36,13 @@ def _info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"{report['path']}: {report['format']}, {len(report['classes'])} classes")
+    print(f"{printable(report['path'])}: {report['format']}, {len(report['classes'])} classes")
     for split, counts in report["splits"].items():
         print(f"  {split}: {counts['images']} images")
     if args.check:
         print(f"  unreadable: {len(report['unreadable'])}")
         for name in report["unreadable"]:
-            print(f"    {name}")
+            print(f"    {printable(name)}")
     return 0
 
 
@@ -54,6 +54,6 @@ def _pack(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
         return 0
     counts = ", ".join(f"{split} {count}" for split, count in summary["splits"].items())
-    print(f"wrote {summary['path']}: {counts} images, {len(summary['classes'])} classes, "
+    print(f"wrote {printable(summary['path'])}: {counts} images, {len(summary['classes'])} classes, "
           f"{len(summary['skipped'])} skipped")
     return 0

@@ -38,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results))
         return 0
-    for result in results:
-        tops = ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in result["top"])
-        print(f"{result['path']}: {tops}")
+    from ..terminal import printable
+
+    for result in results:  # class and file names are untrusted text: no escape codes reach the terminal
+        tops = ", ".join(f"{printable(t['class'])} {100 * t['probability']:.1f}%" for t in result["top"])
+        print(f"{printable(result['path'])}: {tops}")
     return 0

@@ -3,13 +3,27 @@
 ``state.pt`` holds only tensors, dicts, lists and primitives, so it loads with
 ``torch.load(weights_only=True)``; every file is written atomically, so a kill at any instant
 leaves the previous good checkpoint in place.
+
+A run directory belongs to one run at a time (:func:`own_run_dir`): ``RUN/.lock`` is held with
+``flock`` for as long as the run lasts, so a second ``train`` into the same folder is refused
+with one line instead of mixing one run's weights with the other's state. The kernel drops the
+lock when its process ends, however it ends (``kill -9`` included), so a stale lock never
+needs clearing by hand. A new run refuses a folder that already holds files, unless it resumes
+them or is told to overwrite them; ``--overwrite`` first moves the old files into
+``RUN/.overwritten/`` and deletes them only once the new run has written its first checkpoint
+(:func:`drop_overwritten`), so a new run that fails or is killed early costs nothing: the old
+files can still be moved back from there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -21,6 +35,68 @@ METRICS = "metrics.jsonl"
 CURVES = "curves.png"
 WEIGHTS = "weights.safetensors"
 STATE = "state.pt"
+LOCK = ".lock"
+OVERWRITTEN = ".overwritten"
+
+
+@contextlib.contextmanager
+def own_run_dir(run_dir: str | Path, resume: bool, overwrite: bool) -> Iterator[Path]:
+    """Hold ``run_dir`` for one run: locked against other runs, checked (or cleared) for this one.
+
+    A new run (``resume`` false) wants an empty folder; with ``overwrite`` the old content is
+    moved aside into ``.overwritten`` first. The lock is released on every exit path.
+    """
+    run_dir = Path(run_dir)
+    if resume and not run_dir.is_dir():
+        raise ResnetsError(f"cannot resume {run_dir}: no such run directory")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ResnetsError(f"--out {run_dir} is a file, not a run directory")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with _flock(run_dir):
+        if not resume:
+            _claim_for_new_run(run_dir, overwrite)
+        yield run_dir
+
+
+@contextlib.contextmanager
+def _flock(run_dir: Path) -> Iterator[None]:
+    if sys.platform == "win32":  # no flock: the folder checks still apply
+        yield
+        return
+    import fcntl
+
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ResnetsError(f"{run_dir} is in use by another training run (locked: {run_dir / LOCK}); "
+                               f"wait for it to end or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())  # for people: which process holds it
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _claim_for_new_run(run_dir: Path, overwrite: bool) -> None:
+    entries = [entry for entry in run_dir.iterdir() if entry.name not in (LOCK, OVERWRITTEN)]
+    if not overwrite:
+        if entries or (run_dir / OVERWRITTEN).exists():
+            raise ResnetsError(f"{run_dir} already holds a run ({len(entries)} file(s)); continue it with "
+                               f"--resume {run_dir}, start over with --overwrite, or choose another --out")
+        return
+    aside = run_dir / OVERWRITTEN
+    if aside.exists() and entries:  # files of a run older than the one being replaced
+        shutil.rmtree(aside)
+    aside.mkdir(exist_ok=True)
+    for entry in entries:
+        os.replace(entry, aside / entry.name)
+
+
+def drop_overwritten(run_dir: Path) -> None:
+    """Delete the files ``--overwrite`` moved aside, now that the new run has a checkpoint."""
+    shutil.rmtree(run_dir / OVERWRITTEN, ignore_errors=True)
 
 
 def save_state(run_dir: Path, state: dict[str, Any]) -> None:

@@ -2,16 +2,115 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import ResnetsError
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "onecycle")
 AUGMENT_PRESETS = ("cifar", "imagenet", "none")
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The allowed values of one numeric setting: its type and range, finite always.
+
+    The one check of every number a run takes, used both by :class:`TrainConfig` (the Python
+    API, a resumed ``config.json``) and by the ``resnets train`` parser (:func:`parse_arg`), so
+    ``--lr inf`` or ``momentum=float("nan")`` are refused before anything is built.
+    """
+
+    kind: type                  # int or float
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False      # low itself excluded
+    high_open: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is not allowed ("must be ..."), or None if it is."""
+        wanted = "an integer" if self.kind is int else "a finite number"
+        ok_type = (int,) if self.kind is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, ok_type) or \
+                (isinstance(value, float) and not math.isfinite(value)):
+            return f"must be {wanted}{self._range()}, got {value!r}"
+        if (self.low is not None and (value < self.low or (self.low_open and value == self.low))) or \
+                (self.high is not None and (value > self.high or (self.high_open and value == self.high))):
+            return f"must be {wanted}{self._range()}, got {value!r}"
+        return None
+
+    def _range(self) -> str:
+        low, high = (f"{v}" if self.kind is int else f"{v:g}" for v in (self.low, self.high))
+        if self.low is not None and self.high is not None:
+            return f" in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f" {'>' if self.low_open else '>='} {low}"
+        return "" if self.high is None else f" {'<' if self.high_open else '<='} {high}"
+
+
+_FRACTION_OPEN = Bound(float, 0, 1, low_open=True, high_open=True)
+_UNIT = Bound(float, 0, 1)
+_DECAY = Bound(float, 0, 1, high_open=True)
+
+# Every numeric setting of a run (None is allowed where the field is optional). stop_after is
+# an argument of train(), checked by it with the same rule.
+NUMBER_RULES: dict[str, Bound] = {
+    "epochs": Bound(int, 1), "batch_size": Bound(int, 1), "accum_steps": Bound(int, 1),
+    "lr": Bound(float, 0, low_open=True), "head_lr": Bound(float, 0, low_open=True),
+    "weight_decay": Bound(float, 0), "momentum": _DECAY, "warmup_epochs": Bound(float, 0),
+    "label_smoothing": _DECAY, "mixup": Bound(float, 0), "cutmix": Bound(float, 0), "ema": _DECAY,
+    "img_size": Bound(int, 1, 4096), "progressive_resize": Bound(float, 0, 1, low_open=True),
+    "progressive_delay": _UNIT, "progressive_finetune": _UNIT, "val_split": _FRACTION_OPEN,
+    "num_classes": Bound(int, 1), "unfreeze_after": Bound(int, 0), "procs": Bound(int, 1, 1024),
+    "max_minutes": Bound(float, 0, low_open=True), "val_every": Bound(int, 1), "stop_after": Bound(int, 1),
+    "seed": Bound(int, 0, 2 ** 63 - 1), "workers": Bound(int, 0, 1024), "log_interval": Bound(int, 1),
+}
+
+
+_TEXT_FIELDS = ("model", "data", "out", "augment", "weights", "resume", "freeze", "device", "opt", "sched")
+_FLAG_FIELDS = ("amp", "channels_last", "compile", "feature_cache", "sync_bn", "progress", "stream")
+
+
+def _check_types(config: "TrainConfig") -> None:
+    """Text and on/off settings of the right type (a hand-edited config.json can hold anything)."""
+    for name in _TEXT_FIELDS:
+        if getattr(config, name) is not None and not isinstance(getattr(config, name), str):
+            raise ResnetsError(f"{name} must be text, got {getattr(config, name)!r}")
+    for name in _FLAG_FIELDS:
+        if not isinstance(getattr(config, name), bool) and not (name == "stream" and config.stream is None):
+            raise ResnetsError(f"{name} must be true or false, got {getattr(config, name)!r}")
+    if not isinstance(config.model_options, dict):
+        raise ResnetsError(f"model_options must be a mapping, got {config.model_options!r}")
+
+
+def check_number(name: str, value: Any) -> None:
+    """Raise a one-line :class:`ResnetsError` if ``value`` breaks the rule of setting ``name``."""
+    problem = NUMBER_RULES[name].problem(value)
+    if problem is not None:
+        raise ResnetsError(f"--{name.replace('_', '-')} {problem}")
+
+
+def parse_arg(name: str) -> Callable[[str], int | float]:
+    """An argparse ``type=`` for setting ``name``: parses the text and applies its rule."""
+    rule = NUMBER_RULES[name]
+
+    def parse(text: str) -> int | float:
+        try:
+            value = rule.kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {'an integer' if rule.kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        problem = rule.problem(value)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    parse.__name__ = name
+    return parse
 
 
 @dataclass
@@ -63,23 +162,18 @@ class TrainConfig:
     model_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        _check_types(self)
+        for name in NUMBER_RULES:
+            value = getattr(self, name, None)
+            if value is not None:
+                check_number(name, value)
         checks = [
-            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            (self.accum_steps >= 1, f"--accum-steps must be >= 1, got {self.accum_steps}"),
             (self.opt in OPTIMIZERS, f"--opt must be one of {', '.join(OPTIMIZERS)}, got {self.opt!r}"),
             (self.sched in SCHEDULES, f"--sched must be one of {', '.join(SCHEDULES)}, got {self.sched!r}"),
             (self.augment in (None, *AUGMENT_PRESETS),
              f"--augment must be one of {', '.join(AUGMENT_PRESETS)}, got {self.augment!r}"),
-            (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
-            (0 <= self.ema < 1, "--ema decay must be in [0, 1)"),
-            (self.val_split is None or 0 < self.val_split < 1, "--val-split must be in (0, 1)"),
-            (self.lr is None or self.lr > 0, "--lr must be > 0"),
             (self.unfreeze_after is None or self.freeze, "--unfreeze-after needs --freeze"),
-            (self.val_every >= 1, f"--val-every must be >= 1, got {self.val_every}"),
-            (self.max_minutes is None or self.max_minutes > 0, "--max-minutes must be > 0"),
-            (self.procs >= 1, f"--procs must be >= 1, got {self.procs}"),
-            (self.procs < 1 or self.batch_size % self.procs == 0,
+            (self.batch_size % self.procs == 0,
              f"--batch-size {self.batch_size} (global) must divide evenly over --procs {self.procs}"),
         ]
         for ok, message in checks:
@@ -95,11 +189,15 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        if not isinstance(values, dict):
+            raise ResnetsError(f"a run's settings must be a mapping, got {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in values.items() if k in known}
+        options = values.get("model_options") or {}
+        if not isinstance(options, dict):
+            raise ResnetsError(f"model_options must be a mapping, got {options!r}")
         # JSON turns tuples (layers=(1, 1, 1)) into lists; the model config wants tuples back.
-        values["model_options"] = {k: tuple(v) if isinstance(v, list) else v
-                                   for k, v in (values.get("model_options") or {}).items()}
+        values["model_options"] = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
         return cls(**values)
 
 

@@ -10,6 +10,9 @@ checkpointed at epoch ends, so ``--resume`` reaches bitwise the weights of an un
 from __future__ import annotations
 
 import contextlib
+import json
+import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,7 +30,7 @@ from ..preprocessing import Preprocessing
 from ..weights import save_weights
 from ..weights.resolve import load_model
 from . import checkpoint as ckpt
-from .config import RunResult, TrainConfig
+from .config import RunResult, TrainConfig, check_number
 from .distributed import (DeferredInterrupt, DistContext, all_reduce_sum, barrier, in_launched_group,
                           init_from_env, launch, local_device, shutdown, wrap_model)
 from .ema import build_ema
@@ -42,7 +45,8 @@ from .schedule import build_scheduler
 RESUME_OVERRIDES = ("device", "progress", "workers", "log_interval", "val_every", "max_minutes")
 
 
-def train(config: TrainConfig, data: InMemoryData | None = None, stop_after: int | None = None) -> RunResult:
+def train(config: TrainConfig, data: InMemoryData | None = None, stop_after: int | None = None,
+          overwrite: bool = False) -> RunResult:
     """Train (or fine-tune, or resume) a model as ``config`` says.
 
     Args:
@@ -50,16 +54,31 @@ def train(config: TrainConfig, data: InMemoryData | None = None, stop_after: int
         data: decoded images to train on instead of reading ``config.data`` (the Python API,
             the demo); must be given again when resuming such a run.
         stop_after: stop (checkpointed, resumable) after this many epochs of this session.
+        overwrite: start a new run in ``config.out`` even if it holds an older run's files (they
+            are deleted once this run has its first checkpoint); otherwise such a folder is refused.
 
-    With ``config.procs > 1`` the run happens in that many new processes (DDP), and the result
-    of rank 0 is returned; ``config.max_minutes`` counts from this call.
+    The run directory is locked for the whole call (a second run into it is refused). With
+    ``config.procs > 1`` the run happens in that many new processes (DDP), and the result of
+    rank 0 is returned; ``config.max_minutes`` counts from this call. A run whose loss stops
+    being finite ends with a :class:`ResnetsError` and publishes none of its non-finite weights.
     """
     started = time.time()
-    if config.resume:
-        config = _resumed_config(config)
-    if config.procs > 1 and not in_launched_group():
-        return launch(_train_in_group, config.procs, (config, data, stop_after, started))
-    return _train_in_group(config, data, stop_after, started)
+    if stop_after is not None:
+        check_number("stop_after", stop_after)
+    run_dir = Path(config.resume or config.out or "runs/train")
+    with _own_run_dir(run_dir, bool(config.resume), overwrite):
+        if config.resume:
+            config = _resumed_config(config)
+        if config.procs > 1 and not in_launched_group():
+            return launch(_train_in_group, config.procs, (config, data, stop_after, started))
+        return _train_in_group(config, data, stop_after, started)
+
+
+def _own_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> contextlib.AbstractContextManager:
+    """The run directory's lock, taken by the process that writes it (rank 0 under torchrun)."""
+    if in_launched_group() and os.environ.get("RANK", "0") != "0":
+        return contextlib.nullcontext(run_dir)
+    return ckpt.own_run_dir(run_dir, resume, overwrite)
 
 
 def _train_in_group(config: TrainConfig, data: InMemoryData | None, stop_after: int | None,
@@ -74,16 +93,31 @@ def _train_in_group(config: TrainConfig, data: InMemoryData | None, stop_after: 
 
 
 def _resumed_config(requested: TrainConfig) -> TrainConfig:
+    """The stored settings of the run to continue; a damaged or hand-edited config.json is one line."""
     run_dir = Path(requested.resume)
     config_path = run_dir / ckpt.CONFIG
     if not config_path.is_file():
         raise ResnetsError(f"cannot resume {run_dir}: no {ckpt.CONFIG} there; is it a run directory?")
-    import json
-
-    stored = json.loads(config_path.read_text())
+    try:
+        stored = json.loads(config_path.read_text(encoding="utf-8"))
+        if not isinstance(stored, dict):
+            raise ValueError(f"a JSON object was expected, found {type(stored).__name__}")
+    except ValueError as error:  # not JSON, not UTF-8
+        raise ResnetsError(f"cannot resume {run_dir}: {config_path} is damaged ({str(error).splitlines()[0]})") \
+            from None
     stored.update({k: getattr(requested, k) for k in RESUME_OVERRIDES if hasattr(requested, k)})
     stored.update(resume=str(run_dir), out=str(run_dir))
-    return TrainConfig.from_dict(stored)
+    try:
+        return TrainConfig.from_dict(stored)
+    except (ResnetsError, TypeError) as error:
+        raise ResnetsError(f"cannot resume {run_dir}: {config_path} holds a bad setting: "
+                           f"{str(error).splitlines()[0]}") from None
+
+
+def all_finite(model: nn.Module) -> bool:
+    """Whether every floating-point parameter and buffer of ``model`` is finite (one sync)."""
+    values = [t.detach() for t in model.state_dict().values() if t.is_floating_point()]
+    return bool(torch.stack([torch.isfinite(t).all() for t in values]).all()) if values else True
 
 
 @dataclass
@@ -128,6 +162,7 @@ class _Run:
         self.run_dir = Path(cfg.out or "runs/train")
         self.model = self._build_model()
         self.preset, self.preprocessing = self._training_preprocessing(cfg.img_size)
+        self._check_input_size(self.img_size)
         if self.data is None:
             if not cfg.data:
                 raise ResnetsError("no training data: pass --data PATH")
@@ -135,6 +170,7 @@ class _Run:
                                            cfg.stream, cfg.progress, val_preprocessing=self.preprocessing)
         elif cfg.img_size is None:  # images handed in: their size is the input size
             self.preset, self.preprocessing = self._training_preprocessing(int(self.data.train_images.shape[-1]))
+            self._check_input_size(self.img_size)
         self._fit_classes()
         self.model.to(self.device)
         if cfg.channels_last:
@@ -179,6 +215,13 @@ class _Run:
         preset = self.config.augment or ("none" if self.config.freeze == "backbone" else preset)
         return preset, training_preprocessing(base, preset, img_size or base.input_size)
 
+    def _check_input_size(self, size: int) -> None:
+        """Inputs smaller than the network's total stride train on nothing (NaN weights): refused."""
+        smallest = self.model.min_input_size
+        if size < smallest:
+            raise ResnetsError(f"--img-size {size} is smaller than {self.model.model_name}'s total stride; "
+                               f"use at least {smallest}")
+
     @property
     def img_size(self) -> int:
         return self.preprocessing.input_size
@@ -203,6 +246,11 @@ class _Run:
         cfg = self.config
         schedule = ResizeSchedule(self.img_size, cfg.progressive_resize, cfg.progressive_delay,
                                   cfg.progressive_finetune)
+        if schedule.enabled:
+            smallest = min(schedule.size_at(epoch, cfg.epochs) for epoch in range(cfg.epochs))
+            if smallest < self.model.min_input_size:
+                raise ResnetsError(f"--progressive-resize {cfg.progressive_resize:g} starts at {smallest}px, below "
+                                   f"{self.model.model_name}'s smallest input ({self.model.min_input_size}px)")
         if schedule.enabled and self.use_feature_cache:
             raise ResnetsError("--progressive-resize needs images, but this head-only run trains on cached "
                                "features; drop it or pass --no-feature-cache")
@@ -276,7 +324,18 @@ class _Run:
                 "rng": ckpt.rng_state(), "history": self.history, "best_top1": self.best_top1}
 
     def _restore(self) -> None:
+        """Continue from ``state.pt``; one line if it does not belong to this run's config."""
         state = ckpt.load_state(self.config.resume)
+        try:
+            self._load_state(state)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
+            raise ResnetsError(f"cannot resume {self.config.resume}: its {ckpt.STATE} does not match its "
+                               f"{ckpt.CONFIG} ({type(error).__name__}: {str(error).strip().splitlines()[0][:200]})") \
+                from None
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict):
+            raise TypeError(f"a dict was expected, found {type(state).__name__}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -284,7 +343,9 @@ class _Run:
             self.ema.load_state_dict(state["ema"])
         ckpt.set_rng_state(state["rng"])
         self.history, self.best_top1 = list(state["history"]), state["best_top1"]
-        self.start_epoch = state["epoch"] + 1
+        self.start_epoch = int(state["epoch"]) + 1
+        if not 1 <= self.start_epoch <= self.config.epochs:
+            raise ValueError(f"epoch {state['epoch']} is outside the run's {self.config.epochs} epochs")
 
     def _export_model(self) -> nn.Module:
         """The model whose weights are published: the EMA when enabled."""
@@ -293,11 +354,14 @@ class _Run:
     def _save(self, epoch: int, improved: bool) -> None:
         if not self.ctx.is_main:
             return
+        if not all_finite(self.model) or (self.ema is not None and not all_finite(self.ema.module)):
+            raise self._diverged(epoch, "the weights are no longer finite")
         if improved:
             save_weights(self.run_dir / ckpt.WEIGHTS, self._export_model(), class_names=self.data.class_names,
                          preprocessing=self.preprocessing, source=f"resnets train ({self.run_dir})",
                          extra={"epoch": epoch, "val_top1": self.history[-1].get("val_top1")})
         ckpt.save_state(self.run_dir, self._state(epoch))
+        ckpt.drop_overwritten(self.run_dir)  # the new run has a checkpoint: the replaced one can go
         ckpt.write_metrics(self.run_dir, self.history)
         ckpt.plot_curves(self.run_dir, self.history)
 
@@ -383,6 +447,14 @@ class _Run:
             else f"`resnets train --resume {self.run_dir}` continues from the checkpoint of epoch {self.saved_epoch + 1}"
         return f"interrupted {when} epoch {epoch + 1} of {self.config.epochs}; weights so far in {path}; {resume}"
 
+    def _diverged(self, epoch: int, what: str) -> ResnetsError:
+        """The one-line error that ends a diverged run (exit status 2: the settings need changing)."""
+        lr = self.optimizer.param_groups[0].get("initial_lr", self.optimizer.param_groups[0]["lr"])
+        kept = f"; {self.run_dir} keeps the checkpoint of epoch {self.saved_epoch + 1}" \
+            if self.saved_epoch is not None else ""
+        return ResnetsError(f"training diverged in epoch {epoch + 1}: {what}; no weights of it were saved{kept}; "
+                            f"lower the learning rate (peak {lr:g}) or add --warmup-epochs")
+
     def _set_frozen(self, epoch: int) -> None:
         """Unfreeze everything once ``unfreeze_after`` epochs are done (fresh DDP wrapper)."""
         after = self.config.unfreeze_after
@@ -409,10 +481,14 @@ class _Run:
                 loss, acc, interrupted = meters.read(self.ctx, self.interrupt.requested)
                 if interrupted:  # every rank learns it here, at the same step
                     raise KeyboardInterrupt
+                if not math.isfinite(loss):  # the same all-reduced value on every rank: all stop here
+                    raise self._diverged(epoch, f"the loss is {loss} at step {i + 1}")
                 rate = meters.seen * self.ctx.world_size / (time.perf_counter() - start)
                 bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.1f}", img_s=f"{rate:.0f}")
         bar.close()
         loss, acc, _ = meters.read(self.ctx)
+        if not math.isfinite(loss):
+            raise self._diverged(epoch, f"the loss is {loss}")
         seconds = time.perf_counter() - start
         return {"epoch": epoch + 1, "train_loss": loss, "train_acc": acc, "img_size": self.train_size,
                 "lr": self.optimizer.param_groups[0]["lr"],
