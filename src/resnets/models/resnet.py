@@ -267,6 +267,12 @@ class ResNet(nn.Module):
         """The smallest input side for which the last stage still sees a whole pixel."""
         return self.feature_info[-1].reduction
 
+    def default_target_layer(self) -> str:
+        """The module class-activation maps are taken from by default: the last block of the last
+        stage (``"layer4.1"`` for ResNet-18, ``"layer3.2"`` for ResNet-20)."""
+        last = self.feature_info[-1].module
+        return f"{last}.{len(getattr(self, last)) - 1}"
+
     def get_classifier(self) -> nn.Module:
         return self.fc
 

@@ -1,0 +1,58 @@
+"""``resnets explain``: class-activation maps of a model's predictions over image files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..errors import ResnetsError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..explain import METHODS
+
+    p = subparsers.add_parser("explain", help="class-activation maps (Grad-CAM...) of a model's predictions",
+                              description="For each image, a PNG of the class-activation map over the photo "
+                              "(the part the model saw; the rest dimmed) with the top-k labels, and the maps' "
+                              "peaks in DIR/explanations.json. Maps come from the grad-cam package "
+                              "(pip install 'resnets[explain]').")
+    p.add_argument("model", help="run directory, weights file, NAME or NAME:TAG")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--method", default="gradcam", help=f"one of {', '.join(METHODS)} (default gradcam)")
+    p.add_argument("--target", help="class to map, by name or index (default: each image's top prediction)")
+    p.add_argument("--layer", help="module to take the map from (default: the last block of the last stage, "
+                   "e.g. layer4.1)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs and explanations.json")
+    p.add_argument("--topk", type=int, default=5, help="labels shown per image (default 5)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..explain import check_method, check_topk, default_layer, explain_files
+    from ..predict import load_for_inference
+
+    check_method(args.method)
+    check_topk(args.topk)
+    predictor = load_for_inference(args.model, args.device)
+    layer = args.layer or default_layer(predictor.plain)
+    records, failures = explain_files(predictor, args.images, args.out, args.method, args.target, layer, args.topk)
+    if args.json:
+        print(json.dumps({"model": str(args.model), "method": args.method, "layer": layer, "out": args.out,
+                          "images": records, "unreadable": failures}))
+    else:
+        for r in records:
+            peak = r["peak"]
+            tops = ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in r["top"][:3])
+            print(f"{r['path']}: {r['method']} map of {r['target_class']!r} peaks at ({peak['image_x']}, "
+                  f"{peak['image_y']}) [{tops}] -> {r['png']}")
+    if failures:
+        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        done = f"; the {len(records)} other image(s) were explained into {args.out}" if records else ""
+        raise ResnetsError(f"{failures[0]}{more}{done}")
+    if not records:
+        raise ResnetsError("no image among the inputs")
+    print(f"{len(records)} map(s) and explanations.json in {args.out}", file=sys.stderr)
+    return 0

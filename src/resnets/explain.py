@@ -1,0 +1,335 @@
+"""Class-activation maps: where in a photo a model looked for the class it names.
+
+The maps come from the maintained ``grad-cam`` package (``pytorch_grad_cam``); this module only
+chooses the layer and the target, runs them on the plain eval model (they need gradients, so
+never on the inference-optimised copy) and draws the result over the whole photo:
+
+* :func:`explain_image` explains one PIL image (what ``resnets explain`` and ``serve``'s
+  ``POST /explain/{model}`` call);
+* :func:`class_activation_maps` is the batch primitive (``evaluate --report-cam`` uses it).
+
+A model's default layer is the last block of its last stage (``model.default_target_layer()``,
+e.g. ``layer4.1``); any module name of ``model.named_modules()`` can be given instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ResnetsError
+from .preprocessing import Preprocessing
+
+METHODS: dict[str, str] = {  # our name -> the grad-cam class
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "scorecam": "ScoreCAM",
+    "eigencam": "EigenCAM",
+    "layercam": "LayerCAM",
+}
+EXTRA_HINT = "pip install 'resnets[explain]'"
+DISPLAY_MIN, DISPLAY_MAX = 384, 768  # the overlay's longer side, in pixels
+# grad-cam attaches hooks to the model it is given: one map at a time per process (serve's
+# request threads share one model).
+_CAM_LOCK = threading.Lock()
+
+
+@dataclass
+class Explanation:
+    """One image's map for one class, and what the model predicted for it."""
+
+    cam: np.ndarray  # (S, S) float32 in [0, 1], at the model's input size (the centre crop)
+    overlay_png: bytes  # the whole photo with the map over the part the model saw, and the top-k labels
+    top: list[dict[str, Any]]  # [{"class", "index", "probability"}], best first
+    peak: dict[str, float]  # {"x", "y", "value"} in input pixels; "image_x", "image_y" in the photo's
+    target: int  # the class index the map is for
+    method: str
+    layer: str
+    target_class: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (no map, no PNG)."""
+        return {"method": self.method, "layer": self.layer, "target": self.target,
+                "target_class": self.target_class, "top": self.top, "peak": self.peak, **self.extra}
+
+
+# -- choices ------------------------------------------------------------------------------------
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        close = difflib.get_close_matches(str(method), list(METHODS), n=2, cutoff=0.5)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        raise ResnetsError(f"unknown CAM method {method!r}{hint}; choose from {', '.join(METHODS)}")
+    return method
+
+
+def check_topk(topk: int) -> int:
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+        raise ResnetsError(f"--topk must be a positive integer, got {topk!r}")
+    return topk
+
+
+def default_layer(model: nn.Module) -> str:
+    """The model's own choice (``default_target_layer()``), else its last block-like module."""
+    if hasattr(model, "default_target_layer"):
+        return model.default_target_layer()
+    names = [name for name, module in model.named_modules() if name and isinstance(module, nn.Sequential)]
+    if not names:
+        raise ResnetsError("the model declares no target layer for CAMs; pass one with --layer")
+    return f"{names[-1]}.{len(dict(model.named_modules())[names[-1]]) - 1}"
+
+
+def find_layer(model: nn.Module, name: str) -> nn.Module:
+    """The module called ``name``; a one-line error listing close names if there is none."""
+    modules = dict(model.named_modules())
+    if name and name in modules:
+        return modules[name]
+    close = difflib.get_close_matches(str(name), [n for n in modules if n], n=5, cutoff=0.5)
+    hint = f"; close names: {', '.join(close)}" if close else \
+        f"; e.g. {', '.join(n for n in modules if n and n.count('.') <= 1 and n.startswith('layer'))}"
+    raise ResnetsError(f"the model has no layer {name!r}{hint}")
+
+
+def resolve_target(target: int | str | None, class_names: Sequence[str]) -> int | None:
+    """A class given by index (int or digits) or by name -> its index; None stays None."""
+    if target is None:
+        return None
+    if isinstance(target, str) and target in class_names:
+        return list(class_names).index(target)
+    if isinstance(target, int) or (isinstance(target, str) and target.strip().lstrip("-").isdigit()):
+        index = int(target)
+        if not 0 <= index < len(class_names):
+            raise ResnetsError(f"target class index {index} is out of range 0..{len(class_names) - 1}")
+        return index
+    close = difflib.get_close_matches(str(target), list(class_names), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else f" (the model has {len(class_names)} classes)"
+    raise ResnetsError(f"unknown target class {target!r}{hint}")
+
+
+def _cam_class(method: str) -> type:
+    try:
+        import pytorch_grad_cam
+    except ImportError as error:  # grad-cam itself, or its cv2 / ttach
+        raise ResnetsError(f"class-activation maps need the grad-cam package ({error.name or error} is "
+                           f"missing): {EXTRA_HINT}") from None
+    return getattr(pytorch_grad_cam, METHODS[check_method(method)])
+
+
+# -- maps ---------------------------------------------------------------------------------------
+def class_activation_maps(model: nn.Module, inputs: torch.Tensor, targets: Sequence[int], method: str = "gradcam",
+                          layer: str | None = None) -> np.ndarray:
+    """Maps (B, H, W) float32 in [0, 1] at the input's size for normalised ``inputs`` (B, 3, H, W).
+
+    ``model`` is a plain eval-mode network (gradients flow through it); its parameters are
+    left as they were (no ``.grad`` is allocated: only the input asks for gradients).
+    """
+    cam_class = _cam_class(method)
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    module = find_layer(model, layer or default_layer(model))
+    was_training = model.training
+    flags = [p.requires_grad for p in model.parameters()]
+    with _CAM_LOCK, torch.inference_mode(False), torch.enable_grad():
+        try:
+            for p in model.parameters():
+                p.requires_grad_(False)
+            x = inputs.detach().clone().requires_grad_(True)
+            maps = None
+            with cam_class(model=model, target_layers=[module]) as cam:
+                cam.batch_size = 64  # ScoreCAM's masked copies per forward pass
+                maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
+        finally:
+            for p, flag in zip(model.parameters(), flags):
+                p.requires_grad_(flag)
+            model.train(was_training)
+    if maps is None:  # grad-cam's context manager swallows an IndexError (a target past the outputs)
+        raise ResnetsError(f"the {method} map of layer {layer!r} failed (is the target class in range?)")
+    return np.nan_to_num(np.asarray(maps, dtype=np.float32)).clip(0.0, 1.0)
+
+
+def peak_of(cam: np.ndarray) -> dict[str, float]:
+    """The map's maximum: pixel (x, y) of the input and its value."""
+    y, x = np.unravel_index(int(np.argmax(cam)), cam.shape)
+    return {"x": int(x), "y": int(y), "value": round(float(cam[y, x]), 4)}
+
+
+def explain_image(predictor: Any, image: Any, method: str = "gradcam", target: int | str | None = None,
+                  layer: str | None = None, topk: int = 5) -> "Explanation":
+    """Explain one PIL image with ``predictor`` (a :class:`resnets.predict.InferenceModel`).
+
+    ``target``: the class to map (index or name); default the top prediction. ``layer``: a
+    module name of the model (default ``model.default_target_layer()``). The top-k come from
+    the predictor's inference model, the map from its plain model (``predictor.plain``).
+    """
+    from .data.images import to_rgb
+
+    check_method(method)
+    check_topk(topk)
+    plain = predictor.plain
+    layer = layer or default_layer(plain)
+    find_layer(plain, layer)
+    photo = to_rgb(image)
+    batch = predictor.normalise(predictor.preprocessing.to_uint8(photo)[None])
+    with torch.inference_mode():
+        probs = predictor.model(batch).float().softmax(1)[0]
+    values, indices = probs.topk(min(topk, probs.numel()))
+    top = [{"class": predictor.class_names[i], "index": i, "probability": round(p, 6)}
+           for i, p in zip(indices.tolist(), values.tolist())]
+    chosen = resolve_target(target, predictor.class_names)
+    chosen = top[0]["index"] if chosen is None else chosen
+    cam = class_activation_maps(plain, batch, [chosen], method, layer)[0]
+    peak = peak_of(cam)
+    box = crop_box(predictor.preprocessing, *photo.size)
+    scale_x, scale_y = (box[2] - box[0]) / cam.shape[1], (box[3] - box[1]) / cam.shape[0]
+    peak["image_x"] = int(np.clip(box[0] + (peak["x"] + 0.5) * scale_x, 0, photo.size[0] - 1))
+    peak["image_y"] = int(np.clip(box[1] + (peak["y"] + 0.5) * scale_y, 0, photo.size[1] - 1))
+    name = predictor.class_names[chosen]
+    png = overlay_png(photo, cam, box, top, name, method, (peak["image_x"], peak["image_y"]))
+    return Explanation(cam, png, top, peak, chosen, method, layer, target_class=name)
+
+
+# -- drawing ------------------------------------------------------------------------------------
+def crop_box(preprocessing: Preprocessing, width: int, height: int) -> tuple[float, float, float, float]:
+    """Where the model's input (``resize_crop``'s centre crop) lies in a ``width`` x ``height`` photo.
+
+    (left, top, right, bottom) in the photo's pixels; it can reach past the photo when the
+    crop had to pad. Mirrors :meth:`Preprocessing.resize_crop`'s geometry.
+    """
+    size = preprocessing.input_size
+    if isinstance(preprocessing.resize_size, tuple):
+        new_h, new_w = preprocessing.resize_size
+    elif width <= height:
+        new_w, new_h = preprocessing.resize_size, int(preprocessing.resize_size * height / width)
+    else:
+        new_w, new_h = int(preprocessing.resize_size * width / height), preprocessing.resize_size
+
+    def offset(side: int) -> int:  # the crop's start along one axis, in resized pixels
+        padded = max(side, size)
+        return int(round((padded - size) / 2.0)) - (padded - side) // 2
+
+    left, top = offset(new_w), offset(new_h)
+    sx, sy = width / new_w, height / new_h
+    return left * sx, top * sy, (left + size) * sx, (top + size) * sy
+
+
+def overlay_png(photo: Any, cam: np.ndarray, box: tuple[float, float, float, float], top: list[dict[str, Any]],
+                target_class: str, method: str, peak_xy: tuple[int, int]) -> bytes:
+    """The photo (its own aspect) with the map over the model's crop, the rest dimmed, and the top-k."""
+    from PIL import Image, ImageDraw
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    scale = min(max(DISPLAY_MIN / max(photo.size), 1.0), DISPLAY_MAX / max(photo.size)) if max(photo.size) else 1.0
+    size = (max(1, round(photo.size[0] * scale)), max(1, round(photo.size[1] * scale)))
+    shown = photo.resize(size, Image.Resampling.BICUBIC)
+    base = np.asarray(shown, dtype=np.float32) / 255.0
+    left, top_, right, bottom = (round(v * scale) for v in box)
+    heat = np.asarray(Image.fromarray(cam.astype(np.float32), mode="F").resize(
+        (max(1, right - left), max(1, bottom - top_)), Image.Resampling.BILINEAR), dtype=np.float32)
+    canvas = base * 0.35  # outside the crop: dimmed, the model never saw it
+    x0, y0, x1, y1 = max(left, 0), max(top_, 0), min(right, size[0]), min(bottom, size[1])
+    if x1 > x0 and y1 > y0:
+        region = heat[y0 - top_:y1 - top_, x0 - left:x1 - left].clip(0, 1)
+        canvas[y0:y1, x0:x1] = show_cam_on_image(base[y0:y1, x0:x1], region, use_rgb=True,
+                                                 image_weight=0.55).astype(np.float32) / 255.0
+    out = Image.fromarray((canvas * 255).round().astype(np.uint8))
+    draw = ImageDraw.Draw(out, "RGBA")
+    if (x0, y0, x1, y1) != (0, 0, size[0], size[1]):
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=(255, 255, 255, 200), width=2)
+    px, py = round((peak_xy[0] + 0.5) * scale), round((peak_xy[1] + 0.5) * scale)
+    radius = max(5, size[0] // 60)
+    draw.ellipse((px - radius, py - radius, px + radius, py + radius), outline=(255, 255, 255, 255), width=3)
+    draw.ellipse((px - radius + 3, py - radius + 3, px + radius - 3, py + radius - 3), outline=(0, 0, 0, 255),
+                 width=1)
+    _label_box(draw, top, target_class, method, size)
+    buffer = io.BytesIO()
+    out.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def _label_box(draw: Any, top: list[dict[str, Any]], target_class: str, method: str, size: tuple[int, int]) -> None:
+    """The top-k labels in a translucent box at the top left; the mapped class marked."""
+    font_size = max(12, min(20, size[0] // 32))
+    font = _font(font_size)
+    lines = [(f"{'>' if t['class'] == target_class else ' '} {_short(t['class'])}  {100 * t['probability']:.1f}%",
+              t["class"] == target_class) for t in top]
+    if target_class not in [t["class"] for t in top]:
+        lines.append((f"> {_short(target_class)} (mapped)", True))
+    lines.append((f"{method}", False))
+    pad, step = font_size // 2, int(font_size * 1.3)
+    width = max(draw.textlength(text, font=font) for text, _ in lines) + 2 * pad
+    draw.rectangle((0, 0, width, pad * 2 + step * len(lines)), fill=(0, 0, 0, 150))
+    for i, (text, marked) in enumerate(lines):
+        colour = (255, 230, 80, 255) if marked else (235, 235, 235, 255)
+        draw.text((pad, pad + i * step), text, font=font, fill=colour)
+
+
+def _short(name: str, limit: int = 28) -> str:
+    return name if len(name) <= limit else name[:limit - 1] + "…"
+
+
+def _font(size: int) -> Any:
+    """DejaVu Sans (shipped with matplotlib) at ``size``; PIL's own font if matplotlib is absent."""
+    from PIL import ImageFont
+
+    try:
+        from matplotlib import font_manager
+
+        return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
+    except (ImportError, OSError, ValueError):
+        return ImageFont.load_default(size)
+
+
+# -- files ----------------------------------------------------------------------------------------
+def explain_files(predictor: Any, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+                  method: str = "gradcam", target: int | str | None = None, layer: str | None = None,
+                  topk: int = 5) -> tuple[list[dict[str, Any]], list[str]]:
+    """Explain image files (folders expanded) into ``out_dir``: one PNG each and ``explanations.json``.
+
+    Returns (one record per explained image, the one-line reasons of the images that could not
+    be read). The records are also written to ``out_dir/explanations.json``.
+    """
+    import json
+
+    from .data.images import decode_image, read_image_file
+    from .fileio import atomic_write_bytes, atomic_write_text
+    from .predict import expand_inputs
+
+    check_method(method)
+    check_topk(topk)
+    find_layer(predictor.plain, layer or default_layer(predictor.plain))
+    resolve_target(target, predictor.class_names)
+    out = Path(out_dir)
+    records, failures, used = [], [], set()
+    for path in expand_inputs(inputs):
+        try:
+            photo = decode_image(read_image_file(path), str(path))
+        except ResnetsError as error:
+            failures.append(str(error))
+            continue
+        explanation = explain_image(predictor, photo, method, target, layer, topk)
+        png = out / _unique_name(path, method, used)
+        atomic_write_bytes(png, explanation.overlay_png)
+        records.append({"path": str(path), "png": str(png), "width": photo.size[0], "height": photo.size[1],
+                        **explanation.to_dict()})
+    if records:
+        atomic_write_text(out / "explanations.json", json.dumps(records, indent=1) + "\n")
+    return records, failures
+
+
+def _unique_name(path: Path, method: str, used: set[str]) -> str:
+    stem = path.stem or "image"
+    name, n = f"{stem}.{method}.png", 1
+    while name in used:
+        n += 1
+        name = f"{stem}-{n}.{method}.png"
+    used.add(name)
+    return name
