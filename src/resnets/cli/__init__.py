@@ -32,7 +32,7 @@ from ..errors import ResnetsError
 
 # Command modules, in the order `resnets --help` lists them.
 COMMANDS: tuple[str, ...] = ("models", "summary", "data", "train", "evaluate", "predict", "demo",
-                            "convert", "export", "bench", "compare", "explain", "serve")
+                            "convert", "export", "bench", "compare", "explain", "embed", "serve", "weights")
 
 
 class _Parser(argparse.ArgumentParser):
