@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -109,9 +110,12 @@ def load_state(run_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ResnetsError(f"{run_dir} holds no training state ({STATE}); is it a run directory?")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes about a foreign file's pickle protocol
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a foreign or damaged file: the user's to fix, not a crash
-        raise ResnetsError(f"cannot read {path}: {str(error).splitlines()[0]}") from None
+        why = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0][:200]
+        raise ResnetsError(f"cannot read {path}: damaged or not a resnets training state ({why})") from None
 
 
 def rng_state() -> dict[str, Any]:
