@@ -130,7 +130,7 @@ def create_model(name: str | None = None, num_classes: int | None = None, in_cha
             :class:`ResNetConfig` to override (``stride_in_1x1=True``, ``shortcut="projection"``).
     """
     if weights is not None:
-        from ..weights.convert import load_model_weights  # the weights package imports models
+        from ..weights.load import load_model_weights  # the weights package imports models
 
         return load_model_weights(weights, name, num_classes=num_classes, in_chans=in_chans, **options)
     if name is None:

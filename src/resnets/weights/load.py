@@ -1,9 +1,9 @@
-"""Import weights from other frameworks and write them in the project's format.
+"""Loading weights of any supported format into a model (file -> model).
 
 Every source is first read into one neutral form, :class:`ImportedWeights` (torchvision-named
-tensors plus the model that owns them), from which a model is built and loaded strictly.
-``resnets convert`` then writes that model with :func:`save_weights`, recording its name,
-architecture, class names and preprocessing, so ``create_model(weights=DST)`` alone rebuilds it.
+tensors plus the model that owns them and its record), from which a model is built and loaded
+strictly (:func:`build_model`). ``create_model(weights=...)`` comes here; ``resnets convert``
+(:mod:`resnets.weights.convert`, file -> file) builds the model here and saves it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 
 from ..errors import ResnetsError
 from ..models import ResNet, create_model, get_model_spec
-from .format import load_state_dict_checked, save_weights
+from .format import load_state_dict_checked
 from ..preprocessing import Preprocessing
 
 SOURCES = ("auto", "torchvision", "timm", "keras", "paddle", "caffe", "resnets")
@@ -208,16 +208,6 @@ def _create(imported: ImportedWeights, num_classes: int, options: dict[str, Any]
     config = ResNetConfig.from_dict({k: v for k, v in options.items() if k not in MODEL_OPTIONS})
     runtime = {k: v for k, v in options.items() if k in MODEL_OPTIONS}
     return ResNet(config, num_classes=num_classes, in_chans=imported.in_chans, **runtime)
-
-
-def convert(src: str | os.PathLike, dst: str | os.PathLike, source: str = "auto", model_name: str | None = None,
-            num_classes: int | None = None, drop_head: bool = False,
-            caffemodel: str | os.PathLike | None = None) -> tuple[ResNet, ImportedWeights]:
-    """Convert ``src`` (any supported format) to a self-describing safetensors file at ``dst``."""
-    imported = read_weights(src, source, model_name, caffemodel, num_classes)
-    model = build_model(imported, num_classes=num_classes, drop_head=drop_head)
-    save_weights(dst, model, source=imported.source, extra={"notes": imported.notes} if imported.notes else None)
-    return model, imported
 
 
 def load_model_weights(weights: str | os.PathLike, model_name: str | None = None, num_classes: int | None = None,
