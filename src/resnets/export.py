@@ -38,19 +38,11 @@ MAX_EXPORT_INPUT_SIZE = 2048
 
 
 def load_checkpoint(checkpoint: str | os.PathLike) -> nn.Module:
-    """A model from a registered name, a weights file (any format) or a run dir with weights.safetensors."""
-    from .models import create_model, list_models
+    """The model to export: anything :func:`resnets.weights.resolve.load_model` takes; a bare
+    registered name is the architecture, freshly initialised (``NAME:imagenet`` for its weights)."""
+    from .weights.resolve import load_model
 
-    path = Path(checkpoint)
-    if path.is_dir():
-        path = path / "weights.safetensors"
-        if not path.is_file():
-            raise ResnetsError(f"{checkpoint} is a directory without weights.safetensors")
-    if path.is_file():
-        return create_model(weights=str(path)).eval()
-    if str(checkpoint) in list_models():
-        return create_model(str(checkpoint)).eval()
-    raise ResnetsError(f"{checkpoint} is neither a file, a run directory nor a model name (see `resnets models`)")
+    return load_model(checkpoint, pretrained=False)
 
 
 def check_export_input_size(size: int | None) -> None:
@@ -82,13 +74,9 @@ def export(model: nn.Module, fmt: str, out: str | os.PathLike, input_size: int |
 
 
 def _default_input_size(model: nn.Module) -> int:
-    from .models import get_model_spec
-
-    name = getattr(model, "model_name", None)
-    try:
-        return get_model_spec(name).input_size if name else 224
-    except ResnetsError:
-        return 224
+    """The input size the model's preprocessing record names (224 for a module without one)."""
+    preprocessing = getattr(model, "preprocessing", None)
+    return preprocessing.input_size if preprocessing is not None else 224
 
 
 def _caffe_pair(model: nn.Module, prototxt: Path, input_size: tuple[int, ...]) -> Path:
