@@ -44,7 +44,7 @@ class Bound:
         return None
 
     def _range(self) -> str:
-        low, high = (f"{v}" if self.kind is int else f"{v:g}" for v in (self.low, self.high))
+        low, high = (f"{v}" if self.kind is int or v is None else f"{v:g}" for v in (self.low, self.high))
         if self.low is not None and self.high is not None:
             return f" in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
         if self.low is not None:
