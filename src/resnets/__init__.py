@@ -17,6 +17,12 @@ from .weights.resolve import load_model
 
 __version__ = "0.1.0"
 
+# No tqdm monitor thread (tqdm starts one even for a disabled bar, and its atexit hook wakes it as
+# the interpreter finalises, unjoined: an intermittent "Fatal Python error ... GIL is released").
+from tqdm import tqdm as _tqdm  # noqa: E402
+
+_tqdm.monitor_interval = 0  # every tqdm class (tqdm.auto too) reads it from here
+
 __all__ = ["Preprocessing", "ResNet", "ResNetConfig", "ResnetsError", "create_model", "decode_predictions",
            "get_model_spec", "list_models", "load_model", "load_weights_file", "optimize_for_inference",
            "save_weights", "summary"]

@@ -14,13 +14,14 @@ cores than a small model's layers can use gain more.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import socket
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -96,30 +97,70 @@ INTERRUPTED = 130  # a rank's exit status after a Ctrl-C (the shell's 128 + SIGI
 
 
 class DeferredInterrupt:
-    """Ctrl-C in a process group, noted instead of raised (a context manager around the epochs).
+    """Ctrl-C during training (a context manager around the epochs): never lost, and never in
+    the middle of a checkpoint.
 
-    A rank that stopped at once would leave the others blocked in their next collective, so the
-    handler only notes the signal; the loop passes :attr:`requested` through the all-reduce it
-    already does every few steps, and all ranks stop at the same step. A single process keeps
-    Python's immediate KeyboardInterrupt.
+    In a process group a rank that stopped at once would leave the others blocked in their next
+    collective, so the handler only notes the signal; the loop passes :attr:`requested` through
+    the all-reduce it already does every few steps, and all ranks stop at the same step. A single
+    process stops at once, as with Python's own handler, but the note stays too: a
+    KeyboardInterrupt that lands in a destructor is swallowed by Python ("Exception ignored
+    in ..."), and the loop's next check then stops the run instead. Inside :meth:`held` the
+    signal is only noted.
     """
 
     def __init__(self, ctx: DistContext):
-        self.active = ctx.enabled and threading.current_thread() is threading.main_thread()
+        self.active = ctx.enabled and _on_main_thread()  # a group: note only
         self.requested = False
+        self._installed = False
         self._previous: Any = None
 
     def __enter__(self) -> "DeferredInterrupt":
-        if self.active:
-            self._previous = signal.signal(signal.SIGINT, self._note)
+        if _on_main_thread():  # signal handlers can only be set there
+            self._previous = signal.signal(signal.SIGINT, self._note if self.active else self._note_and_raise)
+            self._installed = True
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self.active:
-            signal.signal(signal.SIGINT, self._previous)
+        if self._installed:
+            _restore_sigint(self._previous)
+            self._installed = False
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Ctrl-C noted, not raised, inside the block (a checkpoint being written), and raised
+        when it ends in a single process; a group's flag waits for the next all-reduce as always.
+
+        A KeyboardInterrupt in the middle of a checkpoint would leave the weights of one epoch
+        beside the state of the one before, and no way to tell which epoch a resume continues from.
+        """
+        if self.active or not _on_main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, self._note)
+        try:
+            yield
+        finally:
+            _restore_sigint(previous)
+        if self.requested:
+            raise KeyboardInterrupt
 
     def _note(self, signum: int, frame: object) -> None:
         self.requested = True
+
+    def _note_and_raise(self, signum: int, frame: object) -> None:
+        self.requested = True
+        raise KeyboardInterrupt
+
+
+def _on_main_thread() -> bool:
+    """Signal handlers can only be set from the main thread (not from a thread calling train())."""
+    return threading.current_thread() is threading.main_thread()
+
+
+def _restore_sigint(previous: Any) -> None:
+    # None: the handler was not set from Python; the default one is the closest
+    signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
 
 
 def in_launched_group() -> bool:
@@ -160,11 +201,11 @@ def launch(worker: Callable[..., Any], procs: int, args: tuple = (), threads: in
             raise ResnetsError(errors[0]) from None
         if getattr(failure, "exit_code", None) == INTERRUPTED:  # the ranks stopped on a Ctrl-C
             _stop(context.processes)
-            raise KeyboardInterrupt from None
+            raise _interrupted(outcome, results) from None
         raise RuntimeError(f"a training process failed: {failure}") from None
     except KeyboardInterrupt:  # pass it on (a terminal sends it to all), let rank 0 save its weights
         _stop(context.processes)
-        raise
+        raise _interrupted(outcome, results) from None
     _drain(outcome, results)
     return next(value for kind, value in results if kind == "result")
 
@@ -184,6 +225,13 @@ def _drain(queue: Any, into: list) -> None:
         into.append(queue.get())
 
 
+def _interrupted(queue: Any, results: list) -> KeyboardInterrupt:
+    """The KeyboardInterrupt to raise in the launcher, with rank 0's account of what it saved."""
+    _drain(queue, results)
+    notes = [value for kind, value in results if kind == "interrupted"]
+    return KeyboardInterrupt(*notes[:1])
+
+
 def _rank_main(rank: int, procs: int, port: int, threads: int, outcome: Any, worker: Callable[..., Any],
                args: tuple) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(procs),
@@ -194,7 +242,9 @@ def _rank_main(rank: int, procs: int, port: int, threads: int, outcome: Any, wor
     except ResnetsError as error:
         outcome.put(("error", str(error)))
         raise SystemExit(2) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
+        if str(interrupt):  # what rank 0 saved, for the launcher to report
+            outcome.put(("interrupted", str(interrupt)))
         raise SystemExit(INTERRUPTED) from None
     if rank == 0:
         outcome.put(("result", result))
