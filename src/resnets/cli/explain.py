@@ -33,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..explain import check_method, check_topk, default_layer, explain_files
     from ..predict import load_for_inference
+    from ..terminal import printable
 
     check_method(args.method)
     check_topk(args.topk)
@@ -46,8 +47,9 @@ def run(args: argparse.Namespace) -> int:
         for r in records:
             peak = r["peak"]
             tops = ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in r["top"][:3])
-            print(f"{r['path']}: {r['method']} map of {r['target_class']!r} peaks at ({peak['image_x']}, "
-                  f"{peak['image_y']}) [{tops}] -> {r['png']}")
+            line = (f"{r['path']}: {r['method']} map of {r['target_class']!r} peaks at "
+                    f"({peak['image_x']}, {peak['image_y']}) [{tops}] -> {r['png']}")
+            print(printable(line))
     if failures:
         more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
         done = f"; the {len(records)} other image(s) were explained into {args.out}" if records else ""

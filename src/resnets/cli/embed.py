@@ -1,0 +1,70 @@
+"""``resnets embed`` and ``resnets search``: image embeddings of a data set, and nearest images to queries."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("embed", help="embed a data set's images (pooled pre-logit features) into an index",
+                              description="Pooled pre-logit features of every image, L2-normalised, with file "
+                              "paths and labels, written to FILE: Parquet (.parquet) or NumPy (.npy + a .json "
+                              "sidecar). The file records the model, so `resnets search` embeds queries the same "
+                              "way. Needs pip install 'resnets[search]'.")
+    p.add_argument("model", help="run directory, weights file, NAME or NAME:TAG")
+    p.add_argument("data", help="image folder, zip, CIFAR pickle folder or LMDB (every split)")
+    p.add_argument("--out", required=True, metavar="FILE", help="index file: .parquet or .npy")
+    p.add_argument("--map", metavar="PNG", help="also draw a 2-D t-SNE map of the embeddings, coloured by class")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2, help="decoding threads")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.set_defaults(handler=run_embed)
+
+    s = subparsers.add_parser("search", help="nearest indexed images to query images (cosine, FAISS)",
+                              description="Embeds each query image with the model the index records and lists "
+                              "its nearest indexed images by cosine similarity; --out writes a PNG strip per "
+                              "query.")
+    s.add_argument("index", help="index file made by `resnets embed`")
+    s.add_argument("queries", nargs="+", metavar="IMAGE_OR_DIR")
+    s.add_argument("--topk", type=int, default=5)
+    s.add_argument("--out", metavar="DIR", help="folder for one PNG strip per query")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    s.set_defaults(handler=run_search)
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    from ..embed import embed_dataset
+
+    index = embed_dataset(args.model, args.data, args.out, batch_size=args.batch_size, device=args.device,
+                          workers=args.workers, map_png=args.map)
+    summary = {"out": args.out, "count": len(index), "dim": int(index.vectors.shape[1]),
+               "classes": len(set(index.labels)), "model": index.meta["model"], "map": args.map,
+               "seconds": index.meta["seconds"]}
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print(f"{summary['count']} images, {summary['dim']}-d embeddings ({summary['classes']} classes) -> {args.out} "
+          f"in {summary['seconds']:.1f} s")
+    if args.map:
+        print(f"t-SNE map: {args.map}", file=sys.stderr)
+    return 0
+
+
+def run_search(args: argparse.Namespace) -> int:
+    from ..embed import search
+    from ..terminal import printable
+
+    results = search(args.index, args.queries, topk=args.topk, device=args.device, out_dir=args.out)
+    if args.json:
+        print(json.dumps(results))
+        return 0
+    for result in results:
+        strip = f"  (strip: {printable(result['png'])})" if "png" in result else ""
+        print(f"{printable(result['query'])}:{strip}")
+        for hit in result["hits"]:
+            print(f"  {hit['rank']:>2}. {hit['score']:.3f}  {printable(hit['label']):<16}  {printable(hit['path'])}")
+    return 0
