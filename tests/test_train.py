@@ -160,7 +160,37 @@ def test_ctrl_c_saves_and_exits_130(folder_data, tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert (run / "interrupted.safetensors").is_file() and load_state(run)["epoch"] >= 0
-    assert "resume" in err
+    assert "Traceback" not in err and "Fatal Python error" not in err, err
+    (line,) = [line for line in err.splitlines() if line.startswith("resnets:")]  # said once
+    # the epoch of the checkpoint on disk, which is the one a resume continues from
+    assert line.startswith("resnets: interrupted ") and "resume" in line, line
+    assert line.endswith(f"continues from the checkpoint of epoch {load_state(run)['epoch'] + 1}"), line
+
+
+def _stderr_until(proc: subprocess.Popen, text: bytes, timeout_s: float) -> bytes:
+    """What ``proc`` wrote on stderr until ``text`` appeared (a progress bar has no newline to wait for)."""
+    seen, deadline = b"", time.time() + timeout_s
+    while text not in seen and time.time() < deadline and proc.poll() is None:
+        seen += os.read(proc.stderr.fileno(), 4096)
+    return seen
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_decoding_exits_130_without_a_traceback(tmp_path):
+    data = write_folder_dataset(tmp_path / "data", {"train": 200}, size=64)
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    proc = subprocess.Popen([sys.executable, "-m", "resnets", "train", "--model", "resnet20", "--data", str(data),
+                             "--img-size", "16", "--out", str(tmp_path / "run"), "--workers", "1"], env=env,
+                            stderr=subprocess.PIPE)
+    before = _stderr_until(proc, b"decoding", timeout_s=120)
+    assert b"decoding" in before, before
+    proc.send_signal(signal.SIGINT)
+    _, rest = proc.communicate(timeout=60)
+    err = (before + rest).decode()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert err.strip().splitlines()[-1].endswith("resnets: interrupted"), err
+    assert not (tmp_path / "run" / "state.pt").exists()
 
 
 def test_cli_errors_are_one_line_and_exit_2(folder_data, tmp_path, capsys):
