@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,11 +73,13 @@ class EvalReport:
     split_how: str = ""  # how that split was chosen, for the report
     skipped_classes: dict[str, int] = field(default_factory=dict)  # data classes the model lacks: images
     items: list[str] = field(default_factory=list)  # the scored images (file names), in logits order
+    interpretation: dict[str, Any] | None = None  # --report: most-confused pairs, top losses (interpret())
 
     def to_dict(self) -> dict[str, Any]:
+        extra = {} if self.interpretation is None else {"interpretation": self.interpretation}
         return {"top1": self.top1, "top5": self.top5, "loss": self.loss, "count": self.count,
                 "split": self.split, "split_how": self.split_how, "skipped_classes": self.skipped_classes,
-                "backend": self.backend, "per_class": self.per_class, "confusion": self.confusion.tolist()}
+                "backend": self.backend, "per_class": self.per_class, "confusion": self.confusion.tolist(), **extra}
 
 
 def classification_report(logits: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> EvalReport:
@@ -118,6 +121,91 @@ def plot_confusion(report: EvalReport, path: str | os.PathLike) -> Path:
     ax.set_ylabel("true")
     ax.set_title(f"top-1 {report.top1:.2f}% on {report.count} images")
     return save_figure(fig, path)
+
+
+def most_confused(confusion: torch.Tensor, class_names: list[str], limit: int = 10) -> list[dict[str, Any]]:
+    """The off-diagonal cells of the confusion matrix, most images first (fastai's ``most_confused``)."""
+    n = len(class_names)
+    off = confusion.clone()
+    off.fill_diagonal_(0)
+    counts, cells = off.flatten().sort(descending=True, stable=True)
+    return [{"true": class_names[c // n], "predicted": class_names[c % n], "count": k}
+            for k, c in zip(counts.tolist(), cells.tolist()) if k > 0][:limit]
+
+
+def top_losses(logits: torch.Tensor, labels: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(losses, indices) of the ``count`` images with the highest cross-entropy, highest first."""
+    losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    return losses.topk(min(count, len(losses)))
+
+
+REPORT_IMAGES = 16
+
+
+def interpret(report: EvalReport, logits: torch.Tensor, labels: torch.Tensor, images_u8: torch.Tensor,
+              out_dir: str | os.PathLike, count: int = REPORT_IMAGES, cam_predictor: Any = None) -> dict[str, Any]:
+    """What fastai's ``ClassificationInterpretation`` shows, from logits already computed.
+
+    Writes ``top_losses.png`` (the ``count`` images with the highest loss: true and predicted
+    class, the predicted class's probability, the loss; with ``cam_predictor``, an
+    :class:`resnets.predict.InferenceModel`, the Grad-CAM of the predicted class over each) and
+    ``interpretation.json`` in ``out_dir``; returns that record (also ``report.interpretation``).
+    """
+    from .fileio import atomic_write_text
+
+    losses, chosen = top_losses(logits, labels, count)
+    probs = logits.softmax(1)
+    predicted = logits.argmax(1)
+    rows = [{"item": report.items[i] if i < len(report.items) else str(i), "index": i,
+             "true": report.class_names[int(labels[i])], "predicted": report.class_names[int(predicted[i])],
+             "probability": float(probs[i, predicted[i]]),
+             "true_probability": float(probs[i, labels[i]]), "loss": float(loss)}
+            for loss, i in zip(losses.tolist(), chosen.tolist())]
+    cams = None
+    if cam_predictor is not None and rows:
+        from .explain import class_activation_maps
+
+        batch = cam_predictor.normalise(images_u8[chosen])
+        cams = class_activation_maps(cam_predictor.plain, batch, predicted[chosen].tolist())
+    out = Path(out_dir)
+    grid = plot_top_losses(images_u8[chosen], rows, out / "top_losses.png", cams)
+    record = {"most_confused": most_confused(report.confusion, report.class_names), "top_losses": rows,
+              "top_losses_png": str(grid), "cam": cams is not None}
+    atomic_write_text(out / "interpretation.json", json.dumps(record, indent=1) + "\n")
+    report.interpretation = record
+    return record
+
+
+def plot_top_losses(images_u8: torch.Tensor, rows: list[dict[str, Any]], path: str | os.PathLike,
+                    cams: Any = None) -> Path:
+    """A grid of images, each titled predicted / true / loss / probability, CAMs laid over if given."""
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count = max(1, len(rows))
+    cols = min(4, count)
+    lines = math.ceil(count / cols)
+    fig, axes = plt.subplots(lines, cols, figsize=(3.2 * cols, 3.55 * lines), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k >= len(rows):
+            continue
+        row = rows[k]
+        ax.imshow(images_u8[k].permute(1, 2, 0).numpy(), interpolation="bilinear")
+        if cams is not None:
+            ax.imshow(cams[k], cmap="jet", alpha=0.4, interpolation="bilinear", vmin=0, vmax=1)
+        ax.set_title(f"predicted {_clip(row['predicted'])} ({100 * row['probability']:.0f}%)\n"
+                     f"true {_clip(row['true'])}, loss {row['loss']:.2f}", fontsize=10,
+                     color="#b00020" if row["predicted"] != row["true"] else "black")
+    return save_figure(fig, path)
+
+
+def _clip(name: str, limit: int = 22) -> str:
+    return name if len(name) <= limit else name[:limit - 1] + "…"
 
 
 CALIBRATION_IMAGES = 256
@@ -207,7 +295,8 @@ def _label_map(data_classes: list[str], model_classes: list[str]) -> tuple[torch
 def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, batch_size: int = 128,
              tta: str | None = None, device: str = "cpu", workers: int = 2,
              confusion_png: str | os.PathLike | None = None, backend: str = "eager",
-             split: str = "auto") -> EvalReport:
+             split: str = "auto", report_dir: str | os.PathLike | None = None,
+             report_cam: bool = False) -> EvalReport:
     """Evaluate a model (anything :func:`resnets.weights.resolve.load_model` takes) on a data set.
 
     Images go through the model's own preprocessing record. ``split``: see
@@ -218,6 +307,9 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, batch_size:
     ``backend``: any of :func:`resnets.optimize_for_inference`'s. The int8 ones are calibrated on
     ``CALIBRATION_IMAGES`` images drawn (seed 0) from the training split, or from the evaluated
     images when the data has no other split, so that their accuracy cost can be read here.
+
+    ``report_dir``: also write :func:`interpret`'s top-loss grid and most-confused pairs there,
+    from the same logits (``report_cam``: with Grad-CAMs of the predicted class).
     """
     from .data import BatchAugment, TensorLoader, decode_to_memory
     from .inference import INT8_BACKENDS, check_backend
@@ -227,6 +319,10 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, batch_size:
         raise ResnetsError(f"--batch-size must be positive, got {batch_size}")
     backend = check_backend(backend)
     int8 = backend in INT8_BACKENDS
+    if report_cam:  # the missing extra is said before the images are scored, not after
+        from .explain import cam_class
+
+        cam_class("gradcam")
     chosen, train_set = evaluation_data(data, split, _run_config(checkpoint))
     predictor = load_for_inference(checkpoint, device, backend="eager" if int8 else backend)
     label_map, unknown = _label_map(list(chosen.dataset.classes), predictor.class_names)
@@ -248,6 +344,8 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, batch_size:
                               for i, name in enumerate(chosen.dataset.classes) if name in unknown}
     if confusion_png is not None:
         plot_confusion(report, confusion_png)
+    if report_dir is not None:
+        interpret(report, logits, labels, images, report_dir, cam_predictor=predictor if report_cam else None)
     return report
 
 

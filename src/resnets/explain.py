@@ -115,7 +115,7 @@ def resolve_target(target: int | str | None, class_names: Sequence[str]) -> int 
     raise ResnetsError(f"unknown target class {target!r}{hint}")
 
 
-def _cam_class(method: str) -> type:
+def cam_class(method: str) -> type:
     try:
         import pytorch_grad_cam
     except ImportError as error:  # grad-cam itself, or its cv2 / ttach
@@ -132,7 +132,7 @@ def class_activation_maps(model: nn.Module, inputs: torch.Tensor, targets: Seque
     ``model`` is a plain eval-mode network (gradients flow through it); its parameters are
     left as they were (no ``.grad`` is allocated: only the input asks for gradients).
     """
-    cam_class = _cam_class(method)
+    maker = cam_class(method)
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     module = find_layer(model, layer or default_layer(model))
@@ -144,7 +144,7 @@ def class_activation_maps(model: nn.Module, inputs: torch.Tensor, targets: Seque
                 p.requires_grad_(False)
             x = inputs.detach().clone().requires_grad_(True)
             maps = None
-            with cam_class(model=model, target_layers=[module]) as cam:
+            with maker(model=model, target_layers=[module]) as cam:
                 cam.batch_size = 64  # ScoreCAM's masked copies per forward pass
                 maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
         finally:

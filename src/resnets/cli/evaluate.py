@@ -28,6 +28,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--confusion", help="confusion-matrix PNG (default: confusion.png in the run directory, "
                    "or beside the weights file)")
+    p.add_argument("--report", nargs="?", const="", metavar="DIR",
+                   help="also write the highest-loss images (top_losses.png) and the most-confused class pairs "
+                   "(interpretation.json) to DIR (default: report/ beside the confusion matrix)")
+    p.add_argument("--report-cam", action="store_true",
+                   help="with --report: lay the Grad-CAM of the predicted class over each image (implies --report)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.set_defaults(handler=run)
 
@@ -40,8 +45,10 @@ def run(args: argparse.Namespace) -> int:
         (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "confusion.png"
     if not checkpoint.exists():  # a model name: the confusion matrix goes to the working folder
         png = Path(args.confusion) if args.confusion else Path("confusion.png")
+    report_dir = _report_dir(args, png)
     report = evaluate(args.checkpoint, args.data, batch_size=args.batch_size, tta=args.tta, device=args.device,
-                      confusion_png=png, backend=args.backend, split=args.split)
+                      confusion_png=png, backend=args.backend, split=args.split, report_dir=report_dir,
+                      report_cam=args.report_cam)
     if args.json:
         print(json.dumps({**report.to_dict(), "confusion_png": str(png)}))
         return 0
@@ -55,5 +62,24 @@ def run(args: argparse.Namespace) -> int:
     for row in report.per_class:
         print(f"{row['class']:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  {row['f1']:5.3f}  "
               f"{row['support']:7d}")
+    if report.interpretation is not None:
+        _print_interpretation(report.interpretation)
     print(f"confusion matrix: {png}", file=sys.stderr)
     return 0
+
+
+def _report_dir(args: argparse.Namespace, confusion_png: Path) -> Path | None:
+    """--report's folder: as given, else report/ beside the confusion matrix; None without --report."""
+    if args.report is None and not args.report_cam:
+        return None
+    return Path(args.report) if args.report else confusion_png.parent / "report"
+
+
+def _print_interpretation(record: dict) -> None:
+    from ..terminal import printable
+
+    pairs = record["most_confused"]
+    print("most confused (true -> predicted: images):" if pairs else "most confused: none (no mistakes)")
+    for pair in pairs:
+        print(f"  {printable(pair['true'])} -> {printable(pair['predicted'])}: {pair['count']}")
+    print(f"highest losses: {record['top_losses_png']}", file=sys.stderr)
