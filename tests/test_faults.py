@@ -1,0 +1,173 @@
+"""Faults: `kill -9` at random moments of train, export (every format), convert and data pack
+leaves every output whole (the old file, the new file, or none), and the next complete run
+removes the killed runs' temporary files; a full disk is one line, exit 2, nothing torn.
+
+The killed commands run in processes forked from a forkserver that imported resnets once, so
+the 30-odd kills fit in the test's time (a fresh interpreter would spend seconds importing torch).
+``RESNETS_FAULT_KILLS=20`` runs the issue's full count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from _train_fixtures import write_folder_dataset
+from resnets.cli import main
+
+KILLS = int(os.environ.get("RESNETS_FAULT_KILLS", "5"))
+SRC = Path(__file__).resolve().parents[1] / "src"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def forkserver():
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "torchvision", "resnets.cli", "resnets.train", "resnets.export",
+                                    "resnets.weights.convert", "resnets.data", "onnx", "safetensors.torch"])
+    return context
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults")
+    data = write_folder_dataset(root / "data", {"train": 8, "val": 4})
+    model = torchvision.models.resnet18(num_classes=10)
+    torch.save(model.state_dict(), root / "r18.pth")
+    return root, data
+
+
+def _run(context, argv: list[str], kill_after: float | None) -> int | None:
+    """Run `resnets ARGV` in a forked process; SIGKILL it after ``kill_after`` s. Its exit code."""
+    process = context.Process(target=main, args=([str(a) for a in argv],))
+    process.start()
+    process.join(kill_after)
+    if process.is_alive():
+        os.kill(process.pid, signal.SIGKILL)
+        process.join()
+    return process.exitcode
+
+
+def _leftovers(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob(".*") if p.suffix in (".tmp", ".bak", ".partial") and p.is_file()]
+
+
+def _age_leftovers(folder: Path) -> None:
+    """Make the killed writers' files look old, as they would be at the next run a minute later."""
+    old = time.time() - 3600
+    for leftover in _leftovers(folder):
+        os.utime(leftover, (old, old))
+
+
+def _check_run_dir(run: Path) -> None:
+    from resnets.train.checkpoint import load_state
+    from resnets.weights import load_weights_file
+
+    if (run / "weights.safetensors").exists():
+        load_weights_file(run / "weights.safetensors")
+    if (run / "state.pt").exists():
+        assert isinstance(load_state(run)["epoch"], int)
+    if (run / "config.json").exists():
+        json.loads((run / "config.json").read_text())
+    if (run / "metrics.jsonl").exists():
+        [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _check_export(out: Path, fmt: str) -> None:
+    if fmt == "prototxt":
+        weights = out.with_suffix(".caffemodel")
+        assert out.exists() == weights.exists(), "a torn prototxt/caffemodel pair"
+        if out.exists():
+            from resnets.weights.caffe.prototxt import parse_prototxt
+
+            parse_prototxt(out)
+            assert weights.stat().st_size > 0
+        return
+    if not out.exists():
+        return
+    if fmt == "onnx":
+        import onnx
+
+        onnx.checker.check_model(onnx.load(str(out)))
+    elif fmt == "torchscript":
+        torch.jit.load(str(out))
+    else:
+        from resnets.weights import load_weights_file
+
+        load_weights_file(out)
+
+
+def _check_lmdb(path: Path) -> None:
+    if path.exists():
+        from resnets.data import inspect_source
+
+        assert inspect_source(path)["splits"]
+
+
+def _kill_repeatedly(context, argv: list[str], folder: Path, check, kills: int = KILLS) -> dict[str, int]:
+    """One complete run (timed), ``kills`` runs killed at random moments, each checked, then a
+    complete run that must leave no temporary files. Returns how the killed runs ended."""
+    assert _run(context, argv, None) == 0  # the first also warms the forkserver up: not timed
+    check()
+    began = time.perf_counter()
+    assert _run(context, argv, None) == 0
+    duration = time.perf_counter() - began
+    outcomes = {"killed": 0, "finished": 0}
+    rng = random.Random(kills)
+    for _ in range(kills):
+        code = _run(context, argv, rng.uniform(0.0, duration))
+        outcomes["killed" if code == -signal.SIGKILL else "finished"] += 1
+        check()
+    _age_leftovers(folder)
+    assert _run(context, argv, None) == 0
+    check()
+    assert _leftovers(folder) == [], _leftovers(folder)
+    return outcomes
+
+
+def test_kill_train(forkserver, workspace):
+    root, data = workspace
+    run = root / "run"
+    argv = ["train", "--model", "resnet20", "--data", data, "--epochs", "1", "--batch-size", "8", "--img-size", "16",
+            "--out", run, "--no-progress", "--device", "cpu", "--overwrite"]
+    outcomes = _kill_repeatedly(forkserver, argv, run, lambda: _check_run_dir(run))
+    assert outcomes["killed"] >= 1
+    assert not (run / ".overwritten").exists()  # the last complete run dropped what it replaced
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "safetensors", "prototxt"])
+def test_kill_export(forkserver, workspace, fmt):
+    root, _ = workspace
+    out = root / "export" / f"model.{ {'onnx': 'onnx', 'torchscript': 'pt', 'safetensors': 'safetensors', 'prototxt': 'prototxt'}[fmt] }"
+    model = "resnet18" if fmt == "prototxt" else "resnet20"  # resnet20's option-A shortcut has no Caffe layer
+    argv = ["export", model, "--format", fmt, "--out", out, "--input-size", "32"]
+    outcomes = _kill_repeatedly(forkserver, argv, out.parent, lambda: _check_export(out, fmt))
+    assert sum(outcomes.values()) == KILLS
+
+
+def test_kill_convert(forkserver, workspace):
+    root, _ = workspace
+    out = root / "convert" / "r18.safetensors"
+    argv = ["convert", root / "r18.pth", out]
+    _kill_repeatedly(forkserver, argv, out.parent, lambda: _check_export(out, "safetensors"))
+
+
+def test_kill_data_pack(forkserver, workspace):
+    root, data = workspace
+    out = root / "pack" / "train.lmdb"
+    argv = ["data", "pack", data, out]
+    _kill_repeatedly(forkserver, argv, out.parent, lambda: _check_lmdb(out))
