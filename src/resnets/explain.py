@@ -18,7 +18,7 @@ import difflib
 import io
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -55,12 +55,11 @@ class Explanation:
     method: str
     layer: str
     target_class: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (no map, no PNG)."""
         return {"method": self.method, "layer": self.layer, "target": self.target,
-                "target_class": self.target_class, "top": self.top, "peak": self.peak, **self.extra}
+                "target_class": self.target_class, "top": self.top, "peak": self.peak}
 
 
 # -- choices ------------------------------------------------------------------------------------
