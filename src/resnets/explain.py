@@ -248,14 +248,16 @@ def overlay_png(photo: Any, cam: np.ndarray, box: tuple[float, float, float, flo
     draw.ellipse((px - radius, py - radius, px + radius, py + radius), outline=(255, 255, 255, 255), width=3)
     draw.ellipse((px - radius + 3, py - radius + 3, px + radius - 3, py + radius - 3), outline=(0, 0, 0, 255),
                  width=1)
-    _label_box(draw, top, target_class, method, size)
+    _label_box(draw, top, target_class, method, size, avoid=(px, py))
     buffer = io.BytesIO()
     out.save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
 
 
-def _label_box(draw: Any, top: list[dict[str, Any]], target_class: str, method: str, size: tuple[int, int]) -> None:
-    """The top-k labels in a translucent box at the top left; the mapped class marked."""
+def _label_box(draw: Any, top: list[dict[str, Any]], target_class: str, method: str, size: tuple[int, int],
+               avoid: tuple[int, int]) -> None:
+    """The top-k labels in a translucent box at the top left (bottom left if the peak ``avoid`` is
+    there); the mapped class marked."""
     font_size = max(12, min(20, size[0] // 32))
     font = _font(font_size)
     lines = [(f"{'>' if t['class'] == target_class else ' '} {_short(t['class'])}  {100 * t['probability']:.1f}%",
@@ -265,10 +267,12 @@ def _label_box(draw: Any, top: list[dict[str, Any]], target_class: str, method: 
     lines.append((f"{method}", False))
     pad, step = font_size // 2, int(font_size * 1.3)
     width = max(draw.textlength(text, font=font) for text, _ in lines) + 2 * pad
-    draw.rectangle((0, 0, width, pad * 2 + step * len(lines)), fill=(0, 0, 0, 150))
+    height = pad * 2 + step * len(lines)
+    top_y = size[1] - height if avoid[0] <= width + 8 and avoid[1] <= height + 8 else 0
+    draw.rectangle((0, top_y, width, top_y + height), fill=(0, 0, 0, 150))
     for i, (text, marked) in enumerate(lines):
         colour = (255, 230, 80, 255) if marked else (235, 235, 235, 255)
-        draw.text((pad, pad + i * step), text, font=font, fill=colour)
+        draw.text((pad, top_y + pad + i * step), text, font=font, fill=colour)
 
 
 def _short(name: str, limit: int = 28) -> str:
