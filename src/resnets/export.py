@@ -12,6 +12,7 @@ onnxruntime / int8 / OpenVINO inference backends all run the graph it writes.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import warnings
@@ -165,7 +166,9 @@ def _torchscript(model: nn.Module, tmp: Path, example: Tensor) -> None:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still asked for
         scripted = torch.jit.trace(model, example)
-        scripted.save(str(tmp))
+        buffer = io.BytesIO()  # written by Python, not by TorchScript's C++ writer, which aborts the
+        torch.jit.save(scripted, buffer)  # process on a full disk (exit 134) instead of raising
+        tmp.write_bytes(buffer.getvalue())
         reloaded = torch.jit.load(str(tmp))
         got, expected = reloaded(example), model(example)
     _check_close(got, expected, "TorchScript export")

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from ..errors import ResnetsError
@@ -70,7 +70,9 @@ def save_weights(path: str | os.PathLike, model: nn.Module, *, class_names: list
                          preprocessing=preprocessing, source=source, extra=extra or {}, **model_description(model))
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(record.metadata())})
+        # serialized in memory, written by Python: a full disk is an OSError (ENOSPC), which the CLI
+        # reports in one line, not safetensors' own error type
+        tmp.write_bytes(save(tensors, metadata={METADATA_KEY: json.dumps(record.metadata())}))
     return Path(path)
 
 
