@@ -175,7 +175,8 @@ def _torchscript(model: nn.Module, tmp: Path, example: Tensor) -> None:
 
 
 def _safetensors(model: nn.Module, tmp: Path, example: Tensor) -> None:
-    from .weights.format import save_weights
+    from .weights.format import weights_bytes
 
-    save_weights(tmp, model, class_names=getattr(model, "class_names", None),
-                 preprocessing=getattr(model, "preprocessing", None))
+    # straight into export's temporary file: a second atomic write onto a temporary name left a
+    # backup of it behind when killed between its renames, which nothing would ever clean
+    tmp.write_bytes(weights_bytes(model, name=str(tmp)))

@@ -64,16 +64,27 @@ def save_weights(path: str | os.PathLike, model: nn.Module, *, class_names: list
     ``class_names`` and ``preprocessing`` default to the model's own (``model.class_names``,
     ``model.preprocessing``), so a model loaded from a file is saved with what it was loaded with.
     """
+    data = weights_bytes(model, class_names=class_names, preprocessing=preprocessing, source=source, extra=extra,
+                         name=str(path))
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def weights_bytes(model: nn.Module, *, class_names: list[str] | None = None,
+                  preprocessing: Preprocessing | None = None, source: str | None = None,
+                  extra: dict[str, Any] | None = None, name: str = "weights") -> bytes:
+    """The bytes :func:`save_weights` writes (for a caller that already holds a temporary file).
+
+    Serialised in memory and written by Python, so a full disk is an ``OSError`` (ENOSPC) that
+    the CLI reports in one line, not safetensors' own error type.
+    """
     class_names = class_names if class_names is not None else getattr(model, "class_names", None)
     preprocessing = preprocessing if preprocessing is not None else getattr(model, "preprocessing", None)
-    record = WeightsFile(state_dict={}, class_names=_checked_class_names(class_names, model, str(path)),
+    record = WeightsFile(state_dict={}, class_names=_checked_class_names(class_names, model, name),
                          preprocessing=preprocessing, source=source, extra=extra or {}, **model_description(model))
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        # serialized in memory, written by Python: a full disk is an OSError (ENOSPC), which the CLI
-        # reports in one line, not safetensors' own error type
-        tmp.write_bytes(save(tensors, metadata={METADATA_KEY: json.dumps(record.metadata())}))
-    return Path(path)
+    return save(tensors, metadata={METADATA_KEY: json.dumps(record.metadata())})
 
 
 def load_weights_file(path: str | os.PathLike) -> WeightsFile:
