@@ -418,7 +418,7 @@ def tsne_map(index: EmbeddingIndex, path: str | os.PathLike, seed: int = 0) -> P
     labels = np.array(index.labels)
     for k, name in enumerate(classes):
         chosen = labels == name
-        ax.scatter(points[chosen, 0], points[chosen, 1], s=max(4, min(30, 4000 / count)), alpha=0.75,
+        ax.scatter(points[chosen, 0], points[chosen, 1], s=max(8, min(30, 4000 / count)), alpha=0.75,
                    color=cmap(k % cmap.N), label=name if len(classes) <= 20 else None, linewidths=0)
     if len(classes) <= 20:
         ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, markerscale=2)
