@@ -13,7 +13,7 @@ from PIL import Image
 
 pytest.importorskip("pytorch_grad_cam")
 
-from resnets.explain import class_activation_maps, crop_box, explain_image  # noqa: E402
+from resnets.explain import class_activation_maps, explain_image  # noqa: E402
 from resnets.models import create_model  # noqa: E402
 from resnets.predict import load_for_inference  # noqa: E402
 from resnets.preprocessing import Preprocessing  # noqa: E402
@@ -124,7 +124,7 @@ def test_crop_box_matches_resize_crop():
     pre = Preprocessing(input_size=20, resize_size=24)
     rng = np.random.default_rng(0)
     photo = Image.fromarray(rng.integers(0, 256, (6, 9, 3), dtype=np.uint8)).resize((90, 60), Image.BICUBIC)
-    left, top, right, bottom = crop_box(pre, 90, 60)
+    left, top, right, bottom = pre.crop_box(90, 60)
     assert (right - left, bottom - top) == pytest.approx((50, 50))
     expected = photo.crop((round(left), round(top), round(right), round(bottom))).resize((20, 20), Image.BILINEAR)
     diff = np.abs(np.asarray(pre.resize_crop(photo), dtype=int) - np.asarray(expected, dtype=int))

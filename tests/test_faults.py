@@ -236,7 +236,7 @@ def test_export_on_full_disk(full_disk, run_cli, fmt):
     assert _sha(old) == before
 
 
-@pytest.mark.xfail(strict=True, reason="pack_lmdb lets lmdb.Error (MDB_MAP_FULL/ENOSPC) through: data/lmdbstore.py is another engineer's file")
+
 def test_data_pack_on_full_disk(full_disk, data, run_cli):
     old = full_disk / "train.lmdb"
     old.write_bytes(b"the older output")

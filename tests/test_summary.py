@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import resnets
-from resnets.summary import summary
+from resnets.summarize import summary
 
 torchinfo = pytest.importorskip("torchinfo")
 
@@ -116,7 +116,7 @@ def test_cli_models_lists_the_registry(run_cli):
 def test_stored_model_cards_match_a_live_computation():
     """cards.json (what `resnets models` prints) must follow every change to a model."""
     from resnets.models.cards import cached_cards
-    from resnets.summary import model_card
+    from resnets.summarize import model_card
 
     stored = cached_cards()
     assert sorted(stored) == sorted(resnets.list_models()), "run `python -m resnets.models.cards`"

@@ -2,27 +2,49 @@
 
 Build (:func:`create_model`), load anything (:func:`load_model`: run directory, weights file of
 any format, ``NAME`` or ``NAME:TAG``), inspect (:func:`summary`), feed (:class:`Preprocessing`,
-on every model as ``model.preprocessing``), speed up (:func:`optimize_for_inference`), and more
+on every model as ``model.preprocessing``), speed up (:func:`optimize_for_inference`), explain
+(:func:`explain_image`), embed and search (:func:`embed_dataset`, :func:`search`), and more
 through the ``resnets`` command line.
+
+The names are imported on first use (PEP 562), so ``import resnets`` and the command line start
+without loading torch: ``resnets --help`` is instant, and Ctrl-C while torch loads is caught by
+the command line like any other.
 """
 
-from .errors import ResnetsError
-from .inference import optimize_for_inference
-from .models import ResNet, ResNetConfig, create_model, get_model_spec, list_models
-from .preprocessing import Preprocessing
-from .summary import summary  # the function; the module stays resnets.summary in sys.modules
-from .weights import load_weights_file, save_weights
-from .weights.imagenet import decode_predictions
-from .weights.resolve import load_model
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-# No tqdm monitor thread (tqdm starts one even for a disabled bar, and its atexit hook wakes it as
-# the interpreter finalises, unjoined: an intermittent "Fatal Python error ... GIL is released").
-from tqdm import tqdm as _tqdm  # noqa: E402
+# public name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    "ResnetsError": "errors",
+    "ResNet": "models", "ResNetConfig": "models", "create_model": "models", "get_model_spec": "models",
+    "list_models": "models",
+    "Preprocessing": "preprocessing",
+    "load_model": "weights.resolve",
+    "save_weights": "weights", "load_weights_file": "weights",
+    "decode_predictions": "weights.imagenet",
+    "summary": "summarize",
+    "optimize_for_inference": "inference",
+    "load_for_inference": "predict",
+    "explain_image": "explain", "Explanation": "explain",
+    "embed_dataset": "embed", "search": "embed", "load_index": "embed", "EmbeddingIndex": "embed",
+}
 
-_tqdm.monitor_interval = 0  # every tqdm class (tqdm.auto too) reads it from here
+__all__ = sorted(_EXPORTS)
 
-__all__ = ["Preprocessing", "ResNet", "ResNetConfig", "ResnetsError", "create_model", "decode_predictions",
-           "get_model_spec", "list_models", "load_model", "load_weights_file", "optimize_for_inference",
-           "save_weights", "summary"]
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'resnets' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -83,7 +83,7 @@ def probe_gflops(seconds: Sequence[float], flops: float) -> float:
 
 def count_macs(model: nn.Module, input_size: Sequence[int]) -> int:
     """Multiply-adds of one forward pass at batch 1, counted as `resnets summary` counts them."""
-    from .summary import summary
+    from .summarize import summary
 
     return summary(model, (1, *input_size)).macs
 

@@ -27,7 +27,6 @@ import torch
 from torch import nn
 
 from .errors import ResnetsError
-from .preprocessing import Preprocessing
 
 METHODS: dict[str, str] = {  # our name -> the grad-cam class
     "gradcam": "GradCAM",
@@ -187,7 +186,7 @@ def explain_image(predictor: Any, image: Any, method: str = "gradcam", target: i
     chosen = top[0]["index"] if chosen is None else chosen
     cam = class_activation_maps(plain, batch, [chosen], method, layer)[0]
     peak = peak_of(cam)
-    box = crop_box(predictor.preprocessing, *photo.size)
+    box = predictor.preprocessing.crop_box(*photo.size)
     scale_x, scale_y = (box[2] - box[0]) / cam.shape[1], (box[3] - box[1]) / cam.shape[0]
     peak["image_x"] = int(np.clip(box[0] + (peak["x"] + 0.5) * scale_x, 0, photo.size[0] - 1))
     peak["image_y"] = int(np.clip(box[1] + (peak["y"] + 0.5) * scale_y, 0, photo.size[1] - 1))
@@ -197,29 +196,6 @@ def explain_image(predictor: Any, image: Any, method: str = "gradcam", target: i
 
 
 # -- drawing ------------------------------------------------------------------------------------
-def crop_box(preprocessing: Preprocessing, width: int, height: int) -> tuple[float, float, float, float]:
-    """Where the model's input (``resize_crop``'s centre crop) lies in a ``width`` x ``height`` photo.
-
-    (left, top, right, bottom) in the photo's pixels; it can reach past the photo when the
-    crop had to pad. Mirrors :meth:`Preprocessing.resize_crop`'s geometry.
-    """
-    size = preprocessing.input_size
-    if isinstance(preprocessing.resize_size, tuple):
-        new_h, new_w = preprocessing.resize_size
-    elif width <= height:
-        new_w, new_h = preprocessing.resize_size, int(preprocessing.resize_size * height / width)
-    else:
-        new_w, new_h = int(preprocessing.resize_size * width / height), preprocessing.resize_size
-
-    def offset(side: int) -> int:  # the crop's start along one axis, in resized pixels
-        padded = max(side, size)
-        return int(round((padded - size) / 2.0)) - (padded - side) // 2
-
-    left, top = offset(new_w), offset(new_h)
-    sx, sy = width / new_w, height / new_h
-    return left * sx, top * sy, (left + size) * sx, (top + size) * sy
-
-
 def overlay_png(photo: Any, cam: np.ndarray, box: tuple[float, float, float, float], top: list[dict[str, Any]],
                 target_class: str, method: str, peak_xy: tuple[int, int]) -> bytes:
     """The photo (its own aspect) with the map over the model's crop, the rest dimmed, and the top-k."""

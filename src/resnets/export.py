@@ -63,7 +63,7 @@ def export(model: nn.Module, fmt: str, out: str | os.PathLike, input_size: int |
     check_export_input_size(input_size)
     model = model.eval()
     size = input_size or _default_input_size(model)
-    from .summary import check_input_size
+    from .summarize import check_input_size
 
     check_input_size(model, size, size)
     example = torch.randn(2, getattr(model, "in_chans", 3), size, size)

@@ -137,16 +137,28 @@ class Preprocessing:
         from PIL import Image
 
         resample = getattr(Image.Resampling, self.interpolation.upper())
-        width, height = image.size
-        if isinstance(self.resize_size, tuple):
-            new_height, new_width = self.resize_size
-        else:  # shorter side to resize_size, as torchvision's Resize(int) rounds the other
-            short, long = (width, height) if width <= height else (height, width)
-            other = int(self.resize_size * long / short)
-            new_width, new_height = (self.resize_size, other) if width <= height else (other, self.resize_size)
-        if (new_width, new_height) != (width, height):
-            image = image.resize((new_width, new_height), resample)
+        new_size = self.resized_size(*image.size)
+        if new_size != image.size:
+            image = image.resize(new_size, resample)
         return _center_crop(image, self.input_size)
+
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) of a ``width`` x ``height`` image after the resize step."""
+        if isinstance(self.resize_size, tuple):
+            return self.resize_size[1], self.resize_size[0]
+        # the shorter side to resize_size; the other rounded down, as torchvision's Resize(int)
+        if width <= height:
+            return self.resize_size, int(self.resize_size * height / width)
+        return int(self.resize_size * width / height), self.resize_size
+
+    def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """Where the model's input lies in a ``width`` x ``height`` photo: (left, top, right,
+        bottom) in the photo's pixels (past its edges where the crop had to pad)."""
+        new_width, new_height = self.resized_size(width, height)
+        left, top = _crop_offset(new_width, self.input_size), _crop_offset(new_height, self.input_size)
+        sx, sy = width / new_width, height / new_height
+        size = self.input_size
+        return left * sx, top * sy, (left + size) * sx, (top + size) * sy
 
     def keeps(self, height: int, width: int) -> bool:
         """Whether :meth:`resize_crop` returns an image of this size unchanged."""
@@ -189,14 +201,21 @@ def _center_crop(image: Any, size: int) -> Any:
     from PIL import Image
 
     width, height = image.size
-    if width < size or height < size:
-        padded = Image.new(image.mode, (max(width, size), max(height, size)))
-        padded.paste(image, ((max(width, size) - width) // 2, (max(height, size) - height) // 2))
-        image, (width, height) = padded, padded.size
-    top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
     if (width, height) == (size, size):
         return image
+    left, top = _crop_offset(width, size), _crop_offset(height, size)
+    if width < size or height < size:  # zero padding around, as CenterCrop pads
+        padded = Image.new(image.mode, (max(width, size), max(height, size)))
+        padded.paste(image, (max(0, -left) if width < size else 0, max(0, -top) if height < size else 0))
+        image = padded
+        left, top = max(left, 0), max(top, 0)
     return image.crop((left, top, left + size, top + size))
+
+
+def _crop_offset(side: int, size: int) -> int:
+    """Start of a centred crop of ``size`` along a side of ``side`` pixels (negative: padded)."""
+    padded = max(side, size)
+    return int(round((padded - size) / 2.0)) - (padded - side) // 2
 
 
 def _check_size(name: str, value: Any) -> None:

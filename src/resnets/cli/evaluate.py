@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..evaluate import SPLITS
+from ..terminal import printable
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -53,14 +54,16 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({**report.to_dict(), "confusion_png": str(png)}))
         return 0
     for name, count in report.skipped_classes.items():
-        print(f"resnets: warning: left out {count} image(s) of class {name!r}, which the model does not know",
+        print(f"resnets: warning: left out {count} image(s) of class {printable(repr(name))}, which the model "
+              "does not know",
               file=sys.stderr)
     print(f"{report.count} images, {report.split_how} ({report.backend}): top-1 {report.top1:.2f}%  "
           f"top-5 {report.top5:.2f}%  loss {report.loss:.4f}")
-    width = max(len(row["class"]) for row in report.per_class)
+    names = [printable(row["class"]) for row in report.per_class]
+    width = max(map(len, names))
     print(f"{'class':<{width}}  precision  recall     f1  support")
-    for row in report.per_class:
-        print(f"{row['class']:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  {row['f1']:5.3f}  "
+    for name, row in zip(names, report.per_class):
+        print(f"{name:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  {row['f1']:5.3f}  "
               f"{row['support']:7d}")
     if report.interpretation is not None:
         _print_interpretation(report.interpretation)
@@ -76,8 +79,6 @@ def _report_dir(args: argparse.Namespace, confusion_png: Path) -> Path | None:
 
 
 def _print_interpretation(record: dict) -> None:
-    from ..terminal import printable
-
     pairs = record["most_confused"]
     print("most confused (true -> predicted: images):" if pairs else "most confused: none (no mistakes)")
     for pair in pairs:

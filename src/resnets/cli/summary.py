@@ -10,7 +10,7 @@ from torch import nn
 
 from ..errors import ResnetsError
 from ..models import create_model
-from ..summary import summary
+from ..summarize import summary
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

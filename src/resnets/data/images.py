@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ResnetsError
+from ..terminal import printable  # noqa: F401 - the one escaping of names, used by the readers
 
 # The extensions torchvision's ImageFolder accepts; matched case-insensitively.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -38,20 +39,6 @@ class BadImageWarning(UserWarning):
 
 def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def printable(name: str) -> str:
-    """``name`` safe to print and to encode as UTF-8.
-
-    A file name that is not valid UTF-8 reaches Python with its bad bytes as lone surrogates
-    (``"caf\\udce9"``), which a UTF-8 terminal, an LMDB record name or ``str.encode`` refuse;
-    they become ``\\xNN`` escapes (``"caf\\xe9"``).
-    """
-    try:
-        raw = name.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:  # a surrogate that no undecodable byte produced
-        return name.encode("utf-8", "backslashreplace").decode("utf-8")
-    return raw.decode("utf-8", "backslashreplace")
 
 
 def read_image_file(path: str | os.PathLike, limit: int = MAX_IMAGE_BYTES) -> bytes:

@@ -21,6 +21,7 @@ database that is not what ``pack_lmdb`` writes fails with one line.
 
 from __future__ import annotations
 
+import errno
 import functools
 import io
 import json
@@ -40,7 +41,7 @@ from tqdm.auto import tqdm
 from ..errors import ResnetsError
 from ..fileio import atomic_path
 from .dataset import EncodedImageDataset, ImageDataset
-from .images import BadImageError, BadImageWarning, decode_image, printable
+from .images import BadImageError, BadImageWarning, decode_image, first_line, printable
 
 FORMAT = "resnets-lmdb"
 VERSION = 1
@@ -218,6 +219,26 @@ def _checked_meta(meta: bytes, labels: bytes, name: str) -> dict[str, Any]:
     return record
 
 
+def _write_error(error: Exception, dst: Path) -> Exception:
+    """lmdb's own error as the one the CLI reports in one line: a full disk is an OSError."""
+    message = str(error)
+    if "No space left" in message or (_disk_full(dst) and ("Input/output" in message
+                                                           or isinstance(error, lmdb.DiskError))):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))  # lmdb says EIO when its mmap hits it
+    if isinstance(error, lmdb.MapFullError):
+        return ResnetsError(f"the images need more than the LMDB map's {_MAP_SIZE / 2**30:.0f} GiB; pack them "
+                            "in parts or with --size")
+    return ResnetsError(f"cannot write {printable(str(dst))}: {first_line(message)}")
+
+
+def _disk_full(dst: Path) -> bool:
+    try:
+        stats = os.statvfs(dst.parent)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < 4 * 2**20
+
+
 def pack_lmdb(src: str | os.PathLike, dst: str | os.PathLike, size: int | None = None, workers: int = 2,
               progress: bool = True) -> dict[str, Any]:
     """Write every split of the data set at ``src`` into a new LMDB database ``dst``.
@@ -265,6 +286,8 @@ def pack_lmdb(src: str | os.PathLike, dst: str | os.PathLike, size: int | None =
                 txn.put(b"__meta__", json.dumps(meta).encode())
                 txn.put(b"__labels__", np.asarray(labels, dtype="<i4").tobytes())
             env.sync(True)
+        except lmdb.Error as error:
+            raise _write_error(error, dst) from None
         finally:
             env.close()
         if not labels:

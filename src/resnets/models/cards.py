@@ -23,7 +23,7 @@ def cached_cards() -> dict[str, dict[str, Any]]:
 def model_cards(names: list[str]) -> list[dict[str, Any]]:
     """Cards of ``names``: stored ones where the file has them, computed for the rest (models
     registered at run time)."""
-    from ..summary import model_card
+    from ..summarize import model_card
 
     stored = cached_cards()
     return [stored[name] if name in stored else model_card(name) for name in names]
@@ -32,7 +32,7 @@ def model_cards(names: list[str]) -> list[dict[str, Any]]:
 def write_cards(path: Path = CARDS_PATH) -> Path:
     """Compute every registered model's card and store them."""
     from ..fileio import atomic_write_text
-    from ..summary import model_card
+    from ..summarize import model_card
     from .registry import list_models
 
     cards = [model_card(name) for name in list_models()]

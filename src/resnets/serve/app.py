@@ -170,7 +170,7 @@ class Server:
 
 def model_card(predictor: InferenceModel, config: ServeConfig) -> dict[str, Any]:
     """What the web page shows about the model (parameters and MACs counted as ``resnets summary``)."""
-    from ..summary import summary
+    from ..summarize import summary
 
     plain = predictor.plain
     counted = summary(plain, predictor.img_size)
