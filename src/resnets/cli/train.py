@@ -16,44 +16,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="registered model name (default: the one --weights names)")
     p.add_argument("--data", help="image folder, zip, CIFAR pickle folder or LMDB")
     p.add_argument("--out", default="runs/train", help="run directory (default: runs/train)")
-    p.add_argument("--epochs", type=parse_arg("epochs"), default=10)
-    p.add_argument("--batch-size", type=parse_arg("batch_size"), default=128, help="global batch size (split over processes)")
+    p.add_argument("--epochs", type=parse_arg("epochs"))
+    p.add_argument("--batch-size", type=parse_arg("batch_size"), help="global batch size (split over processes)")
     p.add_argument("--lr", type=parse_arg("lr"), help="peak learning rate (default: SGD 0.1 x batch/256, AdamW 1e-3 x batch/1024)")
     p.add_argument("--head-lr", type=parse_arg("head_lr"), help="learning rate of the classifier (default: --lr)")
     p.add_argument("--weight-decay", type=parse_arg("weight_decay"), help="default: SGD 5e-4, AdamW 0.05 (none on norms/biases)")
-    p.add_argument("--momentum", type=parse_arg("momentum"), default=0.9)
-    p.add_argument("--opt", choices=OPTIMIZERS, default="sgd")
-    p.add_argument("--sched", choices=SCHEDULES, default="cosine")
-    p.add_argument("--warmup-epochs", type=parse_arg("warmup_epochs"), default=0.0)
-    p.add_argument("--label-smoothing", type=parse_arg("label_smoothing"), default=0.0)
-    p.add_argument("--mixup", type=parse_arg("mixup"), default=0.0, metavar="ALPHA", help="MixUp Beta alpha (0: off)")
-    p.add_argument("--cutmix", type=parse_arg("cutmix"), default=0.0, metavar="ALPHA", help="CutMix Beta alpha (0: off)")
-    p.add_argument("--ema", type=parse_arg("ema"), nargs="?", const=0.999, default=0.0, metavar="DECAY",
+    p.add_argument("--momentum", type=parse_arg("momentum"))
+    p.add_argument("--opt", choices=OPTIMIZERS)
+    p.add_argument("--sched", choices=SCHEDULES)
+    p.add_argument("--warmup-epochs", type=parse_arg("warmup_epochs"))
+    p.add_argument("--label-smoothing", type=parse_arg("label_smoothing"))
+    p.add_argument("--mixup", type=parse_arg("mixup"), metavar="ALPHA", help="MixUp Beta alpha (0: off)")
+    p.add_argument("--cutmix", type=parse_arg("cutmix"), metavar="ALPHA", help="CutMix Beta alpha (0: off)")
+    p.add_argument("--ema", type=parse_arg("ema"), nargs="?", const=0.999, metavar="DECAY",
                    help="keep an EMA of the weights (decay 0.999 if no value), evaluated and saved")
-    p.add_argument("--accum-steps", type=parse_arg("accum_steps"), default=1, help="gradient accumulation steps")
+    p.add_argument("--accum-steps", type=parse_arg("accum_steps"), help="gradient accumulation steps")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--img-size", type=parse_arg("img_size"), help="input size (default: the model's)")
-    p.add_argument("--progressive-resize", type=parse_arg("progressive_resize"), default=1.0, metavar="SCALE",
+    p.add_argument("--progressive-resize", type=parse_arg("progressive_resize"), metavar="SCALE",
                    help="progressive resizing: start at SCALE x --img-size and grow to full size (1: off)")
-    p.add_argument("--progressive-delay", type=parse_arg("progressive_delay"), default=0.5, metavar="FRACTION",
-                   help="fraction of the epochs held at the initial scale (default 0.5)")
-    p.add_argument("--progressive-finetune", type=parse_arg("progressive_finetune"), default=0.2, metavar="FRACTION",
-                   help="fraction of the epochs at full size, at the end (default 0.2)")
+    p.add_argument("--progressive-delay", type=parse_arg("progressive_delay"), metavar="FRACTION",
+                   help="fraction of the epochs held at the initial scale (default %(default)s)")
+    p.add_argument("--progressive-finetune", type=parse_arg("progressive_finetune"), metavar="FRACTION",
+                   help="fraction of the epochs at full size, at the end (default %(default)s)")
     p.add_argument("--augment", choices=AUGMENT_PRESETS, help="augmentation preset (default: the model's)")
     p.add_argument("--val-split", type=parse_arg("val_split"), help="hold out this fraction when the data has no val/test split")
-    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction,
                    help="decode images from disk every epoch in --workers processes instead of once into "
                         "memory (default: stream only when the decoded set would exceed 4 GiB)")
     p.add_argument("--num-classes", type=parse_arg("num_classes"), help="check the data has this many classes")
-    p.add_argument("--weights", help="start from this weights file (a new head if the classes differ)")
+    p.add_argument("--weights", help="start from a run directory, a weights file of any format, or a pretrained tag "
+                   "of --model (imagenet, IMAGENET1K_V2); a new head if the classes differ")
     p.add_argument("--freeze", help="'backbone' or a comma list of stem,layer1,...,layer4")
     p.add_argument("--unfreeze-after", type=parse_arg("unfreeze_after"), metavar="N", help="unfreeze everything after N epochs")
     p.add_argument("--no-feature-cache", dest="feature_cache", action="store_false",
                    help="with --freeze backbone, run the frozen backbone every step instead of caching features")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes")
-    p.add_argument("--procs", type=parse_arg("procs"), default=1, metavar="N",
+    p.add_argument("--procs", type=parse_arg("procs"), metavar="N",
                    help="train in N data-parallel processes on this machine (DDP, as under torchrun; on a CPU "
                         "each gets its share of the threads, which can beat one process for small models)")
     p.add_argument("--max-minutes", type=parse_arg("max_minutes"), metavar="M",
@@ -62,13 +63,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="start a new run in a --out folder that holds an older run (its files are deleted once "
                         "the new run's first checkpoint is written); without it such a folder is refused")
-    p.add_argument("--val-every", type=parse_arg("val_every"), default=1, metavar="N", help="validate every N epochs and after the last")
+    p.add_argument("--val-every", type=parse_arg("val_every"), metavar="N", help="validate every N epochs and after the last")
     p.add_argument("--stop-after", type=parse_arg("stop_after"), metavar="N", help="stop after N epochs of this session (resumable)")
-    p.add_argument("--seed", type=parse_arg("seed"), default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--workers", type=parse_arg("workers"), default=2, help="image decoding threads (processes with --stream)")
+    p.add_argument("--seed", type=parse_arg("seed"))
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--workers", type=parse_arg("workers"), help="image decoding threads (processes with --stream)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
-    p.set_defaults(handler=run)
+    p.set_defaults(handler=run, **_config_defaults(p))
+
+
+def _config_defaults(parser: argparse.ArgumentParser) -> dict:
+    """Every option's default is TrainConfig's: stated once, in the dataclass the API uses too."""
+    from dataclasses import MISSING, fields
+
+    from ..train.config import TrainConfig
+
+    options = {action.dest for action in parser._actions}
+    return {f.name: f.default for f in fields(TrainConfig) if f.name in options and f.default is not MISSING}
 
 
 def run(args: argparse.Namespace) -> int:
