@@ -41,6 +41,12 @@ from .optim import DEFAULT_WEIGHT_DECAY, build_optimizer, default_lr, param_grou
 from .resize import ResizeSchedule, resize_batch
 from .schedule import build_scheduler
 
+# No tqdm monitor thread in a training process (its bars, tqdm.auto's too, read this class
+# attribute). tqdm starts the thread even for a disabled bar, and its atexit hook wakes it, never
+# joined, while the interpreter finalises: an intermittent "Fatal Python error: PyThreadState_Get
+# ... the GIL is released" (exit -6) after a Ctrl-C had saved everything.
+tqdm.monitor_interval = 0
+
 # Settings a resumed run may change; everything else comes from the run's config.json.
 RESUME_OVERRIDES = ("device", "progress", "workers", "log_interval", "val_every", "max_minutes")
 
