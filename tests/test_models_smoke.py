@@ -18,9 +18,10 @@ from resnets.models.cards import cached_cards
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SIDE, BATCH, CLASSES = 32, 2, 7
-# Backward of these (over 60 M parameters: the wide and 101-layer ResNeXt nets) costs seconds
-# each on a 2-core machine; their blocks are the ones resnext50_32x4d and wide_resnet50_2 use,
-# which do run backward here. They still build and run forward.
+# Backward of the 9 nets over 60 M parameters (the 152-layer nets, the ResNeXt-101s, the wide
+# nets) costs seconds each on a 2-core machine; their blocks and stems are the code that
+# resnet101, resnet101c/d, preact_resnet101 and resnext50_32x4d run backward through here.
+# They still build and run forward.
 FORWARD_ONLY = {name for name, card in cached_cards().items() if card["params"] > 60e6}
 
 
