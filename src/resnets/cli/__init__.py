@@ -70,8 +70,18 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"resnets: warning: {printable(message)}", file=sys.stderr if file is None else file)
 
 
+def _no_progress_monitor_thread() -> None:
+    """tqdm starts a monitor thread for every bar (disabled ones too) and never joins it; woken
+    while the interpreter finalises it can abort the process ("PyThreadState_Get: the GIL is
+    released"). Progress bars refresh on each update anyway."""
+    import tqdm
+
+    tqdm.tqdm.monitor_interval = 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns (and exits with) the status."""
+    _no_progress_monitor_thread()
     try:
         args = build_parser().parse_args(argv)
         warnings.showwarning = _show_warning
