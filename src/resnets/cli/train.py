@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..train.config import AUGMENT_PRESETS, OPTIMIZERS, SCHEDULES, parse_arg
+from ..train.recipes import list_recipes, read_recipe, recipe_yaml
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -13,6 +14,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Train, fine-tune (--weights, --freeze) or resume (--resume) "
                               "a model. Works unchanged under `torchrun --nproc-per-node N -m resnets train`; "
                               "--procs N starts N such processes itself.")
+    p.add_argument("--config", metavar="RECIPE",
+                   help="read flags from a YAML recipe (a file, or a shipped recipe: "
+                        f"{', '.join(list_recipes())}); flags given here override it")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the effective settings as a YAML recipe and exit")
     p.add_argument("--model", help="registered model name (default: the one --weights names)")
     p.add_argument("--data", help="image folder, zip, CIFAR pickle folder or LMDB")
     p.add_argument("--out", default="runs/train", help="run directory (default: runs/train)")
@@ -69,7 +75,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--workers", type=parse_arg("workers"), help="image decoding threads (processes with --stream)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
-    p.set_defaults(handler=run, **_config_defaults(p))
+    p.set_defaults(handler=lambda args: run(args, p), **_config_defaults(p))
+    _apply_recipe_first(p)
+
+
+def _apply_recipe_first(parser: argparse.ArgumentParser) -> None:
+    """Parse twice when --config is given: first to find the recipe, whose settings then become
+    the parser's defaults, so that the flags on the command line (wherever they stand) win."""
+    parse_once = parser.parse_known_args
+
+    def parse_with_recipe(args=None, namespace=None):  # noqa: ANN001, ANN202 (argparse's signature)
+        first, _ = parse_once(args, argparse.Namespace(**vars(namespace)) if namespace else None)
+        if first.config:
+            parser.set_defaults(**read_recipe(first.config, parser))
+        return parse_once(args, namespace)
+
+    parser.parse_known_args = parse_with_recipe  # what the top-level parser calls for this command
 
 
 def _config_defaults(parser: argparse.ArgumentParser) -> dict:
@@ -82,11 +103,15 @@ def _config_defaults(parser: argparse.ArgumentParser) -> dict:
     return {f.name: f.default for f in fields(TrainConfig) if f.name in options and f.default is not MISSING}
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ..train import TrainConfig, train
 
     options = {k: v for k, v in vars(args).items() if k not in ("handler", "command", "stop_after", "overwrite")}
-    result = train(TrainConfig.from_dict(options), stop_after=args.stop_after, overwrite=args.overwrite)
+    config = TrainConfig.from_dict(options)  # checked before printing: a printed recipe runs
+    if args.print_config:
+        sys.stdout.write(recipe_yaml(vars(args), parser))
+        return 0
+    result = train(config, stop_after=args.stop_after, overwrite=args.overwrite)
     best = f", best val top-1 {result.best_top1:.2f}%" if result.best_top1 is not None else ""
     cached = " (head trained on cached features)" if result.used_feature_cache else ""
     print(f"trained {len(result.history)} epoch(s){cached}{best}; weights: {result.weights}", file=sys.stderr)

@@ -12,7 +12,7 @@ from typing import Any, Callable
 from ..errors import ResnetsError
 
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "onecycle")
+SCHEDULES = ("cosine", "onecycle", "step")
 AUGMENT_PRESETS = ("cifar", "imagenet", "none")
 
 
