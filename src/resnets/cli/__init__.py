@@ -31,7 +31,7 @@ from typing import Sequence
 from ..errors import ResnetsError
 
 # Command modules, in the order `resnets --help` lists them.
-COMMANDS: tuple[str, ...] = ("models", "summary", "data", "train", "evaluate", "predict", "demo",
+COMMANDS: tuple[str, ...] = ("models", "summary", "data", "train", "lr_find", "evaluate", "predict", "demo",
                             "convert", "export", "bench", "compare", "explain", "embed", "serve", "weights")
 
 

@@ -94,9 +94,10 @@ def check_number(name: str, value: Any) -> None:
         raise ResnetsError(f"--{name.replace('_', '-')} {problem}")
 
 
-def parse_arg(name: str) -> Callable[[str], int | float]:
-    """An argparse ``type=`` for setting ``name``: parses the text and applies its rule."""
-    rule = NUMBER_RULES[name]
+def parse_arg(name: str, rule: Bound | None = None) -> Callable[[str], int | float]:
+    """An argparse ``type=`` for setting ``name``: parses the text and applies its rule
+    (``NUMBER_RULES[name]``, or ``rule`` for a number that is not a training setting)."""
+    rule = rule or NUMBER_RULES[name]
 
     def parse(text: str) -> int | float:
         try:

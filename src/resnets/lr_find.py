@@ -1,0 +1,142 @@
+"""The learning-rate range test (Smith 2015; fastai's ``lr_find``): ``resnets lr-find``.
+
+The rate grows exponentially from ``start`` to ``end`` over ``steps`` optimizer steps of a
+normal training set-up (the same model, data, loaders, augmentation, optimizer and step as
+``resnets train``: it is a :class:`resnets.train.loop._Run` whose schedule is replaced), the
+loss is smoothed (exponential average, debiased) and the sweep stops once it exceeds 4x its
+minimum. Suggested: the rate of steepest descent of the smoothed loss, and the rate of its
+minimum divided by 10. The model's weights are thrown away.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import ResnetsError
+from .train.config import Bound, TrainConfig
+
+# The sweep's own numbers, checked as the training settings are (resnets.train.config.Bound).
+SWEEP_RULES = {"start": Bound(float, 0, 1e3, low_open=True), "end": Bound(float, 0, 1e6, low_open=True),
+               "steps": Bound(int, 10, 100_000)}
+SMOOTHING = 0.98      # fastai's beta
+DIVERGENCE = 4.0      # stop when the smoothed loss exceeds this multiple of its minimum
+
+
+@dataclass
+class LRFindResult:
+    """The sweep: the rate and smoothed loss of every step taken, and the two suggestions."""
+
+    lrs: list[float]
+    losses: list[float]           # smoothed, debiased
+    raw_losses: list[float]
+    steepest: float               # rate where the smoothed loss falls fastest (per log-rate)
+    minimum_over_10: float        # rate of the smoothed loss's minimum, / 10
+    diverged_at: float | None     # rate at which the sweep stopped (None: it reached ``end``)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_sweep(start: float, end: float, steps: int) -> None:
+    """One-line errors for a sweep that cannot run."""
+    for name, value in (("start", start), ("end", end), ("steps", steps)):
+        problem = SWEEP_RULES[name].problem(value)
+        if problem is not None:
+            raise ResnetsError(f"--{name} {problem}")
+    if end <= start:
+        raise ResnetsError(f"--end {end:g} must be larger than --start {start:g}")
+
+
+def lr_find(config: TrainConfig, start: float = 1e-7, end: float = 10.0, steps: int = 200) -> LRFindResult:
+    """Sweep the learning rate over ``steps`` training steps of ``config``'s set-up (one process)."""
+    from .train.distributed import DistContext, local_device
+    from .train.freeze import keep_frozen_in_eval
+    from .train.loop import _Meters, _Run
+
+    check_sweep(start, end, steps)
+    device = local_device(config.device)
+    run = _Run(config, None, device, DistContext(), 0.0)
+    for group in run.optimizer.param_groups:
+        group["lr"] = group["initial_lr"] = start
+    growth = (end / start) ** (1 / (steps - 1))
+    run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lambda step: growth ** step)
+    run.train_size = run.img_size
+    run.net.train()
+    keep_frozen_in_eval(run.model, run.frozen_parts)
+    lrs, raw, smoothed = [], [], []
+    average, best = 0.0, math.inf
+    for x, y in _batches(run.train_loader, steps):
+        lr = run.optimizer.param_groups[0]["lr"]
+        meters = _Meters(device)
+        run._train_step(x, y, meters, step_now=True)
+        loss = meters.loss.item() / meters.seen
+        average = SMOOTHING * average + (1 - SMOOTHING) * loss
+        smooth = average / (1 - SMOOTHING ** (len(lrs) + 1))
+        if not math.isfinite(smooth) or (lrs and smooth > DIVERGENCE * best):
+            return _result(lrs, smoothed, raw, diverged_at=lr)
+        lrs.append(lr)
+        raw.append(loss)
+        smoothed.append(smooth)
+        best = min(best, smooth)
+    return _result(lrs, smoothed, raw, diverged_at=None)
+
+
+def _batches(loader: Any, steps: int):
+    """``steps`` training batches, going through the loader's epochs as often as needed."""
+    taken, epoch = 0, 0
+    while taken < steps:
+        loader.set_epoch(epoch)
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+            taken += 1
+            if taken == steps:
+                return
+        if empty:
+            raise ResnetsError("the training data yields no batch; lower --batch-size")
+        epoch += 1
+
+
+def _result(lrs: list[float], smoothed: list[float], raw: list[float], diverged_at: float | None) -> LRFindResult:
+    if len(lrs) < 3:
+        raise ResnetsError(f"the loss diverged after {len(lrs)} step(s) at lr {diverged_at:g}; "
+                           "lower --start")
+    return LRFindResult(lrs, smoothed, raw, steepest_descent(lrs, smoothed), lrs[int(np.argmin(smoothed))] / 10,
+                        diverged_at)
+
+
+def steepest_descent(lrs: list[float], losses: list[float]) -> float:
+    """The rate where ``losses`` fall fastest against log(rate)."""
+    slope = np.gradient(np.asarray(losses), np.log10(np.asarray(lrs)))
+    return float(lrs[int(np.argmin(slope))])
+
+
+def plot_lr_find(result: LRFindResult, path: str | Path) -> Path:
+    """The smoothed loss against the rate (log axis), the suggestions marked; PNG written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .fileio import save_figure
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(result.lrs, result.raw_losses, color="0.8", linewidth=0.8, label="loss")
+    ax.plot(result.lrs, result.losses, label="smoothed loss")
+    for lr, style, name in ((result.steepest, "--", "steepest"), (result.minimum_over_10, ":", "minimum / 10")):
+        ax.axvline(lr, linestyle=style, color="C1" if name == "steepest" else "C2", label=f"{name}: {lr:.2g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    bottom = min(result.raw_losses) * 0.95
+    ax.set_ylim(bottom, max(min(max(result.raw_losses), DIVERGENCE * min(result.losses) * 1.1), bottom + 1e-3))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return save_figure(fig, path)
