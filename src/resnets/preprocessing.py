@@ -37,6 +37,8 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 CHANNEL_ORDERS = ("RGB", "BGR")
 EVAL_CROP_FRACTION = 0.875  # the usual resize of 1/0.875 of the crop (256 for 224)
 MAX_INPUT_SIZE = 8192
+MAX_CHANNELS = 64
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, PIL's convert("L"): RGB pixels for a one-channel model
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,11 @@ class Preprocessing:
                                f"{', '.join(INTERPOLATIONS)}")
         if self.channel_order not in CHANNEL_ORDERS:
             raise ResnetsError(f"preprocessing channel_order {self.channel_order!r} is not RGB or BGR")
-        object.__setattr__(self, "mean", _three_finite("mean", self.mean))
-        object.__setattr__(self, "std", _three_finite("std", self.std))
+        object.__setattr__(self, "mean", _finite_values("mean", self.mean))
+        object.__setattr__(self, "std", _finite_values("std", self.std))
+        if len(self.mean) != len(self.std) or (self.channel_order == "BGR" and len(self.mean) != 3):
+            raise ResnetsError(f"preprocessing mean and std must have one value per input channel (3 for BGR), "
+                               f"got {len(self.mean)} and {len(self.std)}")
         if min(self.std) <= 0:
             raise ResnetsError(f"preprocessing std must be positive, got {list(self.std)}")
         if not (isinstance(self.pixel_range, (int, float)) and math.isfinite(self.pixel_range)
@@ -173,14 +178,19 @@ class Preprocessing:
         return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
     def normalize(self, images_u8: torch.Tensor) -> torch.Tensor:
-        """uint8 RGB ``(B, 3, H, W)`` (or ``(3, H, W)``) -> the float32 input the model expects."""
+        """uint8 RGB ``(B, 3, H, W)`` (or ``(3, H, W)``) -> the float32 input the model expects.
+
+        A record of one channel (a model with ``in_chans=1``) takes RGB pixels as their luma; one
+        of N channels takes uint8 images of N channels."""
         device = images_u8.device
-        shape = (1, 3, 1, 1) if images_u8.ndim == 4 else (3, 1, 1)
+        shape = (1, -1, 1, 1) if images_u8.ndim == 4 else (-1, 1, 1)
         mean = torch.tensor(self.mean, dtype=torch.float32, device=device).view(shape)
         std = torch.tensor(self.std, dtype=torch.float32, device=device).view(shape)
         x = images_u8.to(torch.float32) * (self.pixel_range / 255.0)
         if self.channel_order == "BGR":
             x = x.flip(-3)
+        if len(self.mean) == 1 and x.shape[-3] == 3:
+            x = (x * torch.tensor(LUMA, device=device).view(shape)).sum(-3, keepdim=True)
         return (x - mean) / std
 
     def transform(self) -> Callable[[Any], torch.Tensor]:
@@ -223,11 +233,12 @@ def _check_size(name: str, value: Any) -> None:
         raise ResnetsError(f"preprocessing {name} must be an integer in 1..{MAX_INPUT_SIZE}, got {value!r}")
 
 
-def _three_finite(name: str, values: Any) -> tuple[float, float, float]:
+def _finite_values(name: str, values: Any) -> tuple[float, ...]:
+    """One finite number per input channel (3 for RGB; 1..MAX_CHANNELS)."""
     try:
         floats = tuple(float(v) for v in values)
     except (TypeError, ValueError):
-        raise ResnetsError(f"preprocessing {name} must be 3 numbers, got {values!r}") from None
-    if len(floats) != 3 or not all(math.isfinite(v) for v in floats):
-        raise ResnetsError(f"preprocessing {name} must be 3 finite numbers, got {list(floats)}")
-    return floats  # type: ignore[return-value]
+        raise ResnetsError(f"preprocessing {name} must be numbers (one per channel), got {values!r}") from None
+    if not 1 <= len(floats) <= MAX_CHANNELS or not all(math.isfinite(v) for v in floats):
+        raise ResnetsError(f"preprocessing {name} must be 1 to {MAX_CHANNELS} finite numbers, got {list(floats)}")
+    return floats

@@ -41,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--img-size", type=parse_arg("img_size"), help="input size (default: the model's)")
+    p.add_argument("--in-chans", type=parse_arg("in_chans"), metavar="N",
+                   help="input channels: 1 trains a gray model (images fed as their luma); RGB --weights "
+                        "are adapted (first convolution summed), as timm does")
     p.add_argument("--progressive-resize", type=parse_arg("progressive_resize"), metavar="SCALE",
                    help="progressive resizing: start at SCALE x --img-size and grow to full size (1: off)")
     p.add_argument("--progressive-delay", type=parse_arg("progressive_delay"), metavar="FRACTION",

@@ -112,7 +112,7 @@ def get_model_spec(name: str) -> ModelSpec:
         raise ResnetsError(f"unknown model {name!r}{hint}") from None
 
 
-def create_model(name: str | None = None, num_classes: int | None = None, in_chans: int = 3,
+def create_model(name: str | None = None, num_classes: int | None = None, in_chans: int | None = None,
                  weights: str | None = None, **options: Any) -> ResNet:
     """Build a registered model by name, optionally with weights.
 
@@ -122,7 +122,8 @@ def create_model(name: str | None = None, num_classes: int | None = None, in_cha
         num_classes: classifier outputs; defaults to the model's own (1000, or 10 for CIFAR
             nets); 0 builds no head. With ``weights``, a different count replaces the loaded
             head by a fresh one (fine-tuning).
-        in_chans: input channels.
+        in_chans: input channels (default: the weights' own, else 3). RGB weights are adapted
+            to another count as timm does (:func:`resnets.weights.load.adapt_input_conv`).
         weights: ``"imagenet"`` or a tag of :func:`resnets.weights.list_pretrained`
             (``"IMAGENET1K_V2"``; downloaded once into the cache), or the path of a weights file
             in any supported format (safetensors, PyTorch, Keras, Paddle), auto-detected.
@@ -147,7 +148,10 @@ def create_model(name: str | None = None, num_classes: int | None = None, in_cha
         overrides["layers"] = tuple(overrides["layers"])
     config = dataclasses.replace(spec.config, **overrides)
     classes = spec.num_classes if num_classes is None else num_classes
+    in_chans = 3 if in_chans is None else in_chans
     model = ResNet(config, num_classes=classes, in_chans=in_chans, **runtime)
     model.model_name = name
-    model.preprocessing = Preprocessing.for_model(name)
+    from ..weights.load import channels_preprocessing
+
+    model.preprocessing = channels_preprocessing(Preprocessing.for_model(name), in_chans)  # one value per channel
     return model

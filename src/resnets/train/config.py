@@ -67,7 +67,7 @@ NUMBER_RULES: dict[str, Bound] = {
     "progressive_delay": _UNIT, "progressive_finetune": _UNIT, "val_split": _FRACTION_OPEN,
     "num_classes": Bound(int, 1), "unfreeze_after": Bound(int, 0), "procs": Bound(int, 1, 1024),
     "max_minutes": Bound(float, 0, low_open=True), "val_every": Bound(int, 1), "stop_after": Bound(int, 1),
-    "seed": Bound(int, 0, 2 ** 63 - 1), "workers": Bound(int, 0, 1024), "log_interval": Bound(int, 1),
+    "in_chans": Bound(int, 1, 64), "seed": Bound(int, 0, 2 ** 63 - 1), "workers": Bound(int, 0, 1024), "log_interval": Bound(int, 1),
 }
 
 
@@ -160,6 +160,8 @@ class TrainConfig:
     max_minutes: float | None = None  # stop (resumable) before an epoch that would end later than this
     procs: int = 1                 # data-parallel processes this run starts on this machine (DDP)
     progress: bool = True
+    in_chans: int | None = None    # input channels (default: the weights', else 3); RGB weights are
+                                   # adapted (1: a gray model, fed RGB images' luma)
     model_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -180,10 +182,25 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ResnetsError(message)
+        self._set_in_chans()
         from .resize import ResizeSchedule
 
         # checks the progressive-resizing settings now, before any data is read
         ResizeSchedule(1, self.progressive_resize, self.progressive_delay, self.progressive_finetune)
+
+    def _set_in_chans(self) -> None:
+        """``in_chans`` reaches the model through ``model_options`` (create_model's argument)."""
+        if self.in_chans is None:
+            return
+        chosen = self.model_options.get("in_chans", self.in_chans)
+        if chosen != self.in_chans:
+            raise ResnetsError(f"--in-chans {self.in_chans} disagrees with model_options in_chans={chosen!r}")
+        if self.in_chans not in (1, 3):
+            raise ResnetsError(f"--in-chans {self.in_chans}: the data readers decode RGB images, so a run "
+                               "trains on 3 channels or on 1 (their luma); other counts are for create_model")
+        if self.weights and not self.model and not Path(self.weights).exists():
+            raise ResnetsError("--in-chans with a pretrained tag needs --model NAME --weights TAG")
+        self.model_options = {**self.model_options, "in_chans": self.in_chans}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -9,6 +9,7 @@ strictly (:func:`build_model`). ``create_model(weights=...)`` comes here; ``resn
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import zipfile
 from dataclasses import dataclass, field
@@ -195,6 +196,7 @@ def build_model(imported: ImportedWeights, num_classes: int | None = None, drop_
         model.class_names = list(imported.class_names)
     if imported.preprocessing is not None:
         model.preprocessing = imported.preprocessing
+    model.preprocessing = channels_preprocessing(model.preprocessing, model.in_chans)
     return model
 
 
@@ -211,11 +213,12 @@ def _create(imported: ImportedWeights, num_classes: int, options: dict[str, Any]
 
 
 def load_model_weights(weights: str | os.PathLike, model_name: str | None = None, num_classes: int | None = None,
-                       in_chans: int = 3, **options: Any) -> ResNet:
+                       in_chans: int | None = None, **options: Any) -> ResNet:
     """``create_model(name, weights=...)``: a registered tag (``"imagenet"``) or a file of any format.
 
     With ``num_classes`` different from the weights' head, the head is replaced by a fresh one
-    (fine-tuning); everything else loads strictly.
+    (fine-tuning); everything else loads strictly. ``in_chans`` (default: the weights' own)
+    different from RGB weights' 3 adapts their first convolution (:func:`with_input_channels`).
     """
     if Path(weights).is_file():
         imported = read_weights(weights, model_name=model_name)
@@ -223,12 +226,57 @@ def load_model_weights(weights: str | os.PathLike, model_name: str | None = None
         if model_name is None:
             raise ResnetsError(f"no such weights file: {weights} (a tag like 'imagenet' needs a model name)")
         imported = _pretrained(model_name, str(weights))
-    if in_chans != imported.in_chans:
-        raise ResnetsError(f"the weights take {imported.in_chans} input channels, not {in_chans}")
+    if in_chans is not None and in_chans != imported.in_chans:
+        imported = with_input_channels(imported, in_chans)
     model = build_model(imported, **options)
     if num_classes is not None and num_classes != model.num_classes:
         model.reset_classifier(num_classes)
     return model
+
+
+# The stem's first convolution: a 7x7 or CIFAR 3x3 conv, or the first conv of a deep stem.
+INPUT_CONV_KEYS = ("conv1.weight", "conv1.0.weight")
+
+
+def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """An RGB first convolution ``(out, 3, k, k)`` made to take ``in_chans`` channels, as timm's
+    ``adapt_input_conv``: one channel gets the sum of the RGB filters (a gray image then gives
+    what the RGB model gives on that image replicated to RGB); N channels repeat the RGB filters
+    cyclically, scaled by 3/N so that the activations keep their scale."""
+    if weight.ndim != 4 or weight.shape[1] != 3:
+        raise ResnetsError(f"only an RGB first convolution can be adapted, got a weight of shape {list(weight.shape)}")
+    as_float = weight.float()
+    if in_chans == 1:
+        adapted = as_float.sum(dim=1, keepdim=True)
+    else:
+        adapted = as_float.repeat(1, math.ceil(in_chans / 3), 1, 1)[:, :in_chans] * (3 / in_chans)
+    return adapted.to(weight.dtype)
+
+
+def channels_preprocessing(record: Preprocessing, in_chans: int) -> Preprocessing:
+    """The record of an RGB model adapted to ``in_chans`` channels: one channel takes the mean of
+    the three means and stds (RGB images are fed as their luma); N channels repeat them cyclically,
+    as the filters are. The channel order no longer applies (the values follow the filters)."""
+    if len(record.mean) == in_chans:
+        return record
+    if in_chans == 1:
+        mean, std = (sum(record.mean) / 3,), (sum(record.std) / 3,)
+    else:
+        mean, std = (tuple(values[i % 3] for i in range(in_chans)) for values in (record.mean, record.std))
+    return record.replace(mean=mean, std=std, channel_order="RGB")
+
+
+def with_input_channels(imported: ImportedWeights, in_chans: int) -> ImportedWeights:
+    """``imported`` (RGB weights) for a model of ``in_chans`` input channels (:func:`build_model`
+    then adapts the record with :func:`channels_preprocessing`)."""
+    key = next((k for k in INPUT_CONV_KEYS if k in imported.state_dict), None)
+    if imported.in_chans != 3 or key is None or not isinstance(in_chans, int) or not 1 <= in_chans <= 64:
+        raise ResnetsError(f"the weights take {imported.in_chans} input channels, not {in_chans} "
+                           "(only RGB weights are adapted, to 1..64 channels)")
+    state = {**imported.state_dict, key: adapt_input_conv(imported.state_dict[key], in_chans)}
+    return dataclasses.replace(imported, state_dict=state, in_chans=in_chans,
+                               notes=[*imported.notes, f"first convolution adapted from 3 to {in_chans} "
+                                      "input channels"])
 
 
 def _pretrained(model_name: str, tag: str) -> ImportedWeights:
