@@ -11,6 +11,7 @@ from PIL import Image
 
 from _train_fixtures import tiny_config, write_folder_dataset
 from resnets.cli import main
+from resnets.errors import ResnetsError
 from resnets.lr_find import lr_find, steepest_descent
 
 
@@ -36,8 +37,14 @@ def test_sweep_is_exponential_stops_at_divergence_and_suggests_inside(data, tmp_
     assert result.diverged_at is not None and len(result.lrs) < steps  # lr 1e4 on SGD blows up
     assert result.losses[-1] <= 4 * min(result.losses)
     for suggestion in (result.steepest, result.minimum_over_10):
-        assert start <= suggestion < result.diverged_at <= end
+        assert start < suggestion < result.diverged_at <= end
     assert not (tmp_path / "unused").exists()  # nothing of the run is written
+
+
+def test_a_sweep_that_diverges_at_once_is_one_line(data, tmp_path):
+    config = tiny_config(tmp_path / "unused", data=str(data), batch_size=12, workers=0)
+    with pytest.raises(ResnetsError, match="the loss diverged after .* lower --start"):
+        lr_find(config, 1e2, 1e6, 20)
 
 
 def test_steepest_descent_finds_the_middle_of_a_drop():

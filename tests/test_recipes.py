@@ -41,6 +41,9 @@ def test_file_values_apply_and_the_command_line_wins_wherever_it_stands(tmp_path
     assert before == after
     assert after["lr"] == 0.01 and after["model"] == "resnet32" and after["batch-size"] == 64
     assert after["channels-last"] is True and after["no-progress"] is True and after["sched"] == "onecycle"
+    assert printed_config(["--config", write(tmp_path / "s.yaml", "no-stream: true\n")], capsys)["stream"] is False
+    assert printed_config(["--config", write(tmp_path / "s.yaml", "no_progress: false\n")], capsys)["no-progress"] \
+        is False
     # a flag given with its default value still overrides the file
     assert printed_config(["--config", recipe, "--batch-size", "128"], capsys)["batch-size"] == 128
 

@@ -79,12 +79,12 @@ def lr_find(config: TrainConfig, start: float = 1e-7, end: float = 10.0, steps: 
         average = SMOOTHING * average + (1 - SMOOTHING) * loss
         smooth = average / (1 - SMOOTHING ** (len(lrs) + 1))
         if not math.isfinite(smooth) or (lrs and smooth > DIVERGENCE * best):
-            return _result(lrs, smoothed, raw, diverged_at=lr)
+            return _result(lrs, smoothed, raw, lr, steps)
         lrs.append(lr)
         raw.append(loss)
         smoothed.append(smooth)
         best = min(best, smooth)
-    return _result(lrs, smoothed, raw, diverged_at=None)
+    return _result(lrs, smoothed, raw, None, steps)
 
 
 def _batches(loader: Any, steps: int):
@@ -104,12 +104,17 @@ def _batches(loader: Any, steps: int):
         epoch += 1
 
 
-def _result(lrs: list[float], smoothed: list[float], raw: list[float], diverged_at: float | None) -> LRFindResult:
-    if len(lrs) < 3:
-        raise ResnetsError(f"the loss diverged after {len(lrs)} step(s) at lr {diverged_at:g}; "
-                           "lower --start")
-    return LRFindResult(lrs, smoothed, raw, steepest_descent(lrs, smoothed), lrs[int(np.argmin(smoothed))] / 10,
-                        diverged_at)
+def _result(lrs: list[float], smoothed: list[float], raw: list[float], diverged_at: float | None,
+            steps: int) -> LRFindResult:
+    """The suggestions, read as fastai does past the first 10 % of the sweep (the smoothed loss
+    is still settling there) and before its last 5 steps (already climbing)."""
+    first, last = steps // 10, len(lrs) - 5
+    if last - first < 3:
+        raise ResnetsError(f"the loss diverged after {len(lrs)} of {steps} steps, at lr {diverged_at:g}; "
+                           "lower --start or --end, or raise --steps")
+    lrs_read, losses_read = lrs[first:last], smoothed[first:last]
+    return LRFindResult(lrs, smoothed, raw, steepest_descent(lrs_read, losses_read),
+                        lrs_read[int(np.argmin(losses_read))] / 10, diverged_at)
 
 
 def steepest_descent(lrs: list[float], losses: list[float]) -> float:

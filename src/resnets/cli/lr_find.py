@@ -34,6 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-decay", type=parse_arg("weight_decay"))
     p.add_argument("--label-smoothing", type=parse_arg("label_smoothing"))
     p.add_argument("--img-size", type=parse_arg("img_size"), help="input size (default: the model's)")
+    p.add_argument("--in-chans", type=parse_arg("in_chans"), metavar="N",
+                   help="input channels (1: a gray model; RGB --weights are adapted)")
     p.add_argument("--augment", choices=AUGMENT_PRESETS, help="augmentation preset (default: the model's)")
     p.add_argument("--freeze", help="'backbone' or a comma list of stem,layer1,...,layer4")
     p.add_argument("--channels-last", action="store_true")

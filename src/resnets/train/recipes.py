@@ -58,8 +58,9 @@ def _flag_name(action: argparse.Action) -> str:
 
 
 def _inverted(action: argparse.Action, key: str) -> bool:
-    """Whether ``key: true`` means ``dest = False`` (``no-progress: true``)."""
-    return isinstance(action, argparse._StoreFalseAction) and key.replace("_", "-") == _flag_name(action)
+    """Whether ``key: true`` means ``dest = False`` (``no-progress: true``, ``no-stream: true``)."""
+    negative = isinstance(action, (argparse._StoreFalseAction, argparse.BooleanOptionalAction))
+    return negative and key.replace("_", "-").startswith("no-") and f"--{key.replace('_', '-')}" in action.option_strings
 
 
 def _is_switch(action: argparse.Action) -> bool:
