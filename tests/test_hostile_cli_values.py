@@ -22,7 +22,7 @@ REFUSED = {
     "progressive-delay": ["-0.1", "2", "nan"], "progressive-finetune": ["nan", "1.1"],
     "val-split": ["0", "1", "nan"], "num-classes": ["0", "-3"], "unfreeze-after": ["-1"],
     "procs": ["0", "-2"], "max-minutes": ["0", "-1", "nan", "inf"], "val-every": ["0"], "stop-after": ["0"],
-    "seed": ["-1", str(2 ** 64), "1.0"], "workers": ["-1"],
+    "seed": ["-1", str(2 ** 64), "1.0"], "workers": ["-1"], "in-chans": ["0", "65", "2", "x"],
 }
 
 
