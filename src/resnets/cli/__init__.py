@@ -42,6 +42,13 @@ class _Parser(argparse.ArgumentParser):
         _fail(message)
 
 
+def add_model_argument(parser: argparse.ArgumentParser, dest: str = "model", pretrained: bool = True) -> None:
+    """The ``MODEL`` argument, as every command takes it (see :mod:`resnets.weights.resolve`)."""
+    bare = "its ImageNet weights" if pretrained else "the architecture; NAME:imagenet for its weights"
+    parser.add_argument(dest, metavar="MODEL",
+                        help=f"run directory, weights file (any format), NAME:TAG, or NAME ({bare})")
+
+
 def _fail(message: str, status: int = 2) -> None:
     from ..terminal import printable
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from . import add_model_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -13,7 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "paths and labels, written to FILE: Parquet (.parquet) or NumPy (.npy + a .json "
                               "sidecar). The file records the model, so `resnets search` embeds queries the same "
                               "way. Needs pip install 'resnets[search]'.")
-    p.add_argument("model", help="run directory, weights file, NAME or NAME:TAG")
+    add_model_argument(p, "model")
     p.add_argument("data", help="image folder, zip, CIFAR pickle folder or LMDB (every split)")
     p.add_argument("--out", required=True, metavar="FILE", help="index file: .parquet or .npy")
     p.add_argument("--map", metavar="PNG", help="also draw a 2-D t-SNE map of the embeddings, coloured by class")

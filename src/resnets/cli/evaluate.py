@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..evaluate import SPLITS
 from ..terminal import printable
+from . import add_model_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,8 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Top-1/top-5, per-class precision/recall/F1 and a confusion-matrix "
                               "PNG, on the held-out images: the data's val/test split, else the run's own "
                               "--val-split (same seed and fraction), else all of it. Classes are matched by name.")
-    p.add_argument("checkpoint", metavar="MODEL",
-                   help="run directory, weights file (any format), NAME (its ImageNet weights) or NAME:TAG")
+    add_model_argument(p, "checkpoint")
     p.add_argument("--data", required=True, help="image folder, zip, CIFAR pickle folder or LMDB")
     p.add_argument("--split", choices=SPLITS, default="auto",
                    help="auto (default): the held-out images; val; train; all")

@@ -7,6 +7,7 @@ import json
 import sys
 
 from ..errors import ResnetsError
+from . import add_model_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "(the part the model saw; the rest dimmed) with the top-k labels, and the maps' "
                               "peaks in DIR/explanations.json. Maps come from the grad-cam package "
                               "(pip install 'resnets[explain]').")
-    p.add_argument("model", help="run directory, weights file, NAME or NAME:TAG")
+    add_model_argument(p, "model")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--method", default="gradcam", help=f"one of {', '.join(METHODS)} (default gradcam)")
     p.add_argument("--target", help="class to map, by name or index (default: each image's top prediction)")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 
 from ..export import FORMATS, check_export_input_size, export, load_checkpoint
+from . import add_model_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("export", help="export a model to ONNX, TorchScript, safetensors or prototxt",
                                    description="Export a model; the result is checked against PyTorch before "
                                    "it is written.")
-    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="model name, weights file or run directory")
+    add_model_argument(parser, "checkpoint", pretrained=False)
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--out", required=True, help="file to write (prototxt: the weights go beside it, "
                         "as NAME.caffemodel)")

@@ -6,13 +6,14 @@ import argparse
 import json
 
 from ..errors import ResnetsError
+from . import add_model_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("predict", help="classify image files with a trained model",
                               description="Top-k class names and probabilities per image. Unreadable files "
                               "are reported on stderr and skipped.")
-    p.add_argument("checkpoint", help="run directory or weights file")
+    add_model_argument(p, "checkpoint")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--device", default="cpu")

@@ -9,6 +9,7 @@ import socket
 import warnings
 
 from ..errors import ResnetsError
+from . import add_model_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Protocol under /v2, POST /explain/NAME (Grad-CAM PNG), GET /metrics (Prometheus) and a web page at /. "
         "Concurrent requests are decoded in parallel and run as one batch. SIGTERM stops accepting, answers "
         "the requests in flight, then exits 0.")
-    p.add_argument("model", help="run directory, weights file, NAME (its ImageNet weights) or NAME:TAG")
+    add_model_argument(p, "model")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--name", help="model name in the URLs (default: the model's architecture name)")
