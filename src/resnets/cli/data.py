@@ -14,14 +14,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     commands.required = True
 
     info = commands.add_parser("info", help="format, classes and image counts of a data set")
-    info.add_argument("path", help="image folder, .zip, CIFAR pickles (folder or .tar.gz) or .lmdb")
+    info.add_argument("path", help="image folder, .zip, CIFAR pickles (folder or .tar.gz), .lmdb, WebDataset "
+                      ".tar shards (one or a folder), Parquet or a Hugging Face save_to_disk folder")
     info.add_argument("--check", action="store_true", help="decode every image and list unreadable ones")
     info.add_argument("--json", action="store_true", help="print one JSON document")
     info.set_defaults(handler=_info)
 
-    pack = commands.add_parser("pack", help="write a data set into one LMDB database file")
-    pack.add_argument("src", help="image folder, .zip, or CIFAR pickles (folder or .tar.gz)")
-    pack.add_argument("dst", help="database file to write, e.g. train.lmdb")
+    pack = commands.add_parser("pack", help="write a data set into one LMDB database file, or WebDataset shards")
+    pack.add_argument("src", help="any data set `data info` reads")
+    pack.add_argument("dst", help="database file to write (e.g. train.lmdb), or a folder for --format wds")
+    pack.add_argument("--format", choices=("lmdb", "wds"), default="lmdb",
+                      help="lmdb: one database file (default); wds: WebDataset .tar shards and manifest.json")
+    pack.add_argument("--shard-size", type=int, default=1000, metavar="N", help="images per shard (wds; default 1000)")
     pack.add_argument("--size", type=int, default=None,
                       help="resize images so their shorter side is at most SIZE (re-encoded JPEG)")
     pack.add_argument("--workers", type=int, default=2, help="decoding threads (default 2)")
@@ -48,8 +52,12 @@ def _info(args: argparse.Namespace) -> int:
 
 def _pack(args: argparse.Namespace) -> int:
     from ..data import pack_lmdb
+    from ..data.shards import pack_wds
 
-    summary = pack_lmdb(args.src, args.dst, size=args.size, workers=args.workers)
+    if args.format == "wds":
+        summary = pack_wds(args.src, args.dst, shard_size=args.shard_size, size=args.size, workers=args.workers)
+    else:
+        summary = pack_lmdb(args.src, args.dst, size=args.size, workers=args.workers)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0

@@ -1,7 +1,9 @@
 """Opening a data set from a path, whatever its format, and choosing train / val splits.
 
 Formats, detected from the path: an image-folder tree (folder or ``.zip``), CIFAR-10/100
-pickles (folder or ``.tar.gz``), an LMDB database made by ``resnets data pack``.
+pickles (folder or ``.tar.gz``), an LMDB database made by ``resnets data pack``, WebDataset
+``.tar`` shards (one, or a folder of them), local Hugging Face data sets (Parquet files, or a
+``save_to_disk`` folder).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ class DataSource(Protocol):
 
 def open_source(path: str | os.PathLike) -> DataSource:
     """The :class:`DataSource` at ``path``; ResnetsError (one line) if missing or of no known format."""
-    from . import cifar, imagetree, lmdbstore
+    from . import cifar, hfdata, imagetree, lmdbstore, shards
 
     path = Path(path).expanduser()
     if not path.exists():
@@ -44,13 +46,21 @@ def open_source(path: str | os.PathLike) -> DataSource:
     if lmdbstore.is_lmdb(path):
         return lmdbstore.LmdbSource(path)
     if path.is_dir():
-        return cifar.CifarSource(path) if cifar.is_cifar_dir(path) else imagetree.FolderSource(path)
+        if cifar.is_cifar_dir(path):
+            return cifar.CifarSource(path)
+        if hfdata.is_saved_dataset(path) or hfdata.is_parquet(path):
+            return hfdata.HfSource(path)
+        return shards.WdsSource(path) if shards.is_wds(path) else imagetree.FolderSource(path)
     if not path.is_file():  # a FIFO would block the first read, a device would never end
         raise ResnetsError(f"{printable(str(path))} is neither a folder nor a regular file")
     if cifar.is_cifar_tar(path):
         return cifar.CifarSource(path)
     if path.suffix.lower() == ".zip" or zipfile.is_zipfile(path):
         return imagetree.ZipSource(path)
+    if shards.is_wds(path):
+        return shards.WdsSource(path)
+    if hfdata.is_parquet(path):
+        return hfdata.HfSource(path)
     raise ResnetsError(f"unknown data format: {printable(str(path))} (expected an image folder, a .zip of one, "
                        f"CIFAR python pickles or their .tar.gz, or an .lmdb from `resnets data pack`)")
 

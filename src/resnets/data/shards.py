@@ -1,0 +1,319 @@
+"""WebDataset tar shards: read at random, written by ``resnets data pack SRC DIR --format wds``.
+
+A shard is a plain (uncompressed) tar whose members are grouped into samples by key, the
+member name up to the first dot of its file name (``000042.jpg`` + ``000042.cls``): the
+WebDataset convention, so shards made by ``webdataset.TarWriter`` are read too. A sample
+needs one image member (any of :data:`~.images.IMAGE_EXTENSIONS`) and a ``.cls`` member
+holding its integer label.
+
+Training shuffles and shards items by index (the exact-resume sampler), so shards are read at
+random, not streamed: each shard's tar headers are scanned once when the data set opens
+(offsets, sizes and the small ``.cls`` members, never the images), and an image is one seek
+and one bounded read. Compressed shards (``.tar.gz``) cannot be read this way and are refused.
+
+A folder of shards may hold ``manifest.json`` (written by :func:`pack_wds`): class names and
+the shards of each split. Without one, shards named ``train-*.tar``, ``val-*.tar`` ... form
+splits, and classes are named by their numbers.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import stat
+import tarfile
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..errors import ResnetsError
+from ..fileio import atomic_path
+from .dataset import EncodedImageDataset
+from .images import MAX_IMAGE_BYTES, BadImageError, BadImageWarning, first_line, is_image_name, printable
+from .sources import VAL_SPLITS
+
+FORMAT = "resnets-wds"
+VERSION = 1
+MANIFEST = "manifest.json"
+LABEL_EXTENSION = "cls"
+MAX_LABEL_BYTES = 32  # a .cls member holds one decimal integer
+MAX_MANIFEST_BYTES = 16 * 2**20
+MAX_CLASSES = 1_000_000  # classes named by number: a larger label is taken as corrupt
+_SPLIT_NAME = re.compile(r"^(train|" + "|".join(VAL_SPLITS) + r")[-_.]")
+
+
+class Sample(NamedTuple):
+    """Where one sample's image lies: shard file, byte offset and size in it, and a name to show."""
+
+    shard: int
+    offset: int
+    size: int
+    name: str
+
+
+def is_wds(path: Path) -> bool:
+    """A ``.tar`` file, or a folder holding a manifest or ``.tar`` files (and nothing that makes it an image tree)."""
+    if path.is_file():
+        return path.suffix.lower() == ".tar"
+    if not path.is_dir():
+        return False
+    if (path / MANIFEST).is_file():
+        return True
+    return any(child.suffix.lower() == ".tar" and child.is_file() for child in path.iterdir())
+
+
+class WdsDataset(EncodedImageDataset):
+    """The samples of some shards; pickles to DataLoader workers (no open file is kept)."""
+
+    def __init__(self, shards: list[Path], samples: list[Sample], targets: list[int], classes: list[str],
+                 source: str):
+        self.shards, self.samples = shards, samples
+        self.targets, self.classes, self.source = targets, classes, source
+
+    def encoded(self, index: int) -> bytes:
+        sample = self.samples[index]
+        if sample.size > MAX_IMAGE_BYTES:
+            raise BadImageError(f"cannot read image {self.describe(index)}: {sample.size} bytes, more than the "
+                                f"{MAX_IMAGE_BYTES} an image file may have")
+        try:
+            with open(self.shards[sample.shard], "rb") as handle:
+                handle.seek(sample.offset)
+                data = handle.read(sample.size)
+        except OSError as error:
+            raise BadImageError(f"cannot read image {self.describe(index)}: {error.strerror or error}") from None
+        if len(data) != sample.size:
+            raise BadImageError(f"cannot read image {self.describe(index)}: the shard ends inside it (truncated)")
+        return data
+
+    def describe(self, index: int) -> str:
+        sample = self.samples[index]
+        return f"{self.shards[sample.shard]}:{sample.name}"
+
+
+def _split_key(member_name: str) -> tuple[str, str]:
+    """(key, extension) of a tar member: the WebDataset convention splits at the file name's first dot."""
+    folder, _, base = member_name.rpartition("/")
+    stem, _, extension = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), extension.lower()
+
+
+def _index_shard(path: Path, shard: int) -> list[tuple[Sample, int | None]]:
+    """The samples of one shard with their labels (None where the ``.cls`` is missing or unreadable).
+
+    Only headers and ``.cls`` members are read. Raises ResnetsError (one line) when the file is
+    not an uncompressed tar.
+    """
+    name = printable(str(path))
+    images: dict[str, Sample] = {}
+    labels: dict[str, int | None] = {}
+    try:
+        with open(path, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise ResnetsError(f"shard {name} is not a regular file")
+            with tarfile.open(fileobj=handle, mode="r:") as archive:
+                for member in archive:
+                    if not member.isfile():
+                        continue
+                    key, extension = _split_key(member.name)
+                    if extension == LABEL_EXTENSION:
+                        labels[key] = _read_label(archive, member)
+                    elif is_image_name(f".{extension}") and key not in images:
+                        images[key] = Sample(shard, member.offset_data, member.size, printable(member.name))
+    except tarfile.ReadError as error:
+        raise ResnetsError(f"shard {name} is not an uncompressed tar file ({first_line(error)})") from None
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise ResnetsError(f"cannot read shard {name}: {first_line(error)}") from None
+    return [(sample, labels.get(key)) for key, sample in images.items()]
+
+
+def _read_label(archive: tarfile.TarFile, member: tarfile.TarInfo) -> int | None:
+    if member.size > MAX_LABEL_BYTES:
+        return None
+    handle = archive.extractfile(member)
+    text = handle.read(MAX_LABEL_BYTES + 1) if handle is not None else b""
+    try:
+        return int(text.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+class WdsSource:
+    """A ``.tar`` shard, or a folder of shards (with or without ``manifest.json``)."""
+
+    format = "webdataset"
+
+    def __init__(self, path: Path):
+        self.path = path
+        manifest = _read_manifest(path / MANIFEST) if path.is_dir() and (path / MANIFEST).is_file() else None
+        self._split_shards = _manifest_splits(path, manifest) if manifest else _named_splits(path)
+        self._indexed = {split: self._index(shards) for split, shards in self._split_shards.items()}
+        largest = max((max(labels, default=-1) for _, labels in self._indexed.values()), default=-1)
+        self.classes = list(manifest["classes"]) if manifest else [str(k) for k in range(largest + 1)]
+        if largest >= len(self.classes):
+            raise ResnetsError(f"{printable(str(path))} has label {largest}, past its {len(self.classes)} classes")
+        if not self.classes:
+            raise ResnetsError(f"no labelled samples in {printable(str(path))}")
+
+    def _index(self, shards: list[Path]) -> tuple[list[Sample], list[int]]:
+        samples: list[Sample] = []
+        targets: list[int] = []
+        for number, shard in enumerate(shards):
+            for sample, label in _index_shard(shard, number):
+                if label is None or not 0 <= label < MAX_CLASSES:
+                    warnings.warn(f"skipped sample {printable(str(shard))}:{sample.name}: no readable "
+                                  f".{LABEL_EXTENSION} label", BadImageWarning, stacklevel=3)
+                    continue
+                samples.append(sample)
+                targets.append(label)
+        return samples, targets
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return tuple(name for name in self._split_shards if name)
+
+    def dataset(self, split: str | None) -> WdsDataset:
+        samples, targets = self._indexed[split or ""]
+        source = printable(str(self.path)) + (f" [{split}]" if split else "")
+        return WdsDataset(self._split_shards[split or ""], samples, targets, self.classes, source)
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    name = printable(str(path))
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read(MAX_MANIFEST_BYTES + 1)
+        record = json.loads(text) if len(text) <= MAX_MANIFEST_BYTES else None
+    except (OSError, ValueError):
+        record = None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise ResnetsError(f"{name} is not a manifest written by `resnets data pack --format wds`")
+    classes, splits = record.get("classes"), record.get("splits")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise ResnetsError(f"{name} has no class names (a list of strings)")
+    if not isinstance(splits, dict) or not splits or not all(
+            isinstance(split, str) and isinstance(files, list) and all(isinstance(f, str) for f in files)
+            for split, files in splits.items()):
+        raise ResnetsError(f"{name}: its splits are not lists of shard file names")
+    record["classes"] = [printable(c) for c in classes]
+    return record
+
+
+def _manifest_splits(folder: Path, manifest: dict[str, Any]) -> dict[str, list[Path]]:
+    splits = {}
+    for split, files in manifest["splits"].items():
+        paths = [folder / file for file in files]
+        for path, file in zip(paths, files):
+            if Path(file).is_absolute() or ".." in Path(file).parts or not path.is_file():
+                raise ResnetsError(f"shard {printable(file)} named in {printable(str(folder / MANIFEST))} "
+                                   f"is missing (or not inside the folder)")
+        splits[split] = paths
+    return splits
+
+
+def _named_splits(path: Path) -> dict[str, list[Path]]:
+    """One split per ``train-*.tar`` / ``val-*.tar`` ... name prefix, or all shards as one unsplit set."""
+    shards = [path] if path.is_file() else sorted(p for p in path.glob("*.tar") if p.is_file())
+    if not shards:
+        raise ResnetsError(f"no .tar shards in {printable(str(path))}")
+    named: dict[str, list[Path]] = {}
+    for shard in shards:
+        match = _SPLIT_NAME.match(shard.name)
+        named.setdefault(match.group(1) if match else "", []).append(shard)
+    if "" in named and len(named) > 1:
+        unnamed = printable(named[""][0].name)
+        raise ResnetsError(f"{printable(str(path))} mixes split-named shards with {unnamed}; name every shard "
+                           f"train-*.tar, val-*.tar ... or none")
+    return named
+
+
+def pack_wds(src: str | os.PathLike, dst: str | os.PathLike, shard_size: int = 1000, size: int | None = None,
+             workers: int = 2, progress: bool = True) -> dict[str, Any]:
+    """Write every split of the data set at ``src`` as WebDataset shards in folder ``dst``.
+
+    Shards are ``SPLIT-000000.tar`` (``data-`` for an unsplit set) of ``shard_size`` samples,
+    each written to a temporary name and renamed when complete; ``manifest.json`` is written
+    last, so a folder with a manifest is complete. Images are checked (decoded once) and
+    unreadable ones skipped with a warning, as :func:`~.lmdbstore.pack_lmdb` does.
+    """
+    from .lmdbstore import _checked
+    from .sources import open_source
+
+    if shard_size < 1:
+        raise ResnetsError(f"shard size must be positive, got {shard_size}")
+    if size is not None and size < 1:
+        raise ResnetsError(f"size must be positive, got {size}")
+    source, dst = open_source(src), Path(dst)
+    if dst.exists() and not dst.is_dir():
+        raise ResnetsError(f"{printable(str(dst))} is a file; give a folder for the shards")
+    if (dst / MANIFEST).exists():
+        raise ResnetsError(f"{printable(str(dst))} already holds packed shards; choose a new folder")
+    datasets = {name: source.dataset(name) for name in (source.splits or (None,))}
+    splits: dict[str, list[str]] = {}
+    counts: dict[str, int] = {}
+    skipped: list[str] = []
+    with ThreadPoolExecutor(max(1, workers)) as pool, \
+            tqdm(total=sum(map(len, datasets.values())), desc="packing", unit="img", disable=not progress) as bar:
+        for split, dataset in datasets.items():
+            prefix, written = split or "data", 0
+            splits[split or ""] = []
+            records = pool.map(lambda i: (i, _checked(dataset, i, size)), range(len(dataset)))
+            shard: list[tuple[int, bytes]] = []
+            for index, record in records:
+                bar.update()
+                if record is None:
+                    skipped.append(dataset.describe(index))
+                    warnings.warn(f"skipped unreadable image {skipped[-1]}", BadImageWarning, stacklevel=2)
+                    continue
+                shard.append((dataset.targets[index], record))
+                if len(shard) == shard_size:
+                    splits[split or ""].append(_write_shard(dst, prefix, len(splits[split or ""]), written, shard))
+                    written, shard = written + len(shard), []
+            if shard:
+                splits[split or ""].append(_write_shard(dst, prefix, len(splits[split or ""]), written, shard))
+                written += len(shard)
+            counts[split or "all"] = written
+    if not any(counts.values()):
+        raise ResnetsError(f"no readable images in {printable(str(src))}")
+    manifest = {"format": FORMAT, "version": VERSION, "classes": source.classes, "splits": splits,
+                "counts": counts, "shard_size": shard_size}
+    with atomic_path(dst / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1))
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} unreadable image(s) in {printable(str(src))}", BadImageWarning,
+                      stacklevel=2)
+    return {"path": printable(str(dst)), "classes": source.classes, "splits": counts, "skipped": skipped,
+            "shards": sum(len(files) for files in splits.values())}
+
+
+def _write_shard(dst: Path, prefix: str, number: int, first: int, records: list[tuple[int, bytes]]) -> str:
+    """Write one shard atomically; its name."""
+    name = f"{prefix}-{number:06d}.tar"
+    with atomic_path(dst / name) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as archive:
+        for offset, (label, data) in enumerate(records):
+            key = f"{first + offset:09d}"
+            _add_member(archive, f"{key}.{_extension(data)}", data)
+            _add_member(archive, f"{key}.{LABEL_EXTENSION}", str(label).encode())
+    return name
+
+
+def _add_member(archive: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = len(data), 0o644
+    archive.addfile(info, io.BytesIO(data))
+
+
+def _extension(data: bytes) -> str:
+    """The file extension of encoded image ``data``, from its header (``jpg`` when unknown)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            kind = (image.format or "JPEG").lower()
+    except Exception:  # noqa: BLE001 - it decoded once already; any doubt keeps the default
+        kind = "jpeg"
+    extension = {"jpeg": "jpg", "tiff": "tif"}.get(kind, kind)
+    return extension if is_image_name(f".{extension}") else "png"  # PIL decodes by content, not name
