@@ -296,7 +296,7 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, batch_size:
              tta: str | None = None, device: str = "cpu", workers: int = 2,
              confusion_png: str | os.PathLike | None = None, backend: str = "eager",
              split: str = "auto", report_dir: str | os.PathLike | None = None,
-             report_cam: bool = False) -> EvalReport:
+             report_cam: bool = False, threshold: float | str | None = None) -> EvalReport:
     """Evaluate a model (anything :func:`resnets.weights.resolve.load_model` takes) on a data set.
 
     Images go through the model's own preprocessing record. ``split``: see
@@ -344,6 +344,8 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, batch_size:
                               for i, name in enumerate(chosen.dataset.classes) if name in unknown}
     if confusion_png is not None:
         plot_confusion(report, confusion_png)
+    if _multi_label(predictor, chosen.dataset, report_dir, report_cam):  # a MultiLabelReport (``threshold``)
+        return evaluate_multi_label(predictor, chosen, batch_size, tta, workers, threshold)
     if report_dir is not None:
         interpret(report, logits, labels, images, report_dir, cam_predictor=predictor if report_cam else None)
     return report
@@ -364,6 +366,54 @@ def _run_config(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
         raise ResnetsError(f"{path} is not a JSON object")
     fraction = config.get("val_split")
     if fraction is not None and (not isinstance(fraction, (int, float)) or not 0 <= fraction < 1):
+
+
+def _multi_label(predictor: Any, dataset: Any, report_dir: Any, report_cam: bool) -> bool:
+    """Whether to score as multi-label (the model is); a label file with a single-label model is refused."""
+    from .multilabel import is_multi_label
+
+    multi_hot = bool(getattr(dataset, "multi_label", False) or getattr(getattr(dataset, "parent", None),
+                                                                        "multi_label", False))
+    if not is_multi_label(predictor.plain):
+        if multi_hot:
+            raise ResnetsError(f"{dataset.source} is a multi-label data set but the model is single-label; "
+                               "train one with `resnets train --multi-label`")
+        return False
+    if report_dir is not None or report_cam:
+        raise ResnetsError("--report and --report-cam are for single-label models; drop them")
+    return True
+
+
+def evaluate_multi_label(predictor: Any, chosen: EvalData, batch_size: int, tta: str | None, workers: int,
+                         threshold: float | str | None) -> Any:
+    """:func:`evaluate` for a multi-label model: a :class:`~resnets.multilabel.MultiLabelReport` (mAP,
+    micro/macro F1, per-class precision/recall) at ``threshold``: None for the model's recorded one,
+    a number, or ``"tune"`` for each class's best F1 on these same images (reported as tuned)."""
+    from .data import BatchAugment, TensorLoader, decode_to_memory
+    from .multilabel import multi_label_report, threshold_of
+
+    dataset = chosen.dataset
+    images, labels, kept = decode_to_memory(dataset, workers=workers, preprocessing=predictor.preprocessing,
+                                            return_kept=True)
+    if labels.ndim == 1:  # single-label data: each image carries its one class
+        labels = torch.nn.functional.one_hot(labels, len(dataset.classes))
+    label_map, unknown = _label_map(list(dataset.classes), predictor.class_names)
+    targets = torch.zeros(len(labels), len(predictor.class_names), dtype=torch.int64)
+    known = label_map >= 0
+    targets[:, label_map[known]] = labels[:, known]
+    augment = BatchAugment("none", predictor.preprocessing, train=False)
+    loader = TensorLoader(images, targets, batch_size, shuffle=False, drop_last=False, augment=augment,
+                          seed=0, device=predictor.device)
+    logits, targets = collect_logits(predictor.model, loader, tta=tta)
+    report = multi_label_report(logits, targets, predictor.class_names,
+                                threshold_of(predictor.plain) if threshold is None else threshold)
+    if report.threshold_how != "tuned":
+        report.threshold_how = "recorded" if threshold is None else "given"
+    report.backend, report.split, report.split_how = predictor.backend, chosen.split, chosen.how
+    report.items = [dataset.describe(i) for i in kept.tolist()]
+    report.skipped_classes = {name: int(labels[:, j].sum()) for j, name in enumerate(dataset.classes)
+                              if name in unknown}
+    return report
         raise ResnetsError(f"{path}: val_split {fraction!r} is not a fraction in [0, 1)")
     if not isinstance(config.get("seed", 0), int):
         raise ResnetsError(f"{path}: seed {config.get('seed')!r} is not an integer")

@@ -13,6 +13,7 @@ from torch import nn
 
 from .device import resolve_device
 from .errors import ResnetsError
+from .multilabel import labels_above
 from .preprocessing import Preprocessing
 
 
@@ -106,8 +107,11 @@ def read_image(path: Path, preprocessing: Preprocessing) -> torch.Tensor:
 
 @torch.inference_mode()
 def predict_files(predictor: InferenceModel, inputs: Iterable[str | os.PathLike], topk: int = 5,
-                  batch_size: int = 64, on_error=None) -> list[dict[str, Any]]:
+                  batch_size: int = 64, on_error=None, threshold: float | None = None) -> list[dict[str, Any]]:
     """Top-k (class, probability) for each readable image, like Keras' ``decode_predictions``.
+
+    A multi-label model gives instead every class whose sigmoid probability is at or above
+    ``threshold`` (default: the model's recorded one), most probable first (``"labels"``).
 
     Unreadable files are passed to ``on_error(path, message)`` (default: one line on stderr)
     and skipped.
@@ -120,13 +124,31 @@ def predict_files(predictor: InferenceModel, inputs: Iterable[str | os.PathLike]
         except ResnetsError as error:
             on_error(path, str(error))
     k = min(topk, len(predictor.class_names))
+    multi_label = _multi_label_threshold(predictor, threshold)
     results = []
     for start in range(0, len(readable), batch_size):
         chunk = readable[start:start + batch_size]
         batch = predictor.normalise(torch.stack([image for _, image in chunk]))
+        if multi_label is not None:
+            probs = predictor.model(batch).float().sigmoid()
+            results.extend({"path": str(path), "threshold": multi_label, "labels": labels}
+                           for (path, _), labels in zip(chunk, labels_above(probs, predictor.class_names,
+                                                                              multi_label)))
+            continue
         probs = predictor.model(batch).float().softmax(1)
         values, indices = probs.topk(k, dim=1)
         for (path, _), p, i in zip(chunk, values.tolist(), indices.tolist()):
             results.append({"path": str(path), "top": [
                 {"class": predictor.class_names[c], "index": c, "probability": q} for c, q in zip(i, p)]})
     return results
+
+
+def _multi_label_threshold(predictor: InferenceModel, threshold: float | None) -> float | None:
+    """The threshold a multi-label model predicts with (None: a single-label model)."""
+    from .multilabel import check_threshold, is_multi_label, threshold_of
+
+    if not is_multi_label(predictor.plain):
+        if threshold is not None:
+            raise ResnetsError("--threshold is for multi-label models; this one is single-label (top-k)")
+        return None
+    return threshold_of(predictor.plain) if threshold is None else check_threshold(threshold, "--threshold")

@@ -35,6 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--report-cam", action="store_true",
                    help="with --report: lay the Grad-CAM of the predicted class over each image (implies --report)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.add_argument("--threshold", type=_threshold, metavar="P|tune",
+                   help="multi-label models: decide labels at probability P (default: the model's, 0.5), or "
+                        "'tune' for each class's best-F1 threshold on the evaluated images (optimistic)")
     p.set_defaults(handler=run)
 
 
@@ -49,7 +52,9 @@ def run(args: argparse.Namespace) -> int:
     report_dir = _report_dir(args, png)
     report = evaluate(args.checkpoint, args.data, batch_size=args.batch_size, tta=args.tta, device=args.device,
                       confusion_png=png, backend=args.backend, split=args.split, report_dir=report_dir,
-                      report_cam=args.report_cam)
+                      report_cam=args.report_cam, threshold=args.threshold)
+    if not hasattr(report, "top1"):  # a multi-label model's MultiLabelReport
+        return _print_multi_label(report, args.json)
     if args.json:
         print(json.dumps({**report.to_dict(), "confusion_png": str(png)}))
         return 0
@@ -84,3 +89,42 @@ def _print_interpretation(record: dict) -> None:
     for pair in pairs:
         print(f"  {printable(pair['true'])} -> {printable(pair['predicted'])}: {pair['count']}")
     print(f"highest losses: {record['top_losses_png']}", file=sys.stderr)
+
+
+def _threshold(text: str) -> float | str:
+    """--threshold: a probability in (0, 1) or ``tune``."""
+    from ..multilabel import check_threshold
+
+    if text == "tune":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability or 'tune', got {text!r}") from None
+    try:
+        return check_threshold(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _print_multi_label(report, as_json: bool) -> int:  # noqa: ANN001 (a resnets.multilabel.MultiLabelReport)
+    if as_json:
+        print(json.dumps(report.to_dict()))
+        return 0
+    for name, count in report.skipped_classes.items():
+        print(f"resnets: warning: left out label {printable(repr(name))} ({count} image(s)), which the model "
+              "does not know", file=sys.stderr)
+    how = {"tuned": "per-class thresholds tuned for F1 on these images (optimistic)",
+           "given": "threshold given", "recorded": "the model's threshold"}[report.threshold_how]
+    print(f"{report.count} images, {report.split_how} ({report.backend}): mAP {report.map:.4f}  "
+          f"micro-F1 {report.micro_f1:.3f}  macro-F1 {report.macro_f1:.3f}  loss {report.loss:.4f} ({how})")
+    names = [printable(row["class"]) for row in report.per_class]
+    width = max(map(len, names + ["class"]))
+    print(f"{'class':<{width}}      AP  threshold  precision  recall     f1  support")
+    for name, row in zip(names, report.per_class):
+        ap = "    -" if row["ap"] is None else f"{row['ap']:.3f}"
+        print(f"{name:<{width}}  {ap:>6}  {row['threshold']:9.3f}  {row['precision']:9.3f}  {row['recall']:6.3f}  "
+              f"{row['f1']:5.3f}  {row['support']:7d}")
+    if report.no_positives:
+        print(f"no positives (left out of mAP): {', '.join(printable(n) for n in report.no_positives)}")
+    return 0

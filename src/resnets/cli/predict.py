@@ -16,6 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_argument(p, "checkpoint")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--threshold", type=float, metavar="P",
+                   help="multi-label models: print every label with probability >= P (default: the model's, 0.5)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", default="eager",
                    help="exact inference backend: auto, eager, compile, onnxruntime or openvino")
@@ -33,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         raise ResnetsError(f"backend {args.backend!r} needs calibration images, which predict does not have: "
                            f"`resnets evaluate CHECKPOINT --data DIR --backend {args.backend}` calibrates on DIR")
     predictor = load_for_inference(args.checkpoint, args.device, backend=args.backend)
-    results = predict_files(predictor, args.inputs, topk=args.topk)
+    results = predict_files(predictor, args.inputs, topk=args.topk, threshold=args.threshold)
     if not results:
         raise ResnetsError("no readable image among the inputs")
     if args.json:
@@ -42,6 +44,11 @@ def run(args: argparse.Namespace) -> int:
     from ..terminal import printable
 
     for result in results:  # class and file names are untrusted text: no escape codes reach the terminal
+        if "labels" in result:  # multi-label: every label at or above the threshold
+            labels = ", ".join(f"{printable(t['class'])} {100 * t['probability']:.1f}%" for t in result["labels"])
+            labels = labels or f"no label at or above {result['threshold']:g}"
+            print(f"{printable(result['path'])}: {labels}")
+            continue
         tops = ", ".join(f"{printable(t['class'])} {100 * t['probability']:.1f}%" for t in result["top"])
         print(f"{printable(result['path'])}: {tops}")
     return 0

@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--print-config", action="store_true",
                    help="print the effective settings as a YAML recipe and exit")
     p.add_argument("--model", help="registered model name (default: the one --weights names)")
-    p.add_argument("--data", help="image folder, zip, CIFAR pickle folder or LMDB")
+    p.add_argument("--data", help="image folder, zip, CIFAR pickle folder, LMDB, or a multi-label "
+                   ".csv/.jsonl label file")
     p.add_argument("--out", default="runs/train", help="run directory (default: runs/train)")
     p.add_argument("--epochs", type=parse_arg("epochs"))
     p.add_argument("--batch-size", type=parse_arg("batch_size"), help="global batch size (split over processes)")
@@ -58,6 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-classes", type=parse_arg("num_classes"), help="check the data has this many classes")
     p.add_argument("--weights", help="start from a run directory, a weights file of any format, or a pretrained tag "
                    "of --model (imagenet, IMAGENET1K_V2); a new head if the classes differ")
+    p.add_argument("--multi-label", action="store_true",
+                   help="several labels per image: sigmoid outputs and BCE loss, mAP/F1 instead of accuracy "
+                        "(implied by a .csv/.jsonl label file as --data)")
     p.add_argument("--freeze", help="'backbone' or a comma list of stem,layer1,...,layer4")
     p.add_argument("--unfreeze-after", type=parse_arg("unfreeze_after"), metavar="N", help="unfreeze everything after N epochs")
     p.add_argument("--no-feature-cache", dest="feature_cache", action="store_false",
@@ -115,7 +119,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         sys.stdout.write(recipe_yaml(vars(args), parser))
         return 0
     result = train(config, stop_after=args.stop_after, overwrite=args.overwrite)
-    best = f", best val top-1 {result.best_top1:.2f}%" if result.best_top1 is not None else ""
+    score = "mAP" if result.history and "val_map" in result.history[-1] else "top-1"
+    best = f", best val {score} {result.best_top1:.2f}%" if result.best_top1 is not None else ""
     cached = " (head trained on cached features)" if result.used_feature_cache else ""
     print(f"trained {len(result.history)} epoch(s){cached}{best}; weights: {result.weights}", file=sys.stderr)
     return 0

@@ -1,8 +1,9 @@
 """Opening a data set from a path, whatever its format, and choosing train / val splits.
 
 Formats, detected from the path: an image-folder tree (folder or ``.zip``), CIFAR-10/100
-pickles (folder or ``.tar.gz``), an LMDB database made by ``resnets data pack``, WebDataset
-``.tar`` shards (one, or a folder of them), local Hugging Face data sets (Parquet files, or a
+pickles (folder or ``.tar.gz``), an LMDB database made by ``resnets data pack``, a multi-label
+label file (``.csv`` or ``.jsonl``, see :mod:`resnets.data.labelfile`), WebDataset ``.tar``
+shards (one, or a folder of them), local Hugging Face data sets (Parquet files, or a
 ``save_to_disk`` folder).
 """
 
@@ -38,7 +39,7 @@ class DataSource(Protocol):
 
 def open_source(path: str | os.PathLike) -> DataSource:
     """The :class:`DataSource` at ``path``; ResnetsError (one line) if missing or of no known format."""
-    from . import cifar, hfdata, imagetree, lmdbstore, shards
+    from . import cifar, hfdata, imagetree, labelfile, lmdbstore, shards
 
     path = Path(path).expanduser()
     if not path.exists():
@@ -53,6 +54,8 @@ def open_source(path: str | os.PathLike) -> DataSource:
         return shards.WdsSource(path) if shards.is_wds(path) else imagetree.FolderSource(path)
     if not path.is_file():  # a FIFO would block the first read, a device would never end
         raise ResnetsError(f"{printable(str(path))} is neither a folder nor a regular file")
+    if labelfile.is_label_file(path):
+        return labelfile.LabelFileSource(path)
     if cifar.is_cifar_tar(path):
         return cifar.CifarSource(path)
     if path.suffix.lower() == ".zip" or zipfile.is_zipfile(path):
@@ -62,7 +65,7 @@ def open_source(path: str | os.PathLike) -> DataSource:
     if hfdata.is_parquet(path):
         return hfdata.HfSource(path)
     raise ResnetsError(f"unknown data format: {printable(str(path))} (expected an image folder, a .zip of one, "
-                       f"CIFAR python pickles or their .tar.gz, or an .lmdb from `resnets data pack`)")
+                       f"CIFAR python pickles or their .tar.gz, a .csv/.jsonl label file, or an .lmdb from `resnets data pack`)")
 
 
 def open_dataset(path: str | os.PathLike, split: str | None = None) -> ImageDataset:
@@ -112,7 +115,12 @@ def load_splits(path: str | os.PathLike, val_split: float | None = None,
         return train, _split_of(source, held_out)
     if not val_split:
         return train, None
-    train_idx, val_idx = stratified_split(train.targets, val_split, seed)
+    if source.format == "labels":  # multi-hot targets: no class to stratify by
+        from .labelfile import random_split
+
+        train_idx, val_idx = random_split(len(train), val_split, seed)
+    else:
+        train_idx, val_idx = stratified_split(train.targets, val_split, seed)
     if not val_idx:
         raise ResnetsError(f"val_split={val_split} leaves no validation images in {train.source}")
     return train.subset(train_idx), train.subset(val_idx)

@@ -150,6 +150,7 @@ class TrainConfig:
     resume: str | None = None
     freeze: str | None = None      # "backbone" or "stem,layer1,..."
     unfreeze_after: int | None = None
+    multi_label: bool = False      # sigmoid/BCE head, several labels per image (implied by a label file)
     feature_cache: bool = True     # head-only training on cached features when possible
     sync_bn: bool = False
     seed: int = 0

@@ -131,25 +131,36 @@ class _Meters:
     """Running sums kept on the device; read (one sync) only when reported."""
 
     device: torch.device
+    multi_label: bool = False  # the score is then micro F1 at 0.5: correct = 2 TP, judged = 2 TP + FP + FN
     loss: torch.Tensor = field(init=False)
     correct: torch.Tensor = field(init=False)
+    judged: torch.Tensor = field(init=False)
     seen: int = 0
 
     def __post_init__(self) -> None:
         self.loss = torch.zeros((), device=self.device)
         self.correct = torch.zeros((), device=self.device, dtype=torch.long)
+        self.judged = torch.zeros((), device=self.device, dtype=torch.long)
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         self.loss += loss.detach().float() * len(labels)
-        self.correct += (logits.detach().argmax(1) == labels).sum()
+        if self.multi_label:
+            predicted, truth = logits.detach() >= 0, labels.bool()
+            tp = (predicted & truth).sum()
+            self.correct += 2 * tp
+            self.judged += 2 * tp + (predicted ^ truth).sum()
+        else:
+            self.correct += (logits.detach().argmax(1) == labels).sum()
+            self.judged += len(labels)
         self.seen += len(labels)
 
     def read(self, ctx: DistContext, interrupted: bool = False) -> tuple[float, float, bool]:
-        """Mean loss and accuracy over all ranks, and whether any rank was interrupted."""
+        """Mean loss and accuracy (multi-label: micro F1) in %, over all ranks, and whether any
+        rank was interrupted."""
         counts = torch.tensor([float(self.seen), float(interrupted)], device=self.device)
-        totals = torch.cat([self.loss.view(1), self.correct.float().view(1), counts])
-        loss, correct, seen, interrupts = all_reduce_sum(totals, ctx).tolist()
-        return loss / max(seen, 1), 100.0 * correct / max(seen, 1), interrupts > 0
+        totals = torch.cat([self.loss.view(1), self.correct.float().view(1), self.judged.float().view(1), counts])
+        loss, correct, judged, seen, interrupts = all_reduce_sum(totals, ctx).tolist()
+        return loss / max(seen, 1), 100.0 * correct / max(judged, 1), interrupts > 0
 
 
 @dataclass
@@ -178,6 +189,7 @@ class _Run:
             self.preset, self.preprocessing = self._training_preprocessing(int(self.data.train_images.shape[-1]))
             self._check_input_size(self.img_size)
         self._fit_classes()
+        self.multi_label = self._set_up_multi_label()
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -240,6 +252,30 @@ class _Run:
                                f"{n} classes; drop --num-classes or fix the data")
         if self.model.num_classes != n:
             self.model.reset_classifier(n)
+
+    def _set_up_multi_label(self) -> bool:
+        """Whether this run is multi-label (``--multi-label``, or multi-hot labels from a label file);
+        if so the model is marked (its weights file will say so) and single labels become one-hot."""
+        from ..multilabel import is_multi_label, mark_multi_label
+
+        cfg, data = self.config, self.data
+        multi_hot = isinstance(data, InMemoryData) and data.train_labels.ndim == 2
+        if isinstance(data, StreamingData) and (cfg.multi_label or _has_multi_hot(data.train)):
+            raise ResnetsError("multi-label training reads its images into memory; drop --stream "
+                               "(or use fewer or smaller images)")
+        if not (cfg.multi_label or multi_hot):
+            if is_multi_label(self.model):
+                self.model.task_record = {}  # fine-tuned on single labels: softmax from now on
+            return False
+        for name, value in (("mixup", cfg.mixup), ("cutmix", cfg.cutmix), ("label-smoothing", cfg.label_smoothing)):
+            if value:
+                raise ResnetsError(f"--{name} is for single-label training; drop it with multi-label data")
+        if not multi_hot:
+            data.train_labels = F.one_hot(data.train_labels, data.num_classes)
+            if data.val_labels is not None:
+                data.val_labels = F.one_hot(data.val_labels, data.num_classes)
+        mark_multi_label(self.model)
+        return True
 
     def _can_cache_features(self) -> bool:
         cfg = self.config
@@ -402,7 +438,7 @@ class _Run:
                 row.update(self._validate())
             row["epoch_s"] = time.perf_counter() - began
             row["finished_at"] = time.time()
-            top1 = row.get("val_top1")
+            top1 = row.get("val_map" if self.multi_label else "val_top1")
             improved = self._improved(top1)
             if improved and top1 is not None:
                 self.best_top1 = top1
@@ -475,7 +511,7 @@ class _Run:
         keep_frozen_in_eval(self.model, self.frozen_parts)
         self.train_loader.set_epoch(epoch)
         self.train_size = self.resize.size_at(epoch, cfg.epochs)
-        meters = _Meters(self.device)
+        meters = _Meters(self.device, self.multi_label)
         n = len(self.train_loader)
         bar = tqdm(self.train_loader, total=n, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                    disable=not (cfg.progress and self.ctx.is_main), file=sys.stderr, leave=False)
@@ -490,13 +526,15 @@ class _Run:
                 if not math.isfinite(loss):  # the same all-reduced value on every rank: all stop here
                     raise self._diverged(epoch, f"the loss is {loss} at step {i + 1}")
                 rate = meters.seen * self.ctx.world_size / (time.perf_counter() - start)
-                bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.1f}", img_s=f"{rate:.0f}")
+                bar.set_postfix({"loss": f"{loss:.3f}", "f1" if self.multi_label else "acc": f"{acc:.1f}",
+                                 "img_s": f"{rate:.0f}"})
         bar.close()
         loss, acc, _ = meters.read(self.ctx)
         if not math.isfinite(loss):
             raise self._diverged(epoch, f"the loss is {loss}")
         seconds = time.perf_counter() - start
-        return {"epoch": epoch + 1, "train_loss": loss, "train_acc": acc, "img_size": self.train_size,
+        return {"epoch": epoch + 1, "train_loss": loss, "train_f1" if self.multi_label else "train_acc": acc,
+                "img_size": self.train_size,
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "images_per_s": meters.seen * self.ctx.world_size / max(seconds, 1e-9), "train_s": seconds}
 
@@ -513,7 +551,8 @@ class _Run:
         with sync:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
                 logits = self.net(x)
-                loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
+                loss = self._multi_label_loss(logits, target) if self.multi_label else \
+                    F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
             (loss / cfg.accum_steps).backward()
         if step_now:
             self.optimizer.step()
@@ -541,5 +580,28 @@ class _Run:
             if "val_top1" in row else ""
         size = f" at {row['img_size']}px" if self.resize.enabled else ""
         tqdm.write(f"epoch {row['epoch']}/{self.config.epochs}{size}: train loss {row['train_loss']:.4f} "
-                   f"acc {row['train_acc']:.2f}%{val}, lr {row['lr']:.4g}, {row['images_per_s']:.0f} img/s, "
+                   f"{train_score}{val}, lr {row['lr']:.4g}, {row['images_per_s']:.0f} img/s, "
                    f"{row['train_s']:.1f} s", file=sys.stderr)
+    def _multi_label_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits.float(), target.float())
+
+        if self.multi_label:
+            return _multi_label_scores(logits, labels)
+        if "val_map" in row:
+            val = f", val loss {row['val_loss']:.4f} mAP {row['val_map']:.2f}% F1@0.5 {row['val_f1']:.2f}%"
+        train_score = f"F1@0.5 {row['train_f1']:.2f}%" if "train_f1" in row else f"acc {row['train_acc']:.2f}%"
+
+
+def _has_multi_hot(dataset: Any) -> bool:
+    """Whether a data set (or the set it is a split of) has multi-hot targets (a label file)."""
+    return bool(getattr(dataset, "multi_label", False) or getattr(getattr(dataset, "parent", None), "multi_label", False))
+
+
+def _multi_label_scores(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """A multi-label epoch's validation row: BCE loss, mAP and micro F1 at 0.5 (both in %)."""
+    from ..multilabel import counts_at, f1_scores, mean_average_precision
+
+    probs = logits.float().sigmoid()
+    micro, _ = f1_scores(*counts_at(probs, labels, 0.5))
+    return {"val_loss": F.binary_cross_entropy_with_logits(logits.float(), labels.float()).item(),
+            "val_map": 100 * mean_average_precision(probs, labels), "val_f1": 100 * micro}

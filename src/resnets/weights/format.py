@@ -82,7 +82,8 @@ def weights_bytes(model: nn.Module, *, class_names: list[str] | None = None,
     class_names = class_names if class_names is not None else getattr(model, "class_names", None)
     preprocessing = preprocessing if preprocessing is not None else getattr(model, "preprocessing", None)
     record = WeightsFile(state_dict={}, class_names=_checked_class_names(class_names, model, name),
-                         preprocessing=preprocessing, source=source, extra=extra or {}, **model_description(model))
+                         preprocessing=preprocessing, source=source, extra=_with_task(model, extra),
+                         **model_description(model))
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     return save(tensors, metadata={METADATA_KEY: json.dumps(record.metadata())})
 
@@ -175,8 +176,16 @@ def checked_architecture(record: WeightsFile, source: str) -> tuple[ResNetConfig
     return config, args
 
 
+def _with_task(model: nn.Module, extra: dict[str, Any] | None) -> dict[str, Any]:
+    """``extra`` with the model's task record (multi-label and its threshold) when it has one."""
+    return {**(getattr(model, "task_record", None) or {}), **(extra or {})}
+
+
 def attach_record(model: ResNet, record: WeightsFile) -> ResNet:
-    """Give ``model`` the name, class names and preprocessing a weights file records."""
+    """Give ``model`` the name, class names, preprocessing and task a weights file records."""
+    from ..multilabel import task_of
+
+    model.task_record = task_of(record.extra, record.source or "weights file")
     if record.model_name:
         model.model_name = record.model_name
     if record.class_names is not None:

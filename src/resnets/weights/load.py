@@ -20,6 +20,7 @@ import torch
 
 from ..errors import ResnetsError
 from ..models import ResNet, create_model, get_model_spec
+from ..multilabel import task_of
 from .format import load_state_dict_checked
 from ..preprocessing import Preprocessing
 
@@ -41,6 +42,7 @@ class ImportedWeights:
     class_names: list[str] | None = None
     preprocessing: Preprocessing | None = None
     notes: list[str] = field(default_factory=list)
+    task: dict[str, Any] = field(default_factory=dict)  # multi-label record (resnets.multilabel.task_of)
 
     @property
     def num_classes(self) -> int:
@@ -99,7 +101,8 @@ def _read_resnets(path: Path) -> ImportedWeights:
     options = {**config.to_dict(), "drop_rate": args.get("drop_rate", 0.0)}
     return ImportedWeights(record.state_dict, record.model_name, record.source or str(path), options,
                            in_chans=args.get("in_chans", 3), class_names=record.class_names,
-                           preprocessing=record.preprocessing)
+                           preprocessing=record.preprocessing,
+                           task=task_of(record.extra, record.source or str(path)))
 
 
 def _read_torch(path: Path) -> ImportedWeights:
@@ -194,6 +197,8 @@ def build_model(imported: ImportedWeights, num_classes: int | None = None, drop_
     load_state_dict_checked(model, state, imported.source)
     if imported.class_names is not None and len(imported.class_names) == model.num_classes:
         model.class_names = list(imported.class_names)
+    if imported.task and not drop_head:  # the head's outputs are sigmoids (multi-label)
+        model.task_record = dict(imported.task)
     if imported.preprocessing is not None:
         model.preprocessing = imported.preprocessing
     model.preprocessing = channels_preprocessing(model.preprocessing, model.in_chans)
