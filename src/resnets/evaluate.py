@@ -328,6 +328,8 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, batch_size:
     label_map, unknown = _label_map(list(chosen.dataset.classes), predictor.class_names)
     if int8:  # calibrated on images the model is then not scored on, where the data allows
         predictor = predictor.with_backend(backend, _calibration_images(train_set, predictor.preprocessing, workers))
+    if _multi_label(predictor, chosen.dataset, report_dir, report_cam):  # a MultiLabelReport (``threshold``)
+        return evaluate_multi_label(predictor, chosen, batch_size, tta, workers, threshold)
     images, labels, kept = decode_to_memory(chosen.dataset, workers=workers, preprocessing=predictor.preprocessing,
                                             return_kept=True)
     labels = label_map[labels]
@@ -344,28 +346,9 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, batch_size:
                               for i, name in enumerate(chosen.dataset.classes) if name in unknown}
     if confusion_png is not None:
         plot_confusion(report, confusion_png)
-    if _multi_label(predictor, chosen.dataset, report_dir, report_cam):  # a MultiLabelReport (``threshold``)
-        return evaluate_multi_label(predictor, chosen, batch_size, tta, workers, threshold)
     if report_dir is not None:
         interpret(report, logits, labels, images, report_dir, cam_predictor=predictor if report_cam else None)
     return report
-
-
-def _run_config(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
-    """The training config of a run directory (for its held-out split), else None."""
-    import json
-
-    path = Path(checkpoint) / "config.json"
-    if not Path(checkpoint).is_dir() or not path.is_file():
-        return None
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ResnetsError(f"{path} is unreadable ({error}); pass the weights file instead") from None
-    if not isinstance(config, dict):
-        raise ResnetsError(f"{path} is not a JSON object")
-    fraction = config.get("val_split")
-    if fraction is not None and (not isinstance(fraction, (int, float)) or not 0 <= fraction < 1):
 
 
 def _multi_label(predictor: Any, dataset: Any, report_dir: Any, report_cam: bool) -> bool:
@@ -414,6 +397,23 @@ def evaluate_multi_label(predictor: Any, chosen: EvalData, batch_size: int, tta:
     report.skipped_classes = {name: int(labels[:, j].sum()) for j, name in enumerate(dataset.classes)
                               if name in unknown}
     return report
+
+
+def _run_config(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
+    """The training config of a run directory (for its held-out split), else None."""
+    import json
+
+    path = Path(checkpoint) / "config.json"
+    if not Path(checkpoint).is_dir() or not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ResnetsError(f"{path} is unreadable ({error}); pass the weights file instead") from None
+    if not isinstance(config, dict):
+        raise ResnetsError(f"{path} is not a JSON object")
+    fraction = config.get("val_split")
+    if fraction is not None and (not isinstance(fraction, (int, float)) or not 0 <= fraction < 1):
         raise ResnetsError(f"{path}: val_split {fraction!r} is not a fraction in [0, 1)")
     if not isinstance(config.get("seed", 0), int):
         raise ResnetsError(f"{path}: seed {config.get('seed')!r} is not an integer")
