@@ -562,6 +562,9 @@ class _Run:
                 self.ema.update_parameters(self.trainee)
         meters.add(loss, logits, y)
 
+    def _multi_label_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits.float(), target.float())
+
     def _validate(self) -> dict[str, Any]:
         if self.val_loader is None or not self.ctx.is_main:
             return {}
@@ -570,6 +573,8 @@ class _Run:
         model = self.ema.module if self.ema is not None else self.trainee
         logits, labels = collect_logits(model, self.val_loader, amp=self.config.amp,
                                         channels_last=self.config.channels_last)
+        if self.multi_label:
+            return _multi_label_scores(logits, labels)
         top1, top5 = topk_accuracy(logits, labels, (1, 5))
         return {"val_loss": F.cross_entropy(logits, labels).item(), "val_top1": top1, "val_top5": top5}
 
@@ -578,18 +583,13 @@ class _Run:
             return
         val = f", val loss {row['val_loss']:.4f} top1 {row['val_top1']:.2f}% top5 {row['val_top5']:.2f}%" \
             if "val_top1" in row else ""
+        if "val_map" in row:
+            val = f", val loss {row['val_loss']:.4f} mAP {row['val_map']:.2f}% F1@0.5 {row['val_f1']:.2f}%"
+        train_score = f"F1@0.5 {row['train_f1']:.2f}%" if "train_f1" in row else f"acc {row['train_acc']:.2f}%"
         size = f" at {row['img_size']}px" if self.resize.enabled else ""
         tqdm.write(f"epoch {row['epoch']}/{self.config.epochs}{size}: train loss {row['train_loss']:.4f} "
                    f"{train_score}{val}, lr {row['lr']:.4g}, {row['images_per_s']:.0f} img/s, "
                    f"{row['train_s']:.1f} s", file=sys.stderr)
-    def _multi_label_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(logits.float(), target.float())
-
-        if self.multi_label:
-            return _multi_label_scores(logits, labels)
-        if "val_map" in row:
-            val = f", val loss {row['val_loss']:.4f} mAP {row['val_map']:.2f}% F1@0.5 {row['val_f1']:.2f}%"
-        train_score = f"F1@0.5 {row['train_f1']:.2f}%" if "train_f1" in row else f"acc {row['train_acc']:.2f}%"
 
 
 def _has_multi_hot(dataset: Any) -> bool:
