@@ -23,6 +23,8 @@ REFUSED = {
     "val-split": ["0", "1", "nan"], "num-classes": ["0", "-3"], "unfreeze-after": ["-1"],
     "procs": ["0", "-2"], "max-minutes": ["0", "-1", "nan", "inf"], "val-every": ["0"], "stop-after": ["0"],
     "seed": ["-1", str(2 ** 64), "1.0"], "workers": ["-1"], "in-chans": ["0", "65", "2", "x"],
+    "effective-beta": ["0", "1", "nan"], "random-erasing": ["-0.1", "1.5", "nan"],
+    "color-jitter": ["-1", "nan", "11"], "aug-repeats": ["0", "-1", "1.5"],
 }
 
 

@@ -74,12 +74,22 @@ class EvalReport:
     skipped_classes: dict[str, int] = field(default_factory=dict)  # data classes the model lacks: images
     items: list[str] = field(default_factory=list)  # the scored images (file names), in logits order
     interpretation: dict[str, Any] | None = None  # --report: most-confused pairs, top losses (interpret())
+    balanced_accuracy: float = 0.0  # mean recall (%) over the classes that have images
+    macro_f1: float = 0.0  # mean F1 over the classes that have images or predictions
+    recall_floor: float = 0.5  # classes with images whose recall is below it are flagged (low_recall)
+
+    @property
+    def low_recall(self) -> list[str]:
+        """The classes (with images) whose recall is under ``recall_floor``: what an imbalanced set hides."""
+        return [row["class"] for row in self.per_class if row["support"] and row["recall"] < self.recall_floor]
 
     def to_dict(self) -> dict[str, Any]:
         extra = {} if self.interpretation is None else {"interpretation": self.interpretation}
         return {"top1": self.top1, "top5": self.top5, "loss": self.loss, "count": self.count,
                 "split": self.split, "split_how": self.split_how, "skipped_classes": self.skipped_classes,
-                "backend": self.backend, "per_class": self.per_class, "confusion": self.confusion.tolist(), **extra}
+                "backend": self.backend, "per_class": self.per_class, "confusion": self.confusion.tolist(),
+                "balanced_accuracy": self.balanced_accuracy, "macro_f1": self.macro_f1,
+                "recall_floor": self.recall_floor, "low_recall": self.low_recall, **extra}
 
 
 def classification_report(logits: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> EvalReport:
@@ -96,7 +106,11 @@ def classification_report(logits: torch.Tensor, labels: torch.Tensor, class_name
                                              confusion.sum(1).tolist())]
     top1, top5 = topk_accuracy(logits, labels, (1, 5))
     loss = torch.nn.functional.cross_entropy(logits, labels).item()
-    return EvalReport(top1, top5, loss, len(labels), class_names, confusion, per_class)
+    report = EvalReport(top1, top5, loss, len(labels), class_names, confusion, per_class)
+    present, seen = confusion.sum(1) > 0, (confusion.sum(1) + confusion.sum(0)) > 0
+    report.balanced_accuracy = 100.0 * recall[present].mean().item() if present.any() else 0.0
+    report.macro_f1 = f1[seen].mean().item() if seen.any() else 0.0
+    return report
 
 
 def plot_confusion(report: EvalReport, path: str | os.PathLike) -> Path:
@@ -296,7 +310,8 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, batch_size:
              tta: str | None = None, device: str = "cpu", workers: int = 2,
              confusion_png: str | os.PathLike | None = None, backend: str = "eager",
              split: str = "auto", report_dir: str | os.PathLike | None = None,
-             report_cam: bool = False, threshold: float | str | None = None) -> EvalReport:
+             report_cam: bool = False, recall_floor: float = 0.5,
+             threshold: float | str | None = None) -> EvalReport:
     """Evaluate a model (anything :func:`resnets.weights.resolve.load_model` takes) on a data set.
 
     Images go through the model's own preprocessing record. ``split``: see
@@ -317,6 +332,8 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, batch_size:
 
     if batch_size < 1:
         raise ResnetsError(f"--batch-size must be positive, got {batch_size}")
+    if isinstance(recall_floor, bool) or not isinstance(recall_floor, (int, float)) or not 0 <= recall_floor <= 1:
+        raise ResnetsError(f"--recall-floor must be a number in [0, 1], got {recall_floor!r}")
     backend = check_backend(backend)
     int8 = backend in INT8_BACKENDS
     if report_cam:  # the missing extra is said before the images are scored, not after
@@ -341,6 +358,7 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, batch_size:
     logits, labels = collect_logits(predictor.model, loader, tta=tta)
     report = classification_report(logits, labels, predictor.class_names)
     report.backend, report.split, report.split_how = predictor.backend, chosen.split, chosen.how
+    report.recall_floor = float(recall_floor)
     report.items = [chosen.dataset.describe(i) for i in kept.tolist()]
     report.skipped_classes = {name: int((torch.as_tensor(chosen.dataset.targets) == i).sum())
                               for i, name in enumerate(chosen.dataset.classes) if name in unknown}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..evaluate import SPLITS
 from ..terminal import printable
+from ..train.config import Bound, parse_arg
 from . import add_model_argument
 
 
@@ -34,10 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "(interpretation.json) to DIR (default: report/ beside the confusion matrix)")
     p.add_argument("--report-cam", action="store_true",
                    help="with --report: lay the Grad-CAM of the predicted class over each image (implies --report)")
-    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.add_argument("--recall-floor", type=parse_arg("recall_floor", Bound(float, 0, 1)), default=0.5,
+                   metavar="R", help="flag classes whose recall is under R (default %(default)s)")
     p.add_argument("--threshold", type=_threshold, metavar="P|tune",
                    help="multi-label models: decide labels at probability P (default: the model's, 0.5), or "
                         "'tune' for each class's best-F1 threshold on the evaluated images (optimistic)")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.set_defaults(handler=run)
 
 
@@ -52,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     report_dir = _report_dir(args, png)
     report = evaluate(args.checkpoint, args.data, batch_size=args.batch_size, tta=args.tta, device=args.device,
                       confusion_png=png, backend=args.backend, split=args.split, report_dir=report_dir,
-                      report_cam=args.report_cam, threshold=args.threshold)
+                      report_cam=args.report_cam, recall_floor=args.recall_floor, threshold=args.threshold)
     if not hasattr(report, "top1"):  # a multi-label model's MultiLabelReport
         return _print_multi_label(report, args.json)
     if args.json:
@@ -64,12 +67,15 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
     print(f"{report.count} images, {report.split_how} ({report.backend}): top-1 {report.top1:.2f}%  "
           f"top-5 {report.top5:.2f}%  loss {report.loss:.4f}")
+    print(f"balanced accuracy {report.balanced_accuracy:.2f}%  macro-F1 {report.macro_f1:.3f}")
     names = [printable(row["class"]) for row in report.per_class]
     width = max(map(len, names))
     print(f"{'class':<{width}}  precision  recall     f1  support")
     for name, row in zip(names, report.per_class):
         print(f"{name:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  {row['f1']:5.3f}  "
               f"{row['support']:7d}")
+    if report.low_recall:
+        print(f"recall under {report.recall_floor:g}: {', '.join(printable(n) for n in report.low_recall)}")
     if report.interpretation is not None:
         _print_interpretation(report.interpretation)
     print(f"confusion matrix: {png}", file=sys.stderr)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..data.policy import POLICIES
+from ..data.sampling import SAMPLERS
 from ..train.config import AUGMENT_PRESETS, OPTIMIZERS, SCHEDULES, parse_arg
 from ..train.recipes import list_recipes, read_recipe, recipe_yaml
 
@@ -52,16 +54,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--progressive-finetune", type=parse_arg("progressive_finetune"), metavar="FRACTION",
                    help="fraction of the epochs at full size, at the end (default %(default)s)")
     p.add_argument("--augment", choices=AUGMENT_PRESETS, help="augmentation preset (default: the model's)")
+    _add_imbalance_and_policy_arguments(p)
     p.add_argument("--val-split", type=parse_arg("val_split"), help="hold out this fraction when the data has no val/test split")
     p.add_argument("--stream", action=argparse.BooleanOptionalAction,
                    help="decode images from disk every epoch in --workers processes instead of once into "
                         "memory (default: stream only when the decoded set would exceed 4 GiB)")
-    p.add_argument("--num-classes", type=parse_arg("num_classes"), help="check the data has this many classes")
-    p.add_argument("--weights", help="start from a run directory, a weights file of any format, or a pretrained tag "
-                   "of --model (imagenet, IMAGENET1K_V2); a new head if the classes differ")
     p.add_argument("--multi-label", action="store_true",
                    help="several labels per image: sigmoid outputs and BCE loss, mAP/F1 instead of accuracy "
                         "(implied by a .csv/.jsonl label file as --data)")
+    p.add_argument("--num-classes", type=parse_arg("num_classes"), help="check the data has this many classes")
+    p.add_argument("--weights", help="start from a run directory, a weights file of any format, or a pretrained tag "
+                   "of --model (imagenet, IMAGENET1K_V2); a new head if the classes differ")
     p.add_argument("--freeze", help="'backbone' or a comma list of stem,layer1,...,layer4")
     p.add_argument("--unfreeze-after", type=parse_arg("unfreeze_after"), metavar="N", help="unfreeze everything after N epochs")
     p.add_argument("--no-feature-cache", dest="feature_cache", action="store_false",
@@ -84,6 +87,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(handler=lambda args: run(args, p), **_config_defaults(p))
     _apply_recipe_first(p)
+
+
+def _add_imbalance_and_policy_arguments(p: argparse.ArgumentParser) -> None:
+    """Imbalanced classes (loss weights, balanced sampling) and per-image augmentation policies."""
+    p.add_argument("--augment-policy", choices=POLICIES,
+                   help="torchvision v2 policy per image, before the preset's crop and flip")
+    p.add_argument("--random-erasing", type=parse_arg("random_erasing"), metavar="P",
+                   help="RandomErasing with probability P per image (0: off)")
+    p.add_argument("--color-jitter", type=parse_arg("color_jitter"), metavar="S",
+                   help="ColorJitter of brightness, contrast and saturation by S (0: off)")
+    p.add_argument("--aug-repeats", type=parse_arg("aug_repeats"), metavar="N",
+                   help="repeated augmentation: each image N times per epoch, differently augmented")
+    p.add_argument("--class-weights", metavar="auto|effective|FILE",
+                   help="weigh the loss per class: auto (inverse frequency), effective (Cui et al., "
+                        "--effective-beta) or a JSON file {class: weight}")
+    p.add_argument("--effective-beta", type=parse_arg("effective_beta"), metavar="BETA",
+                   help="beta of --class-weights effective (default %(default)s)")
+    p.add_argument("--sampler", choices=SAMPLERS,
+                   help="shuffle (default) or balanced: every class drawn equally often each epoch")
 
 
 def _apply_recipe_first(parser: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
@@ -21,6 +21,10 @@ from ..preprocessing import Preprocessing
 from .augment import PRESETS, BatchAugment
 from .dataset import ImageDataset
 from .images import BadImageError, BadImageWarning
+
+if TYPE_CHECKING:
+    from .policy import AugmentPolicy
+    from .sampling import EpochPlan
 
 
 def mix_seed(*parts: int) -> int:
@@ -52,12 +56,15 @@ class TensorLoader:
     after each full pass, so successive epochs differ.
 
     ``x`` is ``augment(images)`` (float32) or the raw uint8 batch when ``augment`` is None;
-    ``y`` is int64. Both are on ``device``.
+    ``y`` is int64. Both are on ``device``. When shuffling, ``plan`` (an :class:`EpochPlan`:
+    class-balanced, repeated) replaces the plain shuffle; ``policy`` is run on each image first,
+    seeded per image as the streaming path does (:mod:`resnets.data.policy`).
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 128,
                  shuffle: bool = True, drop_last: bool = True, augment: BatchAugment | None = None,
-                 seed: int = 0, device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1):
+                 seed: int = 0, device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1,
+                 plan: EpochPlan | None = None, policy: AugmentPolicy | None = None):
         if len(images) != len(labels):
             raise ResnetsError(f"{len(images)} images but {len(labels)} labels")
         if batch_size < 1:
@@ -68,6 +75,8 @@ class TensorLoader:
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.augment, self.seed, self.device = augment, seed, torch.device(device)
         self.rank, self.world_size = rank, world_size
+        self.plan = plan if shuffle else None
+        self.policy = policy.transform() if policy else None
         self.epoch = 0
         if len(self) == 0:
             raise ResnetsError(f"{len(images)} images make no batch of {batch_size}"
@@ -77,7 +86,7 @@ class TensorLoader:
         self.epoch = int(epoch)
 
     def _per_rank(self) -> int:
-        total = len(self.images)
+        total = len(self.plan) if self.plan is not None else len(self.images)
         return total // self.world_size if self.drop_last else -(-total // self.world_size)
 
     def __len__(self) -> int:
@@ -85,9 +94,12 @@ class TensorLoader:
         return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
 
     def indices(self) -> torch.Tensor:
-        """This rank's item indices for the current epoch, in batch order."""
+        """This rank's draws for the current epoch, in batch order (item indices, or with a
+        ``plan`` that repeats items, ``item + k * len(images)`` for an item's k-th draw)."""
         total = len(self.images)
-        if self.shuffle:
+        if self.plan is not None:
+            order = self.plan.order(self.epoch)
+        elif self.shuffle:
             order = torch.randperm(total, generator=torch.Generator().manual_seed(
                 mix_seed(self.seed, self.epoch)))
         else:
@@ -104,8 +116,14 @@ class TensorLoader:
             yield x, y
         self.epoch += 1
 
-    def _batch(self, batch: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.images[batch].to(self.device, non_blocking=True)
+    def _batch(self, draws: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        from .policy import apply_per_image
+
+        batch = draws % len(self.images)
+        x = self.images[batch]
+        if self.policy is not None:
+            x = apply_per_image(self.policy, x, draws, self.seed, self.epoch)
+        x = x.to(self.device, non_blocking=True)
         y = self.labels[batch].to(self.device, non_blocking=True)
         return (self.augment(x, generator) if self.augment is not None else x), y
 
@@ -129,11 +147,13 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def torchvision_transform(preset: str, preprocessing: Preprocessing, train: bool) -> v2.Transform:
+def torchvision_transform(preset: str, preprocessing: Preprocessing, train: bool,
+                          policy: AugmentPolicy | None = None) -> v2.Transform:
     """The torchvision v2 pipeline (PIL image -> normalised float tensor) of a preset.
 
     Evaluation is the model's record itself (:meth:`Preprocessing.to_uint8`), and every path
-    ends in its :meth:`Preprocessing.normalize`, as the in-memory path does.
+    ends in its :meth:`Preprocessing.normalize`, as the in-memory path does. In training, an
+    augmentation ``policy`` runs on the decoded uint8 image before the preset's crop and flip.
     """
     if preset not in PRESETS:
         raise ResnetsError(f"unknown augmentation preset {preset!r}; choose from {', '.join(PRESETS)}")
@@ -144,6 +164,8 @@ def torchvision_transform(preset: str, preprocessing: Preprocessing, train: bool
         steps = [v2.PILToTensor(), v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]
     else:
         steps = [preprocessing.to_uint8]
+    if train and policy:
+        steps.insert(1, policy.transform())
     return v2.Compose([*steps, preprocessing.normalize])
 
 
@@ -152,6 +174,7 @@ class _Transformed(torch.utils.data.Dataset):
 
     With a ``seed``, each image's random augmentation is drawn from a generator seeded by
     (seed, epoch, index): the same whatever the number of workers or which worker loads it.
+    An index past the end is a repeated draw of ``index % len(dataset)`` (see :class:`EpochPlan`).
     """
 
     def __init__(self, dataset: ImageDataset, transform: v2.Transform, seed: int | None = None):
@@ -162,14 +185,17 @@ class _Transformed(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
+        item = index % len(self.dataset)
         try:
-            image, label = self.dataset[index]
+            image, label = self.dataset[item]
         except BadImageError:
-            warnings.warn(f"skipped unreadable image {self.dataset.describe(index)}", BadImageWarning,
+            warnings.warn(f"skipped unreadable image {self.dataset.describe(item)}", BadImageWarning,
                           stacklevel=2)
             return None
         if self.seed is not None:
-            torch.manual_seed(mix_seed(self.seed, self.epoch, index))  # v2 transforms use the global RNG
+            from .policy import seed_image
+
+            seed_image(self.seed, self.epoch, index)  # v2 transforms use the global RNG
         return self.transform(image), label
 
 
@@ -183,7 +209,8 @@ def _collate_readable(samples: list) -> tuple[torch.Tensor, torch.Tensor]:
 def make_dataloader(dataset: ImageDataset, preset: str, preprocessing: Preprocessing,
                     train: bool, batch_size: int, workers: int = 2,
                     seed: int = 0, rank: int = 0, world_size: int = 1,
-                    pin_memory: bool = False, persistent: bool = True) -> torch.utils.data.DataLoader:
+                    pin_memory: bool = False, persistent: bool = True, plan: EpochPlan | None = None,
+                    policy: AugmentPolicy | None = None) -> torch.utils.data.DataLoader:
     """A torch DataLoader decoding from disk, for data sets too large for :func:`decode_to_memory`.
 
     Training loaders shuffle (seeded; call ``loader.sampler.set_epoch(e)`` each epoch) and drop
@@ -191,11 +218,18 @@ def make_dataloader(dataset: ImageDataset, preset: str, preprocessing: Preproces
     Unreadable images are skipped with a warning, so a batch can be smaller than ``batch_size``.
     Training augmentation is seeded per image from (seed, ``loader.dataset.epoch``, index); set
     that epoch before iterating, with ``persistent=False`` so that fresh workers see it.
+    A training ``plan`` (class-balanced, repeated draws) replaces the shuffle, sharded the same
+    way; ``policy`` adds an augmentation policy (:mod:`resnets.data.policy`).
     """
-    transformed = _Transformed(dataset, torchvision_transform(preset, preprocessing, train),
+    from .sampling import PlanSampler
+
+    transformed = _Transformed(dataset, torchvision_transform(preset, preprocessing, train, policy),
                                seed if train else None)
-    sampler = torch.utils.data.DistributedSampler(
-        transformed, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=train)
+    if train and plan is not None:
+        sampler = PlanSampler(plan, rank, world_size, drop_last=True)
+    else:
+        sampler = torch.utils.data.DistributedSampler(
+            transformed, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=train)
     return torch.utils.data.DataLoader(
         transformed, batch_size=batch_size, sampler=sampler, num_workers=workers,
         collate_fn=_collate_readable, drop_last=train, pin_memory=pin_memory,

@@ -9,7 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..data.policy import POLICIES
+from ..data.sampling import SAMPLERS
 from ..errors import ResnetsError
+from .class_weights import check_class_weights
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "onecycle", "step")
@@ -67,11 +70,13 @@ NUMBER_RULES: dict[str, Bound] = {
     "progressive_delay": _UNIT, "progressive_finetune": _UNIT, "val_split": _FRACTION_OPEN,
     "num_classes": Bound(int, 1), "unfreeze_after": Bound(int, 0), "procs": Bound(int, 1, 1024),
     "max_minutes": Bound(float, 0, low_open=True), "val_every": Bound(int, 1), "stop_after": Bound(int, 1),
-    "in_chans": Bound(int, 1, 64), "seed": Bound(int, 0, 2 ** 63 - 1), "workers": Bound(int, 0, 1024), "log_interval": Bound(int, 1),
+    "in_chans": Bound(int, 1, 64), "effective_beta": _FRACTION_OPEN, "random_erasing": _UNIT,
+    "color_jitter": Bound(float, 0, 10), "aug_repeats": Bound(int, 1, 64), "seed": Bound(int, 0, 2 ** 63 - 1), "workers": Bound(int, 0, 1024), "log_interval": Bound(int, 1),
 }
 
 
-_TEXT_FIELDS = ("model", "data", "out", "augment", "weights", "resume", "freeze", "device", "opt", "sched")
+_TEXT_FIELDS = ("model", "data", "out", "augment", "weights", "resume", "freeze", "device", "opt", "sched",
+                "class_weights", "sampler", "augment_policy")
 _FLAG_FIELDS = ("amp", "channels_last", "compile", "feature_cache", "sync_bn", "progress", "stream")
 
 
@@ -145,12 +150,19 @@ class TrainConfig:
     val_split: float | None = None
     stream: bool | None = None     # read from disk each epoch; default: when it does not fit in memory
     num_classes: int | None = None
+    multi_label: bool = False      # sigmoid/BCE head, several labels per image (implied by a label file)
     augment: str | None = None     # cifar | imagenet | none (default: the model's preset)
+    augment_policy: str | None = None  # trivialaugment | randaugment | autoaugment | augmix (per image)
+    random_erasing: float = 0.0    # probability of RandomErasing per image
+    color_jitter: float = 0.0      # ColorJitter strength (brightness, contrast, saturation)
+    aug_repeats: int = 1           # repeated augmentation: each image N times per epoch
+    class_weights: str | None = None  # auto | effective | a JSON file {class: weight}
+    effective_beta: float = 0.999  # beta of --class-weights effective
+    sampler: str = "shuffle"       # shuffle | balanced (every class drawn equally often)
     weights: str | None = None
     resume: str | None = None
     freeze: str | None = None      # "backbone" or "stem,layer1,..."
     unfreeze_after: int | None = None
-    multi_label: bool = False      # sigmoid/BCE head, several labels per image (implied by a label file)
     feature_cache: bool = True     # head-only training on cached features when possible
     sync_bn: bool = False
     seed: int = 0
@@ -177,6 +189,9 @@ class TrainConfig:
             (self.augment in (None, *AUGMENT_PRESETS),
              f"--augment must be one of {', '.join(AUGMENT_PRESETS)}, got {self.augment!r}"),
             (self.unfreeze_after is None or self.freeze, "--unfreeze-after needs --freeze"),
+            (self.sampler in SAMPLERS, f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}"),
+            (self.augment_policy in (None, *POLICIES),
+             f"--augment-policy must be one of {', '.join(POLICIES)}, got {self.augment_policy!r}"),
             (self.batch_size % self.procs == 0,
              f"--batch-size {self.batch_size} (global) must divide evenly over --procs {self.procs}"),
         ]
@@ -184,6 +199,7 @@ class TrainConfig:
             if not ok:
                 raise ResnetsError(message)
         self._set_in_chans()
+        check_class_weights(self.class_weights)
         from .resize import ResizeSchedule
 
         # checks the progressive-resizing settings now, before any data is read

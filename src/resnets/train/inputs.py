@@ -79,14 +79,16 @@ class StreamLoader:
     """
 
     def __init__(self, dataset: Any, preset: str, preprocessing: Any, train: bool, batch_size: int,
-                 workers: int, seed: int, device: torch.device, rank: int = 0, world_size: int = 1) -> None:
+                 workers: int, seed: int, device: torch.device, rank: int = 0, world_size: int = 1,
+                 plan: Any = None, policy: Any = None) -> None:
         from ..data import make_dataloader
 
         # Eval: the model's record, as the in-memory decoding does.
         self.loader = make_dataloader(dataset, preset if train else "none", preprocessing, train=train,
                                       batch_size=batch_size,
                                       workers=workers, seed=seed, rank=rank, world_size=world_size,
-                                      pin_memory=device.type == "cuda", persistent=not train)
+                                      pin_memory=device.type == "cuda", persistent=not train,
+                                      plan=plan, policy=policy)
         self.device, self.epoch = device, 0
 
     def set_epoch(self, epoch: int) -> None:

@@ -190,6 +190,7 @@ class _Run:
             self._check_input_size(self.img_size)
         self._fit_classes()
         self.multi_label = self._set_up_multi_label()
+        self.class_weight = self._class_weight()
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -282,7 +283,7 @@ class _Run:
         whole_backbone = self.frozen_parts and set(self.frozen_parts) == set(parse_freeze("backbone", self.model))
         return bool(cfg.feature_cache and whole_backbone and cfg.unfreeze_after is None
                     and self.preset == "none" and not cfg.mixup and not cfg.cutmix
-                    and not cfg.ema)
+                    and not cfg.ema and not self._policy() and self._epoch_plan() is None)
 
     def _resize_schedule(self) -> ResizeSchedule:
         cfg = self.config
@@ -303,6 +304,39 @@ class _Run:
 
         return BatchAugment(self.preset if train else "none", self.preprocessing, train=train)
 
+    def _policy(self):
+        """The per-image augmentation policy (``--augment-policy``, ``--random-erasing``,
+        ``--color-jitter``); falsy when none is asked for."""
+        from ..data.policy import AugmentPolicy
+
+        cfg = self.config
+        return AugmentPolicy(cfg.augment_policy, cfg.random_erasing, cfg.color_jitter)
+
+    def _train_labels(self) -> list[int] | torch.Tensor:
+        data = self.data
+        return data.train.targets if isinstance(data, StreamingData) else data.train_labels
+
+    def _epoch_plan(self):
+        """The training epochs' draws (``--sampler balanced``, ``--aug-repeats``), or None for a plain shuffle."""
+        from ..data.sampling import EpochPlan
+
+        cfg = self.config
+        if cfg.sampler == "shuffle" and cfg.aug_repeats == 1:
+            return None
+        if cfg.sampler == "balanced" and self.multi_label:
+            raise ResnetsError("--sampler balanced draws single-label classes; it is not for multi-label data")
+        return EpochPlan.of(self._train_labels(), cfg.seed, cfg.sampler, cfg.aug_repeats)
+
+    def _class_weight(self) -> torch.Tensor | None:
+        """The cross-entropy's class weights (``--class-weights``), on the device; None: unweighted."""
+        from .class_weights import class_weights
+
+        cfg = self.config
+        if cfg.class_weights is not None and self.multi_label:
+            raise ResnetsError("--class-weights weighs a single-label cross-entropy; it is not for multi-label data")
+        weights = class_weights(cfg.class_weights, self._train_labels(), self.data.class_names, cfg.effective_beta)
+        return None if weights is None else weights.to(self.device)
+
     def _image_loader(self, images: torch.Tensor, labels: torch.Tensor, train: bool, sharded: bool):
         from ..data import TensorLoader
 
@@ -310,13 +344,15 @@ class _Run:
         return TensorLoader(images, labels, batch, shuffle=train,
                             drop_last=train and len(labels) > batch, augment=self._augment(train),
                             seed=self.config.seed, device=self.device,
-                            rank=self.ctx.rank if sharded else 0, world_size=self.ctx.world_size if sharded else 1)
+                            rank=self.ctx.rank if sharded else 0, world_size=self.ctx.world_size if sharded else 1,
+                            plan=self._epoch_plan() if train else None, policy=self._policy() if train else None)
 
     def _stream_loader(self, dataset: Any, train: bool, sharded: bool) -> StreamLoader:
         cfg, ctx = self.config, self.ctx
         return StreamLoader(dataset, self.preset, self.preprocessing, train,
                             cfg.batch_size // ctx.world_size if sharded else cfg.batch_size, cfg.workers,
-                            cfg.seed, self.device, ctx.rank if sharded else 0, ctx.world_size if sharded else 1)
+                            cfg.seed, self.device, ctx.rank if sharded else 0, ctx.world_size if sharded else 1,
+                            plan=self._epoch_plan() if train else None, policy=self._policy() if train else None)
 
     def _train_loader(self, shuffled: bool):
         """The training images: shuffled, augmented and sharded, or (for feature caching) in
@@ -552,7 +588,8 @@ class _Run:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
                 logits = self.net(x)
                 loss = self._multi_label_loss(logits, target) if self.multi_label else \
-                    F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
+                    F.cross_entropy(logits.float(), target, weight=self.class_weight,
+                                       label_smoothing=cfg.label_smoothing)
             (loss / cfg.accum_steps).backward()
         if step_now:
             self.optimizer.step()

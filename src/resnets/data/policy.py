@@ -1,0 +1,83 @@
+"""Augmentation policies (torchvision transforms.v2), one description for both training paths.
+
+:class:`AugmentPolicy` builds the per-image pipeline (uint8 (3, H, W) in, uint8 out):
+TrivialAugmentWide, RandAugment, AutoAugment (ImageNet policy) or AugMix, then ColorJitter
+(brightness, contrast and saturation by ``color_jitter``), then RandomErasing with probability
+``random_erasing``. The in-memory loader runs it on each stored image and the streaming loader
+on each decoded image, both before the preset's crop and flip, with the global RNG seeded from
+(seed, epoch, draw) (:func:`resnets.data.loader.mix_seed`), so the same image, seed and epoch
+give the same pixels in both paths (where the two decoders give the same uint8 image).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torchvision.transforms import v2
+
+from ..errors import ResnetsError
+
+POLICIES = ("trivialaugment", "randaugment", "autoaugment", "augmix")
+
+
+def _policy_step(name: str) -> v2.Transform:
+    if name == "trivialaugment":
+        return v2.TrivialAugmentWide()
+    if name == "randaugment":
+        return v2.RandAugment()
+    if name == "autoaugment":
+        return v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)
+    return v2.AugMix()
+
+
+@dataclass(frozen=True)
+class AugmentPolicy:
+    """``name`` (one of :data:`POLICIES`, or None), ``random_erasing`` (probability) and
+    ``color_jitter`` (strength); all off is no policy at all (``bool(policy)`` is False)."""
+
+    name: str | None = None
+    random_erasing: float = 0.0
+    color_jitter: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.name is not None and self.name not in POLICIES:
+            raise ResnetsError(f"--augment-policy must be one of {', '.join(POLICIES)}, got {self.name!r}")
+        if not 0 <= self.random_erasing <= 1:
+            raise ResnetsError(f"--random-erasing must be a probability in [0, 1], got {self.random_erasing!r}")
+        if not self.color_jitter >= 0:
+            raise ResnetsError(f"--color-jitter must be >= 0, got {self.color_jitter!r}")
+
+    def __bool__(self) -> bool:
+        return self.name is not None or self.random_erasing > 0 or self.color_jitter > 0
+
+    def transform(self) -> v2.Compose:
+        """The per-image pipeline on uint8 tensors (an identity when the policy is off)."""
+        steps: list[v2.Transform] = []
+        if self.name is not None:
+            steps.append(_policy_step(self.name))
+        if self.color_jitter > 0:
+            s = self.color_jitter
+            steps.append(v2.ColorJitter(brightness=s, contrast=s, saturation=s))
+        if self.random_erasing > 0:
+            steps.append(v2.RandomErasing(p=self.random_erasing, value=0))
+        return v2.Compose(steps)
+
+
+def seed_image(seed: int, epoch: int, draw: int) -> None:
+    """Seed the global RNG (which v2 transforms draw from) for one image of one epoch."""
+    from .loader import mix_seed
+
+    torch.manual_seed(mix_seed(seed, epoch, draw))
+
+
+def apply_per_image(transform: v2.Transform, images: torch.Tensor, draws: torch.Tensor, seed: int,
+                    epoch: int) -> torch.Tensor:
+    """``transform`` on each uint8 image of a batch, seeded by (seed, epoch, draw); the caller's
+    global RNG state is left as it was."""
+    out = torch.empty_like(images)
+    with torch.random.fork_rng(devices=[]):
+        for i, draw in enumerate(draws.tolist()):
+            seed_image(seed, epoch, draw)
+            out[i] = transform(images[i])
+    return out
