@@ -196,6 +196,41 @@ def test_plain_parquet_with_binary_images_and_string_labels(folder_data, tmp_pat
     assert _items(dataset) == _items(train_set)
 
 
+def test_parquet_row_group_cache_is_bounded_and_null_labels_are_named(folder_data, tmp_path, monkeypatch):
+    from resnets.data import hfdata
+
+    train_set = load_splits(folder_data)[0]
+    table = _hf_table(train_set)
+    labels = table.column("label").to_pylist()
+    labels[3] = None
+    table = table.set_column(1, pa.field("label", pa.int64()), pa.array(labels, pa.int64()))
+    pq.write_table(table, tmp_path / "x.parquet", row_group_size=4)
+    with pytest.warns(BadImageWarning, match=r"skipped 1 row\(s\) without a known label: .*x\.parquet row group 0 row 3"):
+        dataset = open_source(tmp_path / "x.parquet").dataset(None)
+    group_bytes = pq.ParquetFile(tmp_path / "x.parquet").read_row_group(0, columns=["image"]).nbytes
+    monkeypatch.setattr(hfdata, "ROW_GROUP_CACHE_BYTES", 2 * group_bytes)
+    keep = [i for i in range(len(train_set)) if i != 3]
+    assert _items(dataset) == _items(train_set.subset(keep))
+    assert len(dataset._cache) <= 3 and dataset._cached_bytes <= 2 * group_bytes + max(
+        c.nbytes for c in dataset._cache.values())
+
+
+def test_parquet_rows_naming_image_files_by_path(folder_data, tmp_path):
+    """``datasets`` keeps local image files as paths in Parquet (bytes null): read beside the file."""
+    train_set = load_splits(folder_data)[0]
+    (tmp_path / "pics").mkdir()
+    for i in range(4):
+        (tmp_path / "pics" / f"{i}.png").write_bytes(train_set.encoded(i))
+    paths = [f"pics/{i}.png" for i in range(4)] + ["pics/missing.png"]
+    column = pa.array([{"bytes": None, "path": p} for p in paths],
+                      type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    pq.write_table(pa.table({"image": column, "label": [*train_set.targets[:4], 2]}), tmp_path / "x.parquet")
+    dataset = open_source(tmp_path / "x.parquet").dataset(None)
+    assert _items(dataset.subset(range(4))) == _items(train_set.subset(range(4)))
+    with pytest.raises(BadImageError, match="missing.png"):
+        dataset[4]
+
+
 def test_save_to_disk_folder_is_read_without_datasets(folder_data, tmp_path):
     """The layout of ``DatasetDict.save_to_disk``: dataset_dict.json, split folders, Arrow IPC streams."""
     root = tmp_path / "saved"

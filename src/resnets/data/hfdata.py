@@ -13,7 +13,9 @@ feature (a struct of ``bytes`` and ``path``), else a struct with a ``bytes`` fie
 binary column named like an image. The label column is the ``ClassLabel`` one (its names are
 the classes), else an integer or string column named ``label``, ``labels``, ``class`` ...
 Labels are read up front; image bytes when an item is read: Arrow files through a memory map,
-Parquet one row group at a time (the last one kept, so neighbouring reads share it).
+Parquet a whole row group at a time, kept in a bounded cache. Shuffled reads of a Parquet set much
+larger than that cache read a row group per image: pack such a set once with
+``resnets data pack SRC DIR --format wds`` (shards are read at random with one seek per image).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +33,12 @@ import pyarrow.parquet as pq
 
 from ..errors import ResnetsError
 from .dataset import EncodedImageDataset
-from .images import MAX_IMAGE_BYTES, BadImageError, first_line, printable
+from .images import MAX_IMAGE_BYTES, BadImageError, BadImageWarning, first_line, printable, read_image_file
 from .sources import VAL_SPLITS
 
 MAX_JSON_BYTES = 16 * 2**20
 MAX_ROW_GROUP_BYTES = 2**30  # one row group is held in memory while its images are read
+ROW_GROUP_CACHE_BYTES = 256 * 2**20  # Parquet row groups kept per process (see ArrowImageDataset._column)
 IMAGE_NAMES = ("image", "img", "images", "picture", "jpg", "png")
 LABEL_NAMES = ("label", "labels", "class", "target", "fine_label", "category", "cls")
 _SPLIT_NAME = re.compile(r"^(train|" + "|".join(VAL_SPLITS) + r")(?:[-_.]|$)")
@@ -68,46 +72,85 @@ class ArrowImageDataset(EncodedImageDataset):
         self.parts, self.rows, self.targets, self.classes = parts, rows, targets, classes
         self.image_column, self.source = image_column, source
         self._starts = np.cumsum([0] + part_rows).tolist()
-        self._cache: tuple[int, int, pa.Array] | None = None
+        self._cache: dict[int, pa.Array] = {}  # by part, least recently used first
+        self._cached_bytes, self._pid = 0, os.getpid()
 
     def _column(self, part: int) -> pa.Array:
-        if self._cache is None or self._cache[:2] != (os.getpid(), part):
+        """The image column of ``part``, from a per-process cache of decoded row groups.
+
+        Shuffled reads hit row groups at random, and a Parquet row group is read whole; the
+        cache (:data:`ROW_GROUP_CACHE_BYTES` per process) holds a small set entirely. Arrow
+        files are memory-mapped: keeping them costs address space, not memory.
+        """
+        if self._pid != os.getpid():  # a forked DataLoader worker starts its own cache
+            self._cache, self._cached_bytes, self._pid = {}, 0, os.getpid()
+        column = self._cache.pop(part, None)
+        if column is None:
             kind, path, group = self.parts[part]
             try:
                 table = (_read_arrow(path) if kind == "arrow"
                          else pq.ParquetFile(path).read_row_group(group, columns=[self.image_column]))
             except _ARROW_ERRORS as error:
                 raise ResnetsError(f"cannot read {printable(str(path))}: {first_line(error)}") from None
-            self._cache = (os.getpid(), part, table.column(self.image_column).combine_chunks())
-        return self._cache[2]
+            column = table.column(self.image_column).combine_chunks()
+            self._cached_bytes += _held_bytes(kind, column)
+            while self._cache and self._cached_bytes > ROW_GROUP_CACHE_BYTES:
+                oldest = next(iter(self._cache))
+                self._cached_bytes -= _held_bytes(self.parts[oldest][0], self._cache.pop(oldest))
+        self._cache[part] = column
+        return column
 
     def _locate(self, index: int) -> tuple[int, int]:
-        row = self.rows[index]
-        part = int(np.searchsorted(self._starts, row, side="right")) - 1
-        return part, row - self._starts[part]
+        return _locate_row(self._starts, self.rows[index])
 
     def encoded(self, index: int) -> bytes:
         part, local = self._locate(index)
         value = self._column(part)[local]
+        path = None
         if isinstance(value, pa.StructScalar):
-            value = value["bytes"] if "bytes" in [f.name for f in value.type] else None
+            fields = [f.name for f in value.type]
+            path = value["path"].as_py() if "path" in fields else None
+            value = value["bytes"] if "bytes" in fields else None
         buffer = value.as_buffer() if value is not None and value.is_valid else None
+        if buffer is None and isinstance(path, str) and path:
+            return self._referenced_file(part, path)
         if buffer is None:
-            raise BadImageError(f"cannot read image {self.describe(index)}: the row holds no image bytes "
-                                f"(a path only, or null)")
+            raise BadImageError(f"cannot read image {self.describe(index)}: the row holds no image")
         if buffer.size > MAX_IMAGE_BYTES:
             raise BadImageError(f"cannot read image {self.describe(index)}: {buffer.size} bytes, more than the "
                                 f"{MAX_IMAGE_BYTES} an image file may have")
         return buffer.to_pybytes()
 
+    def _referenced_file(self, part: int, path: str) -> bytes:
+        """An image the row names by path only (``datasets`` keeps local files so in Parquet).
+
+        A relative path is looked up beside the data file, then from the working folder, as
+        ``datasets`` itself would open it; the file is read as any image file is.
+        """
+        beside = self.parts[part][1].parent / path
+        return read_image_file(beside if not Path(path).is_absolute() and beside.exists() else path)
+
     def describe(self, index: int) -> str:
-        part, local = self._locate(index)
-        kind, path, group = self.parts[part]
-        where = f" row group {group}" if kind == "parquet" else ""
-        return f"{path}{where} row {local}"
+        return _row_name(self.parts, self._starts, self.rows[index])
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_cache": None}
+        return {**self.__dict__, "_cache": {}, "_cached_bytes": 0}
+
+
+def _locate_row(starts: list[int], row: int) -> tuple[int, int]:
+    """(part, row within the part) of global row ``row``; ``starts`` are the parts' first rows."""
+    part = int(np.searchsorted(starts, row, side="right")) - 1
+    return part, row - starts[part]
+
+
+def _row_name(parts: list[tuple[str, Path, int]], starts: list[int], row: int) -> str:
+    part, local = _locate_row(starts, row)
+    kind, path, group = parts[part]
+    return f"{printable(str(path))}{f' row group {group}' if kind == 'parquet' else ''} row {local}"
+
+
+def _held_bytes(kind: str, column: pa.Array) -> int:
+    return 0 if kind == "arrow" else column.nbytes
 
 
 def _read_arrow(path: Path) -> pa.Table:
@@ -236,13 +279,19 @@ class HfSource:
     def _targets_of(self, table: _Table) -> tuple[list[int], list[int]]:
         """(rows, labels) of the rows whose label is a known class."""
         index = {name: k for k, name in enumerate(self.classes)}
-        rows, targets = [], []
+        rows, targets, unlabelled = [], [], []
         for row, value in enumerate(table.labels):
             label = index.get(printable(value)) if isinstance(value, str) else value
             if label is None or not 0 <= label < len(self.classes):
+                unlabelled.append(row)
                 continue
             rows.append(row)
             targets.append(int(label))
+        if unlabelled:
+            starts = np.cumsum([0] + table.part_rows).tolist()
+            names = ", ".join(_row_name(table.parts, starts, row) for row in unlabelled[:5])
+            warnings.warn(f"skipped {len(unlabelled)} row(s) without a known label: {names}"
+                          + (" ..." if len(unlabelled) > 5 else ""), BadImageWarning, stacklevel=3)
         return rows, targets
 
     @property
