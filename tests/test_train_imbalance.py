@@ -10,7 +10,7 @@ import torch
 
 from _train_fixtures import tiny_config, write_folder_dataset
 from resnets.data import BatchAugment, TensorLoader, make_dataloader, open_dataset
-from resnets.data.sampling import EpochPlan, occurrence_ids
+from resnets.data.sampling import EpochPlan, PlanSampler, occurrence_ids
 from resnets.errors import ResnetsError
 from resnets.evaluate import classification_report
 from resnets.preprocessing import Preprocessing
@@ -126,6 +126,12 @@ def test_streaming_loader_draws_the_same_balanced_classes(tmp_path):
     loader.sampler.set_epoch(0)
     drawn = torch.cat([y for _, y in loader])
     assert torch.bincount(drawn).tolist() == [4, 4, 4]
+    shards = [PlanSampler(plan, rank, 2) for rank in (0, 1)]
+    for sampler in shards:
+        sampler.set_epoch(3)
+    ranks = [list(sampler) for sampler in shards]
+    assert len(ranks[0]) == len(ranks[1]) == len(shards[0]) == 6
+    assert sorted(ranks[0] + ranks[1]) == sorted(plan.order(3).tolist())
 
 
 def test_balanced_sampler_resumes_bitwise(tmp_path, imbalanced, one_thread):
