@@ -155,6 +155,11 @@ def test_bad_inputs_are_one_line_exit_2(tmp_path, capsys):
     assert "cannot read" in _one_line_exit_2(["data", "info", str(tmp_path / "broken.parquet")], capsys)
     (tmp_path / "gz.tar").write_bytes(_gzipped_tar())
     assert "uncompressed" in _one_line_exit_2(["data", "info", str(tmp_path / "gz.tar")], capsys)
+    with tarfile.open(tmp_path / "pax.tar", "w", format=tarfile.PAX_FORMAT) as archive:  # a 3 MiB pax header
+        info = tarfile.TarInfo("a.cls")
+        info.size, info.pax_headers = 1, {"comment": "x" * 3 * 2**20}
+        archive.addfile(info, io.BytesIO(b"0"))
+    assert "tar header of more than" in _one_line_exit_2(["data", "info", str(tmp_path / "pax.tar")], capsys)
     assert "shard size" in _one_line_exit_2(["data", "pack", str(tmp_path / "noimage.parquet"),
                                              str(tmp_path / "o"), "--format", "wds", "--shard-size", "0"], capsys)
 

@@ -44,6 +44,7 @@ MANIFEST = "manifest.json"
 LABEL_EXTENSION = "cls"
 MAX_LABEL_BYTES = 32  # a .cls member holds one decimal integer
 MAX_MANIFEST_BYTES = 16 * 2**20
+MAX_HEADER_BYTES = 2**20  # a tar header (pax records, long names) read while indexing
 MAX_CLASSES = 1_000_000  # classes named by number: a larger label is taken as corrupt
 _SPLIT_NAME = re.compile(r"^(train|" + "|".join(VAL_SPLITS) + r")[-_.]")
 
@@ -116,7 +117,7 @@ def _index_shard(path: Path, shard: int) -> list[tuple[Sample, int | None]]:
         with open(path, "rb") as handle:
             if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
                 raise ResnetsError(f"shard {name} is not a regular file")
-            with tarfile.open(fileobj=handle, mode="r:") as archive:
+            with tarfile.open(fileobj=_BoundedReads(handle, name), mode="r:") as archive:
                 for member in archive:
                     if not member.isfile():
                         continue
@@ -130,6 +131,23 @@ def _index_shard(path: Path, shard: int) -> list[tuple[Sample, int | None]]:
     except (tarfile.TarError, OSError, EOFError) as error:
         raise ResnetsError(f"cannot read shard {name}: {first_line(error)}") from None
     return [(sample, labels.get(key)) for key, sample in images.items()]
+
+
+class _BoundedReads:
+    """A file whose reads are refused above :data:`MAX_HEADER_BYTES`.
+
+    tarfile reads a pax or GNU long-name header whole, at the size the header declares; a
+    shard declaring a huge one must fail, not fill memory. Image data is never read here.
+    """
+
+    def __init__(self, handle: io.BufferedReader, name: str):
+        self._handle, self._name = handle, name
+        self.seek, self.tell = handle.seek, handle.tell
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0 or size > MAX_HEADER_BYTES:
+            raise ResnetsError(f"shard {self._name} declares a tar header of more than {MAX_HEADER_BYTES} bytes")
+        return self._handle.read(size)
 
 
 def _read_label(archive: tarfile.TarFile, member: tarfile.TarInfo) -> int | None:
