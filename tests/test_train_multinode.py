@@ -4,7 +4,8 @@ Each node is its own ``torchrun --nnodes 2 --nproc-per-node 1`` process running 
 ``resnets train`` command, exactly as on a cluster. As in test_train_ddp, the backbone is
 frozen (BatchNorm in eval mode, but every step still runs through it: no feature cache) and
 augmentation is off, so the two-node weights after one epoch must equal a single process's with
-the same global batch to 1e-5.
+the same global batch to 1e-5. The images stream from WebDataset shards (``--stream``, one
+loader worker), so the exact-resume sampler's split of a shard set over ranks is exercised too.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 import torch
 
 from _train_fixtures import write_folder_dataset
+from resnets.data.shards import pack_wds
 from resnets.train.distributed import free_port
 from resnets.weights import load_weights_file
 
@@ -25,7 +27,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def _train_args(data: Path, weights: Path, out: Path) -> list[str]:
-    return ["-m", "resnets", "train", "--data", str(data), "--weights", str(weights), "--freeze", "backbone",
+    return ["-m", "resnets", "train", "--data", str(data), "--stream", "--workers", "1", "--weights", str(weights), "--freeze", "backbone",
             "--no-feature-cache", "--epochs", "1", "--batch-size", "8", "--augment", "none", "--lr", "0.2",
             "--img-size", "16", "--device", "cpu", "--seed", "0", "--no-progress", "--out", str(out)]
 
@@ -39,7 +41,8 @@ def _env() -> dict[str, str]:
 def test_two_nodes_match_one_process(tmp_path):
     from test_train import _pretrained
 
-    data = write_folder_dataset(tmp_path / "data", {"train": 8, "val": 2})
+    data = tmp_path / "shards"  # streamed from WebDataset shards, split over the ranks by the sampler
+    pack_wds(write_folder_dataset(tmp_path / "data", {"train": 8, "val": 2}), data, shard_size=10, progress=False)
     weights = _pretrained(tmp_path)
     single = subprocess.run([sys.executable, *_train_args(data, weights, tmp_path / "single")], env=_env(),
                             capture_output=True, text=True, timeout=300)
