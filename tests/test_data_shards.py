@@ -160,6 +160,11 @@ def test_bad_inputs_are_one_line_exit_2(tmp_path, capsys):
         info.size, info.pax_headers = 1, {"comment": "x" * 3 * 2**20}
         archive.addfile(info, io.BytesIO(b"0"))
     assert "tar header of more than" in _one_line_exit_2(["data", "info", str(tmp_path / "pax.tar")], capsys)
+    from resnets.data import hfdata
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(hfdata, "pa", None)
+        assert "needs pyarrow" in _one_line_exit_2(["data", "info", str(tmp_path / "noimage.parquet")], capsys)
     assert "shard size" in _one_line_exit_2(["data", "pack", str(tmp_path / "noimage.parquet"),
                                              str(tmp_path / "o"), "--format", "wds", "--shard-size", "0"], capsys)
 

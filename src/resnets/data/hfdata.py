@@ -28,8 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
+
+try:  # optional (the `hf` extra): detection works without it, reading says what to install
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+except ImportError:
+    pa = pq = None
 
 from ..errors import ResnetsError
 from .dataset import EncodedImageDataset
@@ -42,7 +46,7 @@ ROW_GROUP_CACHE_BYTES = 256 * 2**20  # Parquet row groups kept per process (see 
 IMAGE_NAMES = ("image", "img", "images", "picture", "jpg", "png")
 LABEL_NAMES = ("label", "labels", "class", "target", "fine_label", "category", "cls")
 _SPLIT_NAME = re.compile(r"^(train|" + "|".join(VAL_SPLITS) + r")(?:[-_.]|$)")
-_ARROW_ERRORS = (pa.ArrowException, OSError, ValueError)
+_ARROW_ERRORS = (OSError, ValueError) + ((pa.ArrowException,) if pa is not None else ())
 
 
 def is_parquet(path: Path) -> bool:
@@ -217,6 +221,9 @@ class HfSource:
     def __init__(self, path: Path):
         self.path = path
         self.format = "hf-arrow" if is_saved_dataset(path) else "parquet"
+        if pa is None:
+            raise ResnetsError(f"reading {printable(str(path))} ({self.format}) needs pyarrow: "
+                               f"pip install 'resnets[hf]' (or pip install pyarrow)")
         split_files = _saved_splits(path) if self.format == "hf-arrow" else _parquet_splits(path)
         if not split_files:
             raise ResnetsError(f"no data files in {printable(str(path))}")
