@@ -131,7 +131,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     label_file = make_shapes(root, count=320, seed=0)
     run = root / "run"
     assert run_cli(["train", "--model", "resnet20", "--data", str(label_file), "--val-split", "0.2",
-                    "--epochs", "10", "--batch-size", "32", "--seed", "0", "--out", str(run), "--no-progress"]) == 0
+                    "--epochs", "10", "--batch-size", "32", "--lr", "0.1", "--seed", "0", "--out", str(run), "--no-progress"]) == 0
     return label_file, run
 
 
@@ -146,6 +146,7 @@ def test_trained_model_is_multi_label_with_map_above_0_9(trained, capsys):
     assert run_cli(["evaluate", str(run), "--data", str(label_file), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["task"] == "multi-label" and report["split"] == "val" and report["count"] == 64
+    # measured: val mAP 0.995-1.0 with data and training seeds 0-3, 16-24 s each on 2 shared cores
     assert report["map"] > 0.9, report
 
 

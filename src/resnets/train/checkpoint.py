@@ -141,7 +141,7 @@ def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
 
 
 def plot_curves(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    """curves.png: loss (train, val) and accuracy (train, val top-1) against epochs."""
+    """curves.png: loss (train, val) and accuracy (train, val top-1; multi-label: train F1, val mAP) against epochs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -150,7 +150,7 @@ def plot_curves(run_dir: Path, history: list[dict[str, Any]]) -> None:
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for ax, keys, title in ((ax_loss, ("train_loss", "val_loss"), "loss"),
-                            (ax_acc, ("train_acc", "val_top1"), "accuracy (%)")):
+                            (ax_acc, ("train_acc", "val_top1", "train_f1", "val_map"), "accuracy (%)")):
         for key in keys:
             values = [row.get(key) for row in history]
             if any(v is not None for v in values):
