@@ -131,7 +131,8 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     label_file = make_shapes(root, count=320, seed=0)
     run = root / "run"
     assert run_cli(["train", "--model", "resnet20", "--data", str(label_file), "--val-split", "0.2",
-                    "--epochs", "10", "--batch-size", "32", "--lr", "0.1", "--seed", "0", "--out", str(run), "--no-progress"]) == 0
+                    "--epochs", "10", "--batch-size", "32", "--lr", "0.1", "--seed", "0", "--out", str(run),
+                    "--no-progress"]) == 0
     return label_file, run
 
 
