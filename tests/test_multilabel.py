@@ -179,3 +179,33 @@ def test_evaluate_map_equals_sklearn_and_predict_keeps_exactly_the_labels_above(
     assert {t["class"] for t in printed} == {c for c, q in zip(classes, probs[0]) if q >= 0.5}
     assert run_cli(["predict", str(run), str(paths[0]), "--threshold", "1.5"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_multi_label_flag_on_single_label_folders_trains_a_sigmoid_head(tmp_path, capsys):
+    from _train_fixtures import write_folder_dataset
+    from resnets.evaluate import evaluate
+    from resnets.weights import load_weights_file
+
+    data = write_folder_dataset(tmp_path / "data", {"train": 8, "val": 4})
+    run = tmp_path / "run"
+    assert run_cli(["train", "--model", "resnet20", "--data", str(data), "--epochs", "1", "--batch-size", "8",
+                    "--multi-label", "--out", str(run), "--no-progress"]) == 0
+    assert threshold_of(load_weights_file(run / "weights.safetensors")) == 0.5
+    report = evaluate(run, data)  # single labels scored as one-hot targets
+    assert report.threshold_how == "recorded" and 0 <= report.map <= 1 and report.count > 0
+    assert run_cli(["train", "--model", "resnet20", "--data", str(data), "--epochs", "1", "--multi-label",
+                    "--mixup", "0.2", "--out", str(tmp_path / "r2"), "--no-progress"]) == 2
+    assert "--mixup is for single-label training" in capsys.readouterr().err
+
+
+def test_label_file_streamed_is_refused_and_lr_find_runs(tmp_path, capsys):
+    label_file = make_shapes(tmp_path, count=40, seed=1)
+    assert run_cli(["train", "--model", "resnet20", "--data", str(label_file), "--stream", "--epochs", "1",
+                    "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    assert "multi-label training reads its images into memory" in capsys.readouterr().err
+    from resnets.lr_find import lr_find
+    from resnets.train import TrainConfig
+
+    found = lr_find(TrainConfig(model="resnet20", data=str(label_file), batch_size=8, progress=False,
+                                out=str(tmp_path / "lr")), steps=10)
+    assert found is not None

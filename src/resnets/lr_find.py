@@ -73,7 +73,7 @@ def lr_find(config: TrainConfig, start: float = 1e-7, end: float = 10.0, steps: 
     average, best = 0.0, math.inf
     for x, y in _batches(run.train_loader, steps):
         lr = run.optimizer.param_groups[0]["lr"]
-        meters = _Meters(device)
+        meters = _Meters(device, run.multi_label)
         run._train_step(x, y, meters, step_now=True)
         loss = meters.loss.item() / meters.seen
         average = SMOOTHING * average + (1 - SMOOTHING) * loss
