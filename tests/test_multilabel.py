@@ -209,3 +209,15 @@ def test_label_file_streamed_is_refused_and_lr_find_runs(tmp_path, capsys):
     found = lr_find(TrainConfig(model="resnet20", data=str(label_file), batch_size=8, progress=False,
                                 out=str(tmp_path / "lr")), steps=10)
     assert found is not None
+
+
+def test_serving_batcher_gives_sigmoids_for_a_multi_label_model():
+    from resnets.serve.batcher import DynamicBatcher
+
+    logits = torch.tensor([[2.0, -1.0, 0.5]])
+    for multi_label, expected in ((True, logits.sigmoid()), (False, logits.softmax(1))):
+        batcher = DynamicBatcher(lambda x: logits.expand(len(x), -1), multi_label=multi_label)
+        try:
+            assert torch.allclose(batcher.submit(torch.zeros(1, 3, 4, 4)).result(timeout=10), expected)
+        finally:
+            batcher.close()

@@ -128,8 +128,11 @@ class Server:
         self.config = config
         self.metrics = ServeMetrics()
         self.pool = ThreadPoolExecutor(max(1, config.workers), thread_name_prefix="resnets-decode")
+        from ..multilabel import is_multi_label
+
         self.batcher = DynamicBatcher(predictor.model, config.max_batch, config.max_wait_ms,
-                                      on_batch=self.metrics.batch_size.observe)
+                                      on_batch=self.metrics.batch_size.observe,
+                                      multi_label=is_multi_label(predictor.plain))
         self.explain_lock = threading.Lock()  # Grad-CAM hooks the one plain model: one at a time
         self.card = model_card(predictor, config)
         self.ready = False

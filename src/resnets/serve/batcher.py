@@ -37,8 +37,10 @@ class DynamicBatcher:
     """
 
     def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], max_batch: int = 32,
-                 max_wait_ms: float = 5.0, on_batch: Callable[[int], None] | None = None) -> None:
+                 max_wait_ms: float = 5.0, on_batch: Callable[[int], None] | None = None,
+                 multi_label: bool = False) -> None:
         self.model = model
+        self.multi_label = multi_label  # independent sigmoids instead of a softmax (resnets.multilabel)
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.on_batch = on_batch
@@ -97,7 +99,8 @@ class DynamicBatcher:
         try:
             with torch.inference_mode():
                 batch = torch.cat([item.batch for item in items]) if len(items) > 1 else items[0].batch
-                probs = self.model(batch).float().softmax(1).cpu()
+                logits = self.model(batch).float()
+                probs = (logits.sigmoid() if self.multi_label else logits.softmax(1)).cpu()
         except Exception as error:  # noqa: BLE001 - every waiting request learns of it
             for item in items:
                 item.future.set_exception(error)
