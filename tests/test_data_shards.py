@@ -77,6 +77,34 @@ def test_packed_shards_hold_the_folder_images(folder_data, wds_data):
     assert load_splits(wds_data)[0].describe(5) == f"{wds_data / 'train-000001.tar'}:000000005.png"
 
 
+def test_packed_shards_open_from_their_index_and_detect_a_changed_shard(wds_data, tmp_path, monkeypatch):
+    from resnets.data import shards
+
+    expected = _items(load_splits(wds_data)[0])
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in wds_data.iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    with monkeypatch.context() as patch:  # opening reads the index files, never scans a shard
+        patch.setattr(shards, "_index_shard", None)
+        dataset = load_splits(copy)[0]
+        assert _items(dataset) == expected
+    # same size, other content (members swapped): the index no longer matches, reads say so
+    shard = copy / "train-000000.tar"
+    with tarfile.open(shard) as archive:
+        members = {m.name: archive.extractfile(m).read() for m in archive if m.isfile()}
+    names = sorted(members)
+    members = {names[2]: members[names[2]], names[3]: members[names[3]],
+               names[0]: members[names[0]], names[1]: members[names[1]], **members}
+    size = shard.stat().st_size
+    _write_shard(shard, members)
+    assert shard.stat().st_size == size
+    with pytest.raises(BadImageError, match="changed since its index"):
+        load_splits(copy)[0].encoded(0)
+    _write_shard(shard, {name: members[name] for name in names[:6]})  # another size: the shard is scanned
+    assert load_splits(copy)[0].targets[:3] == [0, 0, 0]
+
+
 def test_shards_interoperate_with_the_webdataset_library(wds_data, tmp_path):
     webdataset = pytest.importorskip("webdataset")
     theirs = webdataset.WebDataset(str(wds_data / "val-000000.tar"), shardshuffle=False).to_tuple("__key__", "cls")
@@ -128,12 +156,15 @@ def test_training_skips_a_corrupt_sample_in_a_shard_and_names_it(folder_data, tm
     pack_wds(folder_data, out, shard_size=100, progress=False)
     shard = out / "train-000000.tar"
     with tarfile.open(shard) as archive:
-        members = {m.name: archive.extractfile(m).read() for m in archive if m.isfile()}
-    members["000000004.png"] = members["000000004.png"][:60]  # truncated inside its pixel data
-    _write_shard(shard, members)
+        member = archive.getmember("000000004.png")
+    with open(shard, "r+b") as handle:  # bit rot inside one image: same size, garbage pixel data
+        handle.seek(member.offset_data + 40)
+        handle.write(b"\xff" * (member.size - 50))
     config = tiny_config(tmp_path / "run", data=str(out), stream=True, workers=0, img_size=16, epochs=1)
-    with pytest.warns(BadImageWarning, match=r"train-000000\.tar:000000004\.png"):
+    with pytest.warns(BadImageWarning) as caught:
         result = train(config)
+    skipped = {str(w.message) for w in caught if "skipped unreadable image" in str(w.message)}
+    assert skipped == {f"skipped unreadable image {shard}:000000004.png"}
     assert len(result.history) == 1
 
 
@@ -215,7 +246,8 @@ def test_parquet_row_group_cache_is_bounded_and_null_labels_are_named(folder_dat
     labels[3] = None
     table = table.set_column(1, pa.field("label", pa.int64()), pa.array(labels, pa.int64()))
     pq.write_table(table, tmp_path / "x.parquet", row_group_size=4)
-    with pytest.warns(BadImageWarning, match=r"skipped 1 row\(s\) without a known label: .*x\.parquet row group 0 row 3"):
+    named = r"skipped 1 row\(s\) without a known label: .*x\.parquet row group 0 row 3"
+    with pytest.warns(BadImageWarning, match=named):
         dataset = open_source(tmp_path / "x.parquet").dataset(None)
     group_bytes = pq.ParquetFile(tmp_path / "x.parquet").read_row_group(0, columns=["image"]).nbytes
     monkeypatch.setattr(hfdata, "ROW_GROUP_CACHE_BYTES", 2 * group_bytes)

@@ -27,8 +27,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def _train_args(data: Path, weights: Path, out: Path) -> list[str]:
-    return ["-m", "resnets", "train", "--data", str(data), "--stream", "--workers", "1", "--weights", str(weights), "--freeze", "backbone",
-            "--no-feature-cache", "--epochs", "1", "--batch-size", "8", "--augment", "none", "--lr", "0.2",
+    return ["-m", "resnets", "train", "--data", str(data), "--stream", "--workers", "1", "--weights", str(weights),
+            "--freeze", "backbone", "--no-feature-cache", "--epochs", "1", "--batch-size", "8", "--augment", "none", "--lr", "0.2",
             "--img-size", "16", "--device", "cpu", "--seed", "0", "--no-progress", "--out", str(out)]
 
 

@@ -1,4 +1,4 @@
-"""``resnets data``: inspect a data set, or pack one into an LMDB database."""
+"""``resnets data``: inspect a data set, or pack one into an LMDB database or WebDataset shards."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import json
 from ..terminal import printable
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("data", help="inspect data sets, pack them into LMDB",
-                                   description="Inspect a data set or pack it into an LMDB database.")
+    parser = subparsers.add_parser("data", help="inspect data sets, pack them into LMDB or WebDataset shards",
+                                   description="Inspect a data set, or pack it into an LMDB database or "
+                                               "WebDataset shards.")
     commands = parser.add_subparsers(dest="data_command", metavar="ACTION", parser_class=type(parser))
     commands.required = True
 

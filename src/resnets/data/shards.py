@@ -33,7 +33,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import ResnetsError
-from ..fileio import atomic_path
+from ..fileio import atomic_path, atomic_paths
 from .dataset import EncodedImageDataset
 from .images import MAX_IMAGE_BYTES, BadImageError, BadImageWarning, first_line, is_image_name, printable
 from .sources import VAL_SPLITS
@@ -44,18 +44,24 @@ MANIFEST = "manifest.json"
 LABEL_EXTENSION = "cls"
 MAX_LABEL_BYTES = 32  # a .cls member holds one decimal integer
 MAX_MANIFEST_BYTES = 16 * 2**20
+INDEX_SUFFIX = ".idx.json"  # written beside each shard by pack_wds: offsets and labels, so opening skips the scan
 MAX_HEADER_BYTES = 2**20  # a tar header (pax records, long names) read while indexing
 MAX_CLASSES = 1_000_000  # classes named by number: a larger label is taken as corrupt
 _SPLIT_NAME = re.compile(r"^(train|" + "|".join(VAL_SPLITS) + r")[-_.]")
 
 
 class Sample(NamedTuple):
-    """Where one sample's image lies: shard file, byte offset and size in it, and a name to show."""
+    """Where one sample's image lies: shard file, byte offset and size in it, and a name to show.
+
+    ``from_index``: the place comes from an index file, not from scanning the shard, so each read
+    checks that the tar header just before it names this member with this size.
+    """
 
     shard: int
     offset: int
     size: int
     name: str
+    from_index: bool = False
 
 
 def is_wds(path: Path) -> bool:
@@ -82,12 +88,17 @@ class WdsDataset(EncodedImageDataset):
         if sample.size > MAX_IMAGE_BYTES:
             raise BadImageError(f"cannot read image {self.describe(index)}: {sample.size} bytes, more than the "
                                 f"{MAX_IMAGE_BYTES} an image file may have")
+        header = tarfile.BLOCKSIZE if sample.from_index else 0
         try:
             with open(self.shards[sample.shard], "rb") as handle:
-                handle.seek(sample.offset)
-                data = handle.read(sample.size)
+                handle.seek(sample.offset - header)
+                data = handle.read(header + sample.size)
         except OSError as error:
             raise BadImageError(f"cannot read image {self.describe(index)}: {error.strerror or error}") from None
+        if header and not _header_matches(data[:header], sample):
+            raise BadImageError(f"cannot read image {self.describe(index)}: the shard changed since its index "
+                                f"{_index_path(self.shards[sample.shard]).name} was written; delete the index")
+        data = data[header:]
         if len(data) != sample.size:
             raise BadImageError(f"cannot read image {self.describe(index)}: the shard ends inside it (truncated)")
         return data
@@ -123,7 +134,7 @@ def _index_shard(path: Path, shard: int) -> list[tuple[Sample, int | None]]:
                         continue
                     key, extension = _split_key(member.name)
                     if extension == LABEL_EXTENSION:
-                        labels[key] = _read_label(archive, member)
+                        labels[key] = _read_label(handle, member)
                     elif is_image_name(f".{extension}") and key not in images:
                         images[key] = Sample(shard, member.offset_data, member.size, printable(member.name))
     except tarfile.ReadError as error:
@@ -131,6 +142,41 @@ def _index_shard(path: Path, shard: int) -> list[tuple[Sample, int | None]]:
     except (tarfile.TarError, OSError, EOFError) as error:
         raise ResnetsError(f"cannot read shard {name}: {first_line(error)}") from None
     return [(sample, labels.get(key)) for key, sample in images.items()]
+
+
+def _index_path(shard: Path) -> Path:
+    return shard.with_name(shard.name + INDEX_SUFFIX)
+
+
+def _header_matches(block: bytes, sample: Sample) -> bool:
+    """Whether ``block`` is the ustar header of ``sample`` (its name and size), as pack_wds writes it."""
+    try:
+        return (len(block) == tarfile.BLOCKSIZE and block[:100].rstrip(b"\0").decode() == sample.name
+                and int(block[124:136].strip(b"\0 ") or b"0", 8) == sample.size)
+    except (UnicodeDecodeError, ValueError):
+        return False
+
+
+def _indexed_shard(path: Path, shard: int) -> list[tuple[Sample, int | None]]:
+    """:func:`_index_shard`'s answer, from the index :func:`pack_wds` wrote beside the shard when it
+    is there and matches the shard's size (else the shard is scanned). An index can only point
+    inside its shard: a wrong one gives undecodable images, which are skipped and named."""
+    index = _index_path(path)
+    try:
+        size = path.stat().st_size
+        with open(index, "rb") as handle:
+            text = handle.read(MAX_MANIFEST_BYTES + 1)
+        record = json.loads(text) if len(text) <= MAX_MANIFEST_BYTES else None
+    except (OSError, ValueError):
+        return _index_shard(path, shard)
+    entries = record.get("samples") if isinstance(record, dict) and record.get("shard_bytes") == size else None
+    valid = isinstance(entries, list) and all(
+        isinstance(e, list) and len(e) == 4 and isinstance(e[0], str) and type(e[1]) is int and type(e[2]) is int
+        and tarfile.BLOCKSIZE <= e[1] and 0 <= e[2] and e[1] + e[2] <= size and (e[3] is None or type(e[3]) is int)
+        for e in entries)
+    if not valid:
+        return _index_shard(path, shard)
+    return [(Sample(shard, offset, length, printable(name), True), label) for name, offset, length, label in entries]
 
 
 class _BoundedReads:
@@ -150,11 +196,12 @@ class _BoundedReads:
         return self._handle.read(size)
 
 
-def _read_label(archive: tarfile.TarFile, member: tarfile.TarInfo) -> int | None:
+def _read_label(handle: io.BufferedReader, member: tarfile.TarInfo) -> int | None:
+    """The integer in a ``.cls`` member, read directly (tarfile seeks back to its next header itself)."""
     if member.size > MAX_LABEL_BYTES:
         return None
-    handle = archive.extractfile(member)
-    text = handle.read(MAX_LABEL_BYTES + 1) if handle is not None else b""
+    handle.seek(member.offset_data)
+    text = handle.read(member.size)
     try:
         return int(text.decode("ascii").strip())
     except (UnicodeDecodeError, ValueError):
@@ -182,7 +229,7 @@ class WdsSource:
         samples: list[Sample] = []
         targets: list[int] = []
         for number, shard in enumerate(shards):
-            for sample, label in _index_shard(shard, number):
+            for sample, label in _indexed_shard(shard, number):
                 if label is None or not 0 <= label < MAX_CLASSES:
                     warnings.warn(f"skipped sample {printable(str(shard))}:{sample.name}: no readable "
                                   f".{LABEL_EXTENSION} label", BadImageWarning, stacklevel=3)
@@ -312,11 +359,14 @@ def pack_wds(src: str | os.PathLike, dst: str | os.PathLike, shard_size: int = 1
 def _write_shard(dst: Path, prefix: str, number: int, first: int, records: list[tuple[int, bytes]]) -> str:
     """Write one shard atomically; its name."""
     name = f"{prefix}-{number:06d}.tar"
-    with atomic_path(dst / name) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as archive:
-        for offset, (label, data) in enumerate(records):
-            key = f"{first + offset:09d}"
-            _add_member(archive, f"{key}.{_extension(data)}", data)
-            _add_member(archive, f"{key}.{LABEL_EXTENSION}", str(label).encode())
+    with atomic_paths(dst / name, _index_path(dst / name)) as (tmp, index):
+        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as archive:
+            for offset, (label, data) in enumerate(records):
+                key = f"{first + offset:09d}"
+                _add_member(archive, f"{key}.{_extension(data)}", data)
+                _add_member(archive, f"{key}.{LABEL_EXTENSION}", str(label).encode())
+        samples = [[s.name, s.offset, s.size, label] for s, label in _index_shard(tmp, 0)]
+        index.write_text(json.dumps({"shard_bytes": tmp.stat().st_size, "samples": samples}))
     return name
 
 
