@@ -12,7 +12,9 @@ random, not streamed: each shard's tar headers are scanned once when the data se
 and one bounded read. Compressed shards (``.tar.gz``) cannot be read this way and are refused.
 
 A folder of shards may hold ``manifest.json`` (written by :func:`pack_wds`): class names and
-the shards of each split. Without one, shards named ``train-*.tar``, ``val-*.tar`` ... form
+the shards of each split. :func:`pack_wds` also writes ``SHARD.tar.idx.json`` beside each shard
+(every sample's offset, size and label), so opening a packed set reads no shard; an index is
+used only while the shard keeps its size, and each read through it checks the member's header. Without one, shards named ``train-*.tar``, ``val-*.tar`` ... form
 splits, and classes are named by their numbers.
 """
 
