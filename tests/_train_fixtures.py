@@ -46,3 +46,18 @@ def tiny_config(out: Path, **overrides) -> TrainConfig:
                   lr=0.05, device="cpu", progress=False, seed=0)
     values.update(overrides)
     return TrainConfig(**values)
+
+
+def assert_resume_is_bitwise(tmp_path: Path, options: dict, resume_workers: int):
+    """Train ``options`` unbroken, and again stopped after one epoch and resumed with
+    ``resume_workers``: the same weights bit for bit and the same losses. Returns the unbroken run."""
+    from resnets.train import train
+    from resnets.train.checkpoint import load_state
+
+    full = train(tiny_config(tmp_path / "full", **options))
+    train(tiny_config(tmp_path / "split", **options), stop_after=1)
+    resumed = train(tiny_config(tmp_path / "ignored", resume=str(tmp_path / "split"), workers=resume_workers))
+    a, b = load_state(tmp_path / "full")["model"], load_state(tmp_path / "split")["model"]
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert [r["train_loss"] for r in full.history] == [r["train_loss"] for r in resumed.history]
+    return full

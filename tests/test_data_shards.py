@@ -11,14 +11,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
-from _train_fixtures import tiny_config, write_folder_dataset
+from _train_fixtures import assert_resume_is_bitwise, tiny_config, write_folder_dataset
 from resnets.cli import main
 from resnets.data import BadImageError, BadImageWarning, load_splits, open_source
 from resnets.data.shards import pack_wds
 from resnets.train import train
-from resnets.train.checkpoint import load_state
 
 
 @pytest.fixture(scope="module")
@@ -298,9 +296,4 @@ def test_streamed_resume_is_bitwise_exact(kind, workers, resume_workers, wds_dat
     data = str(wds_data if kind == "wds" else parquet_data)
     options = dict(data=data, stream=True, workers=workers, img_size=16, augment="cifar", epochs=2,
                    sched="onecycle")
-    full = train(tiny_config(tmp_path / "full", **options))
-    train(tiny_config(tmp_path / "split", **options), stop_after=1)
-    resumed = train(tiny_config(tmp_path / "ignored", resume=str(tmp_path / "split"), workers=resume_workers))
-    a, b = load_state(tmp_path / "full")["model"], load_state(tmp_path / "split")["model"]
-    assert all(torch.equal(a[key], b[key]) for key in a)
-    assert [r["train_loss"] for r in full.history] == [r["train_loss"] for r in resumed.history]
+    assert_resume_is_bitwise(tmp_path, options, resume_workers)
