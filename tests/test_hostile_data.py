@@ -17,7 +17,6 @@ import sys
 import tarfile
 import time
 import traceback
-import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -311,15 +310,21 @@ def _corrupt_stored(archive: Path, member: str) -> None:
     archive.write_bytes(bytes(raw))
 
 
-def test_zip_members_with_bad_crc_or_encryption_are_skipped_like_corrupt_images(tmp_path, capsys):
+def photos_zip_with(tmp_path: Path, extra_members: list) -> Path:
+    """A zip of the 12 good photos plus ``extra_members`` (names or ZipInfos), each a copy of one photo."""
     root = photos(tmp_path / "photos")
     archive = tmp_path / "photos.zip"
     png = (root / "cat" / "000.png").read_bytes()
     with zipfile.ZipFile(archive, "w") as handle:
         for path in sorted(root.rglob("*.png")):
             handle.write(path, path.relative_to(root).as_posix())
-        handle.writestr("cat/crc.png", png)
-        handle.writestr("dog/locked.png", png)
+        for member in extra_members:
+            handle.writestr(member, png)
+    return archive
+
+
+def test_zip_members_with_bad_crc_or_encryption_are_skipped_like_corrupt_images(tmp_path, capsys):
+    archive = photos_zip_with(tmp_path, ["cat/crc.png", "dog/locked.png"])
     _corrupt_stored(archive, "cat/crc.png")
     _set_flag(archive, "dog/locked.png", 0x1)
     code, out, err = cli(["data", "pack", archive, tmp_path / "out.lmdb", "--json"], capsys)
@@ -335,16 +340,8 @@ def test_zip_members_with_bad_crc_or_encryption_are_skipped_like_corrupt_images(
 
 
 def test_zip_members_with_absolute_or_parent_paths_are_ignored(tmp_path, capsys):
-    root = photos(tmp_path / "photos")
-    archive = tmp_path / "photos.zip"
-    png = (root / "cat" / "000.png").read_bytes()
-    with zipfile.ZipFile(archive, "w") as handle:
-        for path in sorted(root.rglob("*.png")):
-            handle.write(path, path.relative_to(root).as_posix())
-        handle.writestr(zipfile.ZipInfo("/etc/evil.png"), png)
-        handle.writestr(zipfile.ZipInfo("/abs/x.png"), png)
-        handle.writestr(zipfile.ZipInfo("../dog/up.png"), png)
-        handle.writestr(zipfile.ZipInfo("cat//double.png"), png)
+    archive = photos_zip_with(tmp_path, [zipfile.ZipInfo(name) for name in
+                                         ("/etc/evil.png", "/abs/x.png", "../dog/up.png", "cat//double.png")])
     code, out, err = cli(["data", "info", archive, "--json"], capsys)
     assert code == 0, err
     report = json.loads(out)
