@@ -1,4 +1,4 @@
-"""Optimizers: parameter groups (no weight decay on norms and biases, separate head lr)."""
+"""Optimizers: parameter groups (no weight decay on norms and biases, separate head lr, faster norm biases)."""
 
 from __future__ import annotations
 
@@ -14,24 +14,39 @@ def default_lr(opt: str, batch_size: int) -> float:
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float,
-                 head_lr: float | None = None, head: nn.Module | None = None) -> list[dict]:
+                 head_lr: float | None = None, head: nn.Module | None = None,
+                 norm_bias_lr_scale: float = 1.0) -> list[dict]:
     """Split parameters into (body|head) x (decay|no decay) groups.
 
     Norm weights and every bias are 1-D: decaying them only fights the normalisation, so they
     get no weight decay. Frozen parameters stay in the groups (they have no grad, so the
     optimizer skips them) so that unfreezing later needs no new optimizer.
+
+    ``norm_bias_lr_scale`` != 1 moves the biases of normalisation layers into their own groups
+    (``body_norm_bias``, ``head_norm_bias``) at ``scale`` times their rate, still without decay:
+    David Page, "How to train your ResNet" part 8 (2019), trains the BatchNorm biases 64x faster.
+    At 1 the groups are the plain ones, unchanged.
     """
     head_ids = {id(p) for p in head.parameters()} if head is not None else set()
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    norm_bias_ids = _norm_bias_ids(model) if norm_bias_lr_scale != 1.0 else set()
+    groups: dict[tuple[bool, bool, bool], list[nn.Parameter]] = {}
     for param in model.parameters():
-        key = (id(param) in head_ids, param.ndim <= 1)
+        key = (id(param) in head_ids, param.ndim <= 1, id(param) in norm_bias_ids)
         groups.setdefault(key, []).append(param)
     result = []
-    for (is_head, no_decay), params in sorted(groups.items()):
+    for (is_head, no_decay, norm_bias), params in sorted(groups.items()):
+        group_lr = head_lr if is_head and head_lr is not None else lr
+        suffix = "_norm_bias" if norm_bias else "_no_decay" if no_decay else ""
         result.append({"params": params, "weight_decay": 0.0 if no_decay else weight_decay,
-                       "lr": head_lr if is_head and head_lr is not None else lr,
-                       "name": f"{'head' if is_head else 'body'}{'_no_decay' if no_decay else ''}"})
+                       "lr": group_lr * norm_bias_lr_scale if norm_bias else group_lr,
+                       "name": f"{'head' if is_head else 'body'}{suffix}"})
     return result
+
+
+def _norm_bias_ids(model: nn.Module) -> set[int]:
+    """ids of the ``bias`` of every BatchNorm/InstanceNorm (``_NormBase``), GroupNorm and LayerNorm."""
+    norms = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+    return {id(m.bias) for m in model.modules() if isinstance(m, norms) and m.bias is not None}
 
 
 def build_optimizer(name: str, groups: list[dict], momentum: float, device: torch.device) -> torch.optim.Optimizer:
