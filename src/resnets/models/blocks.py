@@ -224,11 +224,57 @@ class PreActBottleneck(nn.Module):
         return self.drop_path(out) + shortcut
 
 
+class ConvPool(nn.Module):
+    """A ResNet-9 stage's entry: 3x3 conv, BN, ReLU, then a 2x2 max-pool that halves the size
+    (David Page, "How to train your ResNet", 2018: the "prep"/"layer" units of his ResNet-9)."""
+
+    def __init__(self, in_ch: int, out_ch: int, norm: NormFactory = nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.conv = conv3x3(in_ch, out_ch)
+        self.bn = norm(out_ch)
+        self.relu = nn.ReLU(inplace=True)
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(self.relu(self.bn(self.conv(x))))
+
+
+class ResidualPair(nn.Module):
+    """Page's residual unit: ``x + relu(bn(conv(relu(bn(conv(x))))))``, identity shortcut.
+
+    Unlike :class:`BasicBlock` the second ReLU comes before the addition, as in Page's ResNet-9.
+    """
+
+    expansion = 1
+
+    def __init__(self, in_ch: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
+                 groups: int = 1, base_width: int = 64, norm: NormFactory = nn.BatchNorm2d,
+                 drop_path_rate: float = 0.0, stride_in_1x1: bool = False) -> None:
+        super().__init__()
+        if in_ch != planes or stride != 1 or downsample is not None or groups != 1:
+            raise ValueError("ResidualPair keeps its width and size (identity shortcut, groups=1)")
+        self.conv1 = conv3x3(planes, planes)
+        self.bn1 = norm(planes)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = norm(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.drop_path = _drop_path(drop_path_rate)
+
+    def last_norm(self) -> nn.Module:
+        return self.bn2
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return x + self.drop_path(out)
+
+
 BLOCKS: dict[str, type[nn.Module]] = {
     "basic": BasicBlock,
     "bottleneck": Bottleneck,
     "preact_basic": PreActBasicBlock,
     "preact_bottleneck": PreActBottleneck,
+    "conv_pool": ResidualPair,  # a stage is ConvPool + ``layers[i]`` ResidualPairs (ResNet-9)
 }
 
 

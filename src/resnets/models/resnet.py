@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..errors import ResnetsError
 from ..preprocessing import Preprocessing
-from .blocks import BLOCKS, ShortcutKind, SubsampleShortcut, conv3x3, make_shortcut, zero_init_last
+from .blocks import BLOCKS, ConvPool, ShortcutKind, SubsampleShortcut, conv3x3, make_shortcut, zero_init_last
 
 StemKind = Literal["imagenet", "deep", "cifar"]
 
@@ -24,7 +24,9 @@ StemKind = Literal["imagenet", "deep", "cifar"]
 class ResNetConfig:
     """The architecture. Runtime choices (classes, input channels, regularisation) are not here.
 
-    block: ``basic``, ``bottleneck``, ``preact_basic`` or ``preact_bottleneck``.
+    block: ``basic``, ``bottleneck``, ``preact_basic``, ``preact_bottleneck`` or ``conv_pool``
+        (Page's ResNet-9: each stage is conv-BN-ReLU-max-pool, then ``layers[i]`` residual pairs,
+        which may be 0).
     layers: blocks per stage.
     widths: the ``planes`` of each stage (a bottleneck stage outputs 4x that).
     stem: ``imagenet`` (7x7/2 conv + 3x3/2 max-pool), ``deep`` (three 3x3 convs, ResNet-C/D,
@@ -43,6 +45,9 @@ class ResNetConfig:
     stem_pool_caffe: Caffe's stem max-pool (MSRA's ``pool1``): no padding, output size rounded
         up. Same 56x56 as the default at 224 pixels, but every window sits one pixel further
         down and right, so Caffe-trained weights need it; default off (torchvision's pool).
+    head_pool: ``avg`` (global average, the default) or ``max`` (global max, Page's ResNet-9).
+    head_scale: the logits are multiplied by this (Page's ResNet-9: 0.125).
+    head_bias: the classifier has a bias (Page's ResNet-9 has none).
     """
 
     block: str
@@ -59,6 +64,9 @@ class ResNetConfig:
     stem_bias: bool = False
     stem_pool_zero_pad: bool = False
     stem_pool_caffe: bool = False
+    head_pool: str = "avg"
+    head_scale: float = 1.0
+    head_bias: bool = True
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> "ResNetConfig":
@@ -121,8 +129,9 @@ def _validate(config: ResNetConfig, num_classes: int, in_chans: int, drop_path_r
         raise ResnetsError(f"unknown block {config.block!r}; choose from {', '.join(BLOCKS)}")
     if len(config.layers) != len(config.widths) or not config.layers:
         raise ResnetsError("layers and widths must name the same, non-zero number of stages")
-    if any(not _is_int(n) or n < 1 for n in config.layers):
-        raise ResnetsError(f"every stage needs at least one block, got layers={config.layers}")
+    fewest = 0 if config.block == "conv_pool" else 1
+    if any(not _is_int(n) or n < fewest for n in config.layers):
+        raise ResnetsError(f"every stage needs at least {fewest} block(s), got layers={config.layers}")
     if sum(config.layers) > MAX_BLOCKS:
         raise ResnetsError(f"layers={config.layers} has {sum(config.layers)} blocks; at most {MAX_BLOCKS} are built")
     sizes = {"widths": config.widths, "stem_width": (config.stem_width,), "deep_stem_width": (config.deep_stem_width,),
@@ -138,6 +147,11 @@ def _validate(config: ResNetConfig, num_classes: int, in_chans: int, drop_path_r
         raise ResnetsError("stem_pool_zero_pad and stem_pool_caffe are two different stem pools; pick one")
     if config.stem not in ("imagenet", "deep", "cifar"):
         raise ResnetsError(f"unknown stem {config.stem!r}; use imagenet, deep or cifar")
+    if config.head_pool not in ("avg", "max"):
+        raise ResnetsError(f"unknown head_pool {config.head_pool!r}; use avg or max")
+    if isinstance(config.head_scale, bool) or not isinstance(config.head_scale, (int, float)) or \
+            not 0 < config.head_scale <= 1e3:
+        raise ResnetsError(f"head_scale must be a number in (0, 1000], got {config.head_scale!r}")
     if not isinstance(num_classes, int) or num_classes < 0:
         raise ResnetsError(f"num_classes must be a non-negative integer (0: no head), got {num_classes!r}")
     if not isinstance(in_chans, int) or in_chans < 1:
@@ -175,10 +189,11 @@ class ResNet(nn.Module):
         if config.preact:
             self.norm = nn.BatchNorm2d(self.num_features)
             self.final_act = nn.ReLU(inplace=True)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        # torchvision's name, kept for users' code; a global max-pool when head_pool is "max"
+        self.avgpool = nn.AdaptiveMaxPool2d(1) if config.head_pool == "max" else nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
         self.num_classes = num_classes
-        self.fc: nn.Module = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        self.fc: nn.Module = self._new_classifier(num_classes)
         self._init_weights(zero_init_residual)
         # What the model is and how to feed it: saved with its weights, read by every command.
         self.model_name: str | None = None
@@ -217,10 +232,13 @@ class ResNet(nn.Module):
         total_blocks = sum(config.layers)
         norm = None if config.preact else nn.BatchNorm2d
         in_ch, reduction, index = config.stem_width, self._stem_reduction, 0
-        strides = [1] + [2] * (len(config.layers) - 1)
+        strides = [1] * len(config.layers) if config.block == "conv_pool" else [1] + [2] * (len(config.layers) - 1)
         for stage, (planes, depth) in enumerate(zip(config.widths, config.layers)):
             out_ch = planes * block.expansion
-            blocks = []
+            blocks: list[nn.Module] = []
+            if config.block == "conv_pool":  # ResNet-9: the stage enters by conv + pool
+                blocks.append(ConvPool(in_ch, planes))
+                in_ch, reduction = planes, reduction * 2
             for i in range(depth):
                 rate = drop_path_rate * index / max(total_blocks - 1, 1)
                 block_stride = self._block_stride(strides, stage, i, depth)
@@ -283,7 +301,12 @@ class ResNet(nn.Module):
         self.num_classes = num_classes
         self.class_names = None  # the new head's classes are the caller's to name
         device = next(self.parameters()).device
-        self.fc = nn.Linear(self.num_features, num_classes).to(device) if num_classes else nn.Identity()
+        self.fc = self._new_classifier(num_classes).to(device)
+
+    def _new_classifier(self, num_classes: int) -> nn.Module:
+        if not num_classes:
+            return nn.Identity()
+        return nn.Linear(self.num_features, num_classes, bias=self.config.head_bias)
 
     # -- forward ------------------------------------------------------------------------------
     def forward_stem(self, x: Tensor) -> Tensor:
@@ -320,7 +343,10 @@ class ResNet(nn.Module):
         """Pool and classify a feature map; ``pre_logits=True`` returns the pooled embedding."""
         x = torch.flatten(self.avgpool(x), 1)
         x = self.dropout(x)
-        return x if pre_logits else self.fc(x)
+        if pre_logits:
+            return x
+        x = self.fc(x)
+        return x * self.config.head_scale if self.config.head_scale != 1 else x
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
