@@ -55,7 +55,8 @@ class TensorLoader:
     the interrupted run would have. Iterating without :meth:`set_epoch` advances the epoch by one
     after each full pass, so successive epochs differ.
 
-    ``x`` is ``augment(images)`` (float32) or the raw uint8 batch when ``augment`` is None;
+    ``x`` is ``augment(images)`` (float32; given each image's item index, the epoch and the seed,
+    for :class:`BatchAugment`'s alternating flip) or the raw uint8 batch when ``augment`` is None;
     ``y`` is int64. Both are on ``device``. When shuffling, ``plan`` (an :class:`EpochPlan`:
     class-balanced, repeated) replaces the plain shuffle; ``policy`` is run on each image first,
     seeded per image as the streaming path does (:mod:`resnets.data.policy`).
@@ -125,7 +126,9 @@ class TensorLoader:
             x = apply_per_image(self.policy, x, draws, self.seed, self.epoch)
         x = x.to(self.device, non_blocking=True)
         y = self.labels[batch].to(self.device, non_blocking=True)
-        return (self.augment(x, generator) if self.augment is not None else x), y
+        if self.augment is None:
+            return x, y
+        return self.augment(x, generator, indices=batch, epoch=self.epoch, seed=self.seed), y
 
 
 @contextlib.contextmanager
