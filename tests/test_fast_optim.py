@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
-from resnets.train.ema import build_ema
+from resnets.errors import ResnetsError
+from resnets.train.ema import build_ema, ema_decay_for_steps
 from resnets.train.optim import param_groups
 
 
@@ -45,3 +47,56 @@ def test_scale_one_keeps_the_plain_groups():
                 ("head", [net[9].weight], 0.01, 5e-4), ("head_no_decay", [net[9].bias], 0.01, 0.0)]
     assert [(g["name"], ids(g["params"]), g["lr"], g["weight_decay"]) for g in groups] == \
         [(name, ids(params), lr, wd) for name, params, lr, wd in expected]
+
+
+def float_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and floating BN buffers (running mean/var), cloned."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+
+def perturb(net: nn.Module, generator: torch.Generator) -> None:
+    """A stand-in for a training step: new weights and new BN statistics (variances kept positive)."""
+    with torch.no_grad():
+        for name, tensor in net.state_dict(keep_vars=True).items():
+            if tensor.is_floating_point():
+                tensor.add_(torch.randn(tensor.shape, generator=generator))
+                if name.endswith("running_var"):
+                    tensor.abs_()
+
+
+def test_ema_follows_the_formula_for_weights_and_bn_buffers():
+    net, decay, other_decay = tiny_net(), 0.8, 0.7
+    ema = build_ema(net, decay)
+    generator = torch.Generator().manual_seed(1)
+    perturb(net, generator)
+    ema.update_parameters(net)  # the first update copies: ema_0 = w_0
+    expected, other = float_state(net), float_state(net)
+    for _ in range(4):
+        perturb(net, generator)
+        ema.update_parameters(net)
+        weights = float_state(net)
+        for key in expected:
+            expected[key] = decay * expected[key] + (1 - decay) * weights[key]
+            other[key] = other_decay * other[key] + (1 - other_decay) * weights[key]
+    averaged = float_state(ema.module)
+    assert set(averaged) == set(expected) and "1.running_mean" in averaged and "1.running_var" in averaged
+    for key in expected:
+        torch.testing.assert_close(averaged[key], expected[key])
+        with pytest.raises(AssertionError):  # the comparison tells decays apart
+            torch.testing.assert_close(averaged[key], other[key])
+
+
+def test_decay_from_half_life_halves_an_old_value_after_that_many_updates():
+    decay = ema_decay_for_steps(5)
+    net = nn.Linear(1, 1, bias=False)
+    ema = build_ema(net, decay)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+        ema.update_parameters(net)
+        net.weight.fill_(1.0)
+        for _ in range(5):
+            ema.update_parameters(net)
+    assert ema.module.weight.item() == pytest.approx(0.5)
+    for bad in (0, -3, float("nan"), float("inf")):
+        with pytest.raises(ResnetsError):
+            ema_decay_for_steps(bad)
