@@ -8,7 +8,8 @@ from torch import nn
 
 from resnets.errors import ResnetsError
 from resnets.train.ema import build_ema, ema_decay_for_steps
-from resnets.train.optim import param_groups
+from resnets.train.optim import build_optimizer, param_groups
+from resnets.train.schedule import build_scheduler
 
 
 def tiny_net() -> nn.Sequential:
@@ -100,3 +101,58 @@ def test_decay_from_half_life_halves_an_old_value_after_that_many_updates():
     for bad in (0, -3, float("nan"), float("inf")):
         with pytest.raises(ResnetsError):
             ema_decay_for_steps(bad)
+
+
+def muon_net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+
+
+def one_backward(net: nn.Module) -> None:
+    generator = torch.Generator().manual_seed(2)
+    x, y = torch.randn(16, 3, 6, 6, generator=generator), torch.randint(0, 3, (16,), generator=generator)
+    nn.functional.cross_entropy(net(x), y).backward()
+
+
+def test_muon_orthogonalises_the_filter_update_and_sgd_steps_the_rest():
+    net, reference = muon_net(), muon_net()
+    optimizer = build_optimizer("muon", param_groups(net, 0.1, 0.0, head=net[5]), 0.9, torch.device("cpu"))
+    sgd = build_optimizer("sgd", param_groups(reference, 0.1, 0.0, head=reference[5]), 0.9, torch.device("cpu"))
+    before = net[0].weight.detach().clone()
+    one_backward(net)
+    one_backward(reference)
+    grad = net[0].weight.grad.reshape(8, -1).clone()
+    optimizer.step()
+    sgd.step()
+    update = (before - net[0].weight.detach()).reshape(8, -1) / 0.1  # out 8 < in 27: lr not adjusted
+    singular = torch.linalg.svdvals(update)
+    assert singular.min() > 0.5 and singular.max() < 1.5  # Newton-Schulz: all near 1
+    raw = torch.linalg.svdvals(grad)
+    assert raw.max() / raw.min() > 3  # an SGD update's singular values are far from equal
+    for name in ("1.weight", "1.bias", "5.weight", "5.bias"):  # the rest: exactly torch's SGD
+        torch.testing.assert_close(net.state_dict()[name], reference.state_dict()[name])
+
+
+def test_onecycle_drives_every_group_of_muon():
+    net = muon_net()
+    groups = param_groups(net, 0.05, 5e-4, head=net[5], norm_bias_lr_scale=4.0)
+    optimizer = build_optimizer("muon", groups, 0.9, torch.device("cpu"))
+    assert [g["muon"] for g in optimizer.param_groups] == [True, False, False, False, False]
+    scheduler = build_scheduler(optimizer, "onecycle", total_steps=6, warmup_steps=2)
+    start = [g["lr"] for g in optimizer.param_groups]
+    for _ in range(3):
+        optimizer.zero_grad()
+        one_backward(net)
+        optimizer.step()
+        scheduler.step()
+    later = [g["lr"] for g in optimizer.param_groups]  # just past the peak (2 warm-up steps)
+    assert all(lr > s for lr, s in zip(later, start)) and later[2] == pytest.approx(4 * later[0])
+    assert all(g["momentum"] < 0.9 for g in optimizer.param_groups)  # cycled down near the peak lr
+    state = optimizer.state_dict()
+    assert len(state["state"]) == len(list(net.parameters()))  # every buffer checkpointed
+    restored = build_optimizer("muon", param_groups(net, 0.05, 5e-4, head=net[5], norm_bias_lr_scale=4.0),
+                               0.9, torch.device("cpu"))
+    restored.load_state_dict(state)
+    torch.testing.assert_close(restored.state[net[0].weight]["momentum_buffer"],
+                               optimizer.state[net[0].weight]["momentum_buffer"])

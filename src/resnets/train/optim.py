@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, DEFAULT_NS_STEPS, EPS, muon
+from torch.optim.sgd import sgd as sgd_update
 
-DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05}
+from ..errors import ResnetsError
+
+DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05, "muon": 5e-4}
 
 
 def default_lr(opt: str, batch_size: int) -> float:
-    """The usual starting points: SGD 0.1 per 256 images (Goyal et al.), AdamW 1e-3 per 1024."""
-    return 0.1 * batch_size / 256 if opt == "sgd" else 1e-3 * batch_size / 1024
+    """The usual starting points: SGD 0.1 per 256 images (Goyal et al.), AdamW 1e-3 per 1024.
+    ``muon`` starts from SGD's, the optimizer of all but its body filters."""
+    return 0.1 * batch_size / 256 if opt in ("sgd", "muon") else 1e-3 * batch_size / 1024
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float,
@@ -50,11 +55,79 @@ def _norm_bias_ids(model: nn.Module) -> set[int]:
 
 
 def build_optimizer(name: str, groups: list[dict], momentum: float, device: torch.device) -> torch.optim.Optimizer:
-    """SGD (Nesterov momentum) or AdamW, fused where the device supports it, else foreach."""
+    """SGD (Nesterov momentum) or AdamW, fused where the device supports it, else foreach;
+    ``muon``: :class:`MuonSGD` (Muon on the body's filters, SGD-Nesterov on the rest)."""
+    if name == "muon":
+        return MuonSGD(groups, lr=groups[0]["lr"], momentum=momentum)
     fast = {"fused": True} if _fused_supported(device) else {"foreach": True}
     if name == "sgd":
         return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=momentum, nesterov=momentum > 0, **fast)
     return torch.optim.AdamW(groups, lr=groups[0]["lr"], **fast)
+
+
+class MuonSGD(torch.optim.Optimizer):
+    """Muon for the body's weight matrices and filters, SGD with Nesterov momentum for the rest.
+
+    Source: Keller Jordan, "Muon: an optimizer for hidden layers in neural networks" (2024) and
+    airbench's CIFAR-10 speed runs, which train the convolution filters with Muon and the
+    norms, biases and classifier with SGD. The Muon step is torch's own (the functional behind
+    ``torch.optim.Muon``); that class takes only 2-D parameters, so each filter is stepped
+    through its (out, in*k*k) view, which shares storage with the 4-D weight, gradient and
+    momentum buffer. One optimizer object, so LR schedulers (OneCycleLR with momentum
+    cycling included), GradScaler, ``zero_grad`` and checkpointing see every group as usual.
+
+    The group named ``body`` (the >=2-D body weights from :func:`param_groups`) is Muon's; its
+    ``lr`` is Muon's rate (scaled as torch's ``adjust_lr_fn="original"``: by sqrt(max(1, out/in)))
+    and its ``weight_decay`` is decoupled (``w *= 1 - lr * wd``), as in torch's Muon. Other
+    groups are plain SGD-Nesterov (coupled weight decay).
+    """
+
+    def __init__(self, params: list[dict], lr: float, momentum: float) -> None:
+        if not momentum > 0:
+            raise ResnetsError(f"muon needs a positive momentum, got {momentum}")
+        groups = [{**group, "muon": group.get("name") == "body"} for group in params]
+        for group in groups:
+            if group["muon"] and any(p.ndim < 2 for p in group["params"]):
+                raise ResnetsError("muon's group 'body' must hold only weights of 2 or more dimensions")
+        super().__init__(groups, {"lr": lr, "momentum": momentum, "weight_decay": 0.0, "nesterov": True,
+                                  "muon": False})
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001, ANN201 - torch's Optimizer.step signature
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                (_muon_step if group["muon"] else _sgd_step)(params, group, self.state)
+        return loss
+
+
+def _sgd_step(params: list[torch.Tensor], group: dict, state: dict) -> None:
+    bufs = [state[p].get("momentum_buffer") for p in params]
+    sgd_update(params, [p.grad for p in params], bufs, weight_decay=group["weight_decay"],
+               momentum=group["momentum"], lr=group["lr"], dampening=0.0, nesterov=group["nesterov"],
+               maximize=False)
+    for p, buf in zip(params, bufs):
+        state[p]["momentum_buffer"] = buf
+
+
+def _muon_step(params: list[torch.Tensor], group: dict, state: dict) -> None:
+    for p in params:
+        if "momentum_buffer" not in state[p]:
+            state[p]["momentum_buffer"] = torch.zeros(p.shape, dtype=p.dtype, device=p.device)
+    # reshape is a view of a contiguous weight; a channels-last one is stepped as a copy, written back
+    matrix = [p.reshape(p.shape[0], -1) for p in params]
+    muon(matrix, [p.grad.reshape(p.shape[0], -1) for p in params],
+         [state[p]["momentum_buffer"].view(p.shape[0], -1) for p in params],
+         lr=group["lr"], weight_decay=group["weight_decay"], momentum=group["momentum"],
+         nesterov=group["nesterov"], ns_coefficients=(DEFAULT_A, DEFAULT_B, DEFAULT_C),
+         ns_steps=DEFAULT_NS_STEPS, eps=EPS, adjust_lr_fn=None, has_complex=False)
+    for p, m in zip(params, matrix):
+        if m.data_ptr() != p.data_ptr():
+            p.copy_(m.view(p.shape))
 
 
 def _fused_supported(device: torch.device) -> bool:
