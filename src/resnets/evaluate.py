@@ -20,8 +20,13 @@ def collect_logits(model: nn.Module, loader: Iterable, amp: bool = False, channe
                    tta: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (float32) and labels of every batch, kept on the device until the end.
 
-    ``tta="flip"`` averages the logits of each image and its mirror image.
+    ``tta`` (a :data:`resnets.tta.TTA_MODES` mode) averages the logits of several views of each
+    image (:func:`resnets.tta.tta_logits`).
     """
+    from .tta import tta_logits, tta_views
+
+    if tta is not None:
+        tta_views(tta)  # an unknown mode fails before the first batch
     was_training = model.training
     model.eval()
     all_logits, all_labels = [], []
@@ -29,9 +34,7 @@ def collect_logits(model: nn.Module, loader: Iterable, amp: bool = False, channe
         if channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(x).float()
-            if tta == "flip":
-                logits = (logits + model(x.flip(3)).float()) / 2
+            logits = tta_logits(model, x, tta).float()
         all_logits.append(logits)
         all_labels.append(y)
     model.train(was_training)

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..evaluate import SPLITS
 from ..terminal import printable
 from ..train.config import Bound, parse_arg
+from ..tta import TTA_MODES
 from . import add_model_argument
 
 
@@ -22,7 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="image folder, zip, CIFAR pickle folder or LMDB")
     p.add_argument("--split", choices=SPLITS, default="auto",
                    help="auto (default): the held-out images; val; train; all")
-    p.add_argument("--tta", choices=("flip",), help="test-time augmentation: average with the mirror image")
+    p.add_argument("--tta", choices=TTA_MODES,
+                   help="test-time augmentation, logits averaged over views: flip (the image and its mirror), "
+                   "multicrop (those two, each also shifted one pixel up-left and down-right with reflection: 6)")
     p.add_argument("--backend", default="eager",
                    help="inference backend: auto, eager, compile, onnxruntime, openvino, or int8 / openvino-int8 "
                    "(calibrated on 256 training images, so that the accuracy cost of int8 shows here)")
