@@ -25,6 +25,7 @@ REFUSED = {
     "seed": ["-1", str(2 ** 64), "1.0"], "workers": ["-1"], "in-chans": ["0", "65", "2", "x"],
     "effective-beta": ["0", "1", "nan"], "random-erasing": ["-0.1", "1.5", "nan"],
     "color-jitter": ["-1", "nan", "11"], "aug-repeats": ["0", "-1", "1.5"],
+    "norm-bias-lr-scale": ["0", "-1", "inf", "1e5"], "translate": ["-1", "65", "1.5"],
 }
 
 

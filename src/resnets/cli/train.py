@@ -7,7 +7,7 @@ import sys
 
 from ..data.policy import POLICIES
 from ..data.sampling import SAMPLERS
-from ..train.config import AUGMENT_PRESETS, OPTIMIZERS, SCHEDULES, parse_arg
+from ..train.config import AUGMENT_PRESETS, FLIPS, OPTIMIZERS, PAD_MODES, SCHEDULES, parse_arg
 from ..train.recipes import list_recipes, read_recipe, recipe_yaml
 
 
@@ -31,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--head-lr", type=parse_arg("head_lr"), help="learning rate of the classifier (default: --lr)")
     p.add_argument("--weight-decay", type=parse_arg("weight_decay"), help="default: SGD 5e-4, AdamW 0.05 (none on norms/biases)")
     p.add_argument("--momentum", type=parse_arg("momentum"))
-    p.add_argument("--opt", choices=OPTIMIZERS)
+    p.add_argument("--opt", choices=OPTIMIZERS, help="sgd (Nesterov), adamw, or muon: torch's Muon on the "
+                   "convolution filters, SGD-Nesterov on the rest")
     p.add_argument("--sched", choices=SCHEDULES)
     p.add_argument("--warmup-epochs", type=parse_arg("warmup_epochs"))
     p.add_argument("--label-smoothing", type=parse_arg("label_smoothing"))
@@ -55,6 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="fraction of the epochs at full size, at the end (default %(default)s)")
     p.add_argument("--augment", choices=AUGMENT_PRESETS, help="augmentation preset (default: the model's)")
     _add_imbalance_and_policy_arguments(p)
+    _add_fast_training_arguments(p)
     p.add_argument("--val-split", type=parse_arg("val_split"), help="hold out this fraction when the data has no val/test split")
     p.add_argument("--stream", action=argparse.BooleanOptionalAction,
                    help="decode images from disk every epoch in --workers processes instead of once into "
@@ -106,6 +108,20 @@ def _add_imbalance_and_policy_arguments(p: argparse.ArgumentParser) -> None:
                    help="beta of --class-weights effective (default %(default)s)")
     p.add_argument("--sampler", choices=SAMPLERS,
                    help="shuffle (default) or balanced: every class drawn equally often each epoch")
+
+
+def _add_fast_training_arguments(p: argparse.ArgumentParser) -> None:
+    """The fast-training techniques of Page's ResNet-9 and Jordan's airbench (recipe cifar10-resnet9-fast)."""
+    p.add_argument("--flip", choices=FLIPS,
+                   help="horizontal flips: random (default), alternate (each image flipped in every other "
+                        "epoch; airbench) or none")
+    p.add_argument("--translate", type=parse_arg("translate"), metavar="PX",
+                   help="pad by PX pixels before the random crop (default: the preset's 4)")
+    p.add_argument("--pad-mode", choices=PAD_MODES, help="fill that padding with zeros (constant) or reflect")
+    p.add_argument("--patch-whitening", action=argparse.BooleanOptionalAction,
+                   help="initialise the first convolution to whiten the training images' patches (Page; airbench)")
+    p.add_argument("--norm-bias-lr-scale", type=parse_arg("norm_bias_lr_scale"), metavar="X",
+                   help="BatchNorm biases train at X times the learning rate (Page: 64; default 1)")
 
 
 def _apply_recipe_first(parser: argparse.ArgumentParser) -> None:

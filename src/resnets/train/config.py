@@ -9,12 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..data.augment import FLIPS, PAD_MODES
 from ..data.policy import POLICIES
 from ..data.sampling import SAMPLERS
 from ..errors import ResnetsError
 from .class_weights import check_class_weights
 
-OPTIMIZERS = ("sgd", "adamw")
+OPTIMIZERS = ("sgd", "adamw", "muon")
 SCHEDULES = ("cosine", "onecycle", "step")
 AUGMENT_PRESETS = ("cifar", "imagenet", "none")
 
@@ -71,13 +72,15 @@ NUMBER_RULES: dict[str, Bound] = {
     "num_classes": Bound(int, 1), "unfreeze_after": Bound(int, 0), "procs": Bound(int, 1, 1024),
     "max_minutes": Bound(float, 0, low_open=True), "val_every": Bound(int, 1), "stop_after": Bound(int, 1),
     "in_chans": Bound(int, 1, 64), "effective_beta": _FRACTION_OPEN, "random_erasing": _UNIT,
-    "color_jitter": Bound(float, 0, 10), "aug_repeats": Bound(int, 1, 64), "seed": Bound(int, 0, 2 ** 63 - 1), "workers": Bound(int, 0, 1024), "log_interval": Bound(int, 1),
+    "color_jitter": Bound(float, 0, 10), "aug_repeats": Bound(int, 1, 64),
+    "norm_bias_lr_scale": Bound(float, 0, 1e4, low_open=True), "translate": Bound(int, 0, 64), "seed": Bound(int, 0, 2 ** 63 - 1), "workers": Bound(int, 0, 1024), "log_interval": Bound(int, 1),
 }
 
 
 _TEXT_FIELDS = ("model", "data", "out", "augment", "weights", "resume", "freeze", "device", "opt", "sched",
-                "class_weights", "sampler", "augment_policy")
-_FLAG_FIELDS = ("amp", "channels_last", "compile", "feature_cache", "sync_bn", "progress", "stream")
+                "class_weights", "sampler", "augment_policy", "flip", "pad_mode")
+_FLAG_FIELDS = ("amp", "channels_last", "compile", "feature_cache", "sync_bn", "progress", "stream",
+                "patch_whitening")
 
 
 def _check_types(config: "TrainConfig") -> None:
@@ -156,6 +159,11 @@ class TrainConfig:
     random_erasing: float = 0.0    # probability of RandomErasing per image
     color_jitter: float = 0.0      # ColorJitter strength (brightness, contrast, saturation)
     aug_repeats: int = 1           # repeated augmentation: each image N times per epoch
+    flip: str = "random"           # random | alternate (each image flipped every other epoch) | none
+    translate: int | None = None   # pixels of padding before the random crop (default: the preset's, 4)
+    pad_mode: str = "constant"     # constant (zeros) | reflect: how that padding is filled
+    patch_whitening: bool = False  # first conv initialised to whiten the training images' patches
+    norm_bias_lr_scale: float = 1.0  # BatchNorm biases train at lr x this (Page: 64)
     class_weights: str | None = None  # auto | effective | a JSON file {class: weight}
     effective_beta: float = 0.999  # beta of --class-weights effective
     sampler: str = "shuffle"       # shuffle | balanced (every class drawn equally often)
@@ -192,6 +200,8 @@ class TrainConfig:
             (self.sampler in SAMPLERS, f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}"),
             (self.augment_policy in (None, *POLICIES),
              f"--augment-policy must be one of {', '.join(POLICIES)}, got {self.augment_policy!r}"),
+            (self.flip in FLIPS, f"--flip must be one of {', '.join(FLIPS)}, got {self.flip!r}"),
+            (self.pad_mode in PAD_MODES, f"--pad-mode must be one of {', '.join(PAD_MODES)}, got {self.pad_mode!r}"),
             (self.batch_size % self.procs == 0,
              f"--batch-size {self.batch_size} (global) must divide evenly over --procs {self.procs}"),
         ]

@@ -48,6 +48,7 @@ from .schedule import build_scheduler
 tqdm.monitor_interval = 0
 
 # Settings a resumed run may change; everything else comes from the run's config.json.
+WHITENING_IMAGES = 5000  # training images whose patches --patch-whitening fits (airbench uses 5,000)
 RESUME_OVERRIDES = ("device", "progress", "workers", "log_interval", "val_every", "max_minutes")
 
 
@@ -189,6 +190,7 @@ class _Run:
             self.preset, self.preprocessing = self._training_preprocessing(int(self.data.train_images.shape[-1]))
             self._check_input_size(self.img_size)
         self._fit_classes()
+        self._whiten_first_conv()
         self.multi_label = self._set_up_multi_label()
         self.class_weight = self._class_weight()
         self.model.to(self.device)
@@ -233,6 +235,23 @@ class _Run:
         preset = "cifar" if base.input_size <= 64 else "imagenet"
         preset = self.config.augment or ("none" if self.config.freeze == "backbone" else preset)
         return preset, training_preprocessing(base, preset, img_size or base.input_size)
+
+    def _whiten_first_conv(self) -> None:
+        """``--patch-whitening``: the first convolution's filters from the training images' patch
+        covariance (:mod:`resnets.models.whitening`). A resumed run's checkpoint replaces them."""
+        if not self.config.patch_whitening:
+            return
+        from ..models.whitening import fit_patch_whitening
+
+        if isinstance(self.data, StreamingData):
+            raise ResnetsError("--patch-whitening fits the first layer to images held in memory; drop --stream")
+        first = self.model.conv1
+        if not isinstance(first, nn.Conv2d):
+            raise ResnetsError(f"--patch-whitening needs a single first convolution; {self.model.model_name}'s stem "
+                               "has several")
+        sample = self.data.train_images[:WHITENING_IMAGES]
+        with torch.no_grad():
+            fit_patch_whitening(first, self._augment(train=False)(sample))  # normalised as the model sees them
 
     def _check_input_size(self, size: int) -> None:
         """Inputs smaller than the network's total stride train on nothing (NaN weights): refused."""
@@ -302,7 +321,12 @@ class _Run:
     def _augment(self, train: bool):
         from ..data import BatchAugment
 
-        return BatchAugment(self.preset if train else "none", self.preprocessing, train=train)
+        if not train:
+            return BatchAugment("none", self.preprocessing, train=False)
+        cfg = self.config
+        padding = {} if cfg.translate is None else {"padding": cfg.translate}
+        return BatchAugment(self.preset, self.preprocessing, train=True, flip=cfg.flip, pad_mode=cfg.pad_mode,
+                            **padding)
 
     def _policy(self):
         """The per-image augmentation policy (``--augment-policy``, ``--random-erasing``,
@@ -388,7 +412,8 @@ class _Run:
         cfg = self.config
         lr = cfg.lr or default_lr(cfg.opt, cfg.batch_size)
         wd = DEFAULT_WEIGHT_DECAY[cfg.opt] if cfg.weight_decay is None else cfg.weight_decay
-        groups = param_groups(self.trainee, lr, wd, cfg.head_lr, self.model.get_classifier())
+        groups = param_groups(self.trainee, lr, wd, cfg.head_lr, self.model.get_classifier(),
+                              norm_bias_lr_scale=cfg.norm_bias_lr_scale)
         self.optimizer = build_optimizer(cfg.opt, groups, cfg.momentum, self.device)
         self.steps_per_epoch = -(-len(self.train_loader) // cfg.accum_steps)
         self.scheduler = build_scheduler(self.optimizer, cfg.sched, self.steps_per_epoch * cfg.epochs,

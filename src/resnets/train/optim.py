@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, DEFAULT_NS_STEPS, EPS, muon
 from torch.optim.sgd import sgd as sgd_update
 
 from ..errors import ResnetsError
@@ -115,6 +114,9 @@ def _sgd_step(params: list[torch.Tensor], group: dict, state: dict) -> None:
 
 
 def _muon_step(params: list[torch.Tensor], group: dict, state: dict) -> None:
+    # torch's Muon step function (torch >= 2.9); imported here so that other optimizers need no Muon
+    from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, DEFAULT_NS_STEPS, EPS, muon
+
     for p in params:
         if "momentum_buffer" not in state[p]:
             state[p]["momentum_buffer"] = torch.zeros(p.shape, dtype=p.dtype, device=p.device)
