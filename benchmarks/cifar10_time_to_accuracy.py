@@ -161,10 +161,11 @@ def plan_epochs(requested: str, seconds_left: float, rate: float, train_images: 
 
 def final_scores(run_dir: Path, data, tta: str | None) -> dict:
     """Test top-1 of the run's published weights (what ``resnets evaluate RUN`` scores), plain and
-    with test-time augmentation."""
+    with test-time augmentation; with an EMA, also of the last raw weights (no TTA)."""
     from resnets import load_model
     from resnets.data import BatchAugment, TensorLoader
     from resnets.evaluate import collect_logits, topk_accuracy
+    from resnets.train.checkpoint import load_state
 
     model = load_model(str(run_dir)).eval()
     loader = TensorLoader(data.val_images, data.val_labels, 500, shuffle=False, drop_last=False,
@@ -173,6 +174,10 @@ def final_scores(run_dir: Path, data, tta: str | None) -> dict:
               "top1": topk_accuracy(*collect_logits(model, loader), (1,))[0], "tta": tta}
     if tta is not None:
         scores["tta_top1"] = topk_accuracy(*collect_logits(model, loader, tta=tta), (1,))[0]
+    state = load_state(run_dir)
+    if state.get("ema") is not None:  # what the EMA bought: the last raw weights, scored the same way
+        model.load_state_dict(state["model"])
+        scores["last_raw_weights_top1"] = topk_accuracy(*collect_logits(model.eval(), loader), (1,))[0]
     return scores
 
 
