@@ -52,9 +52,9 @@ def main() -> None:
         runs.append((args.baseline, [], Path(args.out) / "baseline"))
     reports = []
     for recipe, flags, out in runs:
-        run_start = start if not reports else time.perf_counter()
-        reports.append(benchmark_recipe(recipe, flags, out, data, args, run_start,
-                                        decode_s=0.0 if reports else args.decode_s))
+        # each recipe's clock includes one decoding of the data, as if it ran alone
+        run_start = start if not reports else time.perf_counter() - args.decode_s
+        reports.append(benchmark_recipe(recipe, flags, out, data, args, run_start, args.decode_s))
     report = {"benchmark": "cifar10_time_to_accuracy", "threads": args.threads, "budget_minutes": args.minutes,
               "machine": machine(), "runs": reports}
     out = Path(args.out)

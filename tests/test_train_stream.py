@@ -59,3 +59,15 @@ def test_streaming_skips_unreadable_files_and_caches_features(tmp_path):
     with pytest.warns(BadImageWarning, match="broken.png"):
         result = train(config)
     assert result.used_feature_cache and len(result.history) == 2
+
+
+@pytest.mark.parametrize("option", [{"flip": "alternate"}, {"translate": 2}, {"pad_mode": "reflect"},
+                                    {"patch_whitening": True}])
+def test_in_memory_techniques_are_refused_when_streaming(folder_data, tmp_path, option):
+    """The fast-training augmentations and whitening act on decoded images; streamed they would
+    be ignored without a word, so they are refused in one line."""
+    from resnets.errors import ResnetsError
+
+    with pytest.raises(ResnetsError, match="drop --stream") as error:
+        train(tiny_config(tmp_path / "run", data=str(folder_data), stream=True, workers=0, img_size=16, **option))
+    assert "\n" not in str(error.value)

@@ -373,6 +373,10 @@ class _Run:
 
     def _stream_loader(self, dataset: Any, train: bool, sharded: bool) -> StreamLoader:
         cfg, ctx = self.config, self.ctx
+        in_memory_only = [flag for flag, used in (("--flip", cfg.flip != "random"), ("--translate", cfg.translate is not None),
+                                                  ("--pad-mode", cfg.pad_mode != "constant")) if used]
+        if train and in_memory_only:  # the streaming path's torchvision transforms would silently ignore them
+            raise ResnetsError(f"{', '.join(in_memory_only)} act on images held in memory; drop --stream")
         return StreamLoader(dataset, self.preset, self.preprocessing, train,
                             cfg.batch_size // ctx.world_size if sharded else cfg.batch_size, cfg.workers,
                             cfg.seed, self.device, ctx.rank if sharded else 0, ctx.world_size if sharded else 1,
