@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import ResnetsError
+from ..errors import ResnetsError, first_line
 from ..safepickle import load_numpy_pickle
 from .dataset import ImageDataset
-from .images import first_line, printable
+from .images import printable
 
 # No CIFAR file is larger (CIFAR-100's train pickle is 150 MiB); a bigger one is not read.
 MAX_CIFAR_FILE_BYTES = 512 * 2**20

@@ -35,9 +35,9 @@ try:  # optional (the `hf` extra): detection works without it, reading says what
 except ImportError:
     pa = pq = None
 
-from ..errors import ResnetsError
+from ..errors import ResnetsError, first_line
 from .dataset import EncodedImageDataset
-from .images import MAX_IMAGE_BYTES, BadImageError, BadImageWarning, first_line, printable, read_image_file
+from .images import MAX_IMAGE_BYTES, BadImageError, BadImageWarning, printable, read_image_file
 from .sources import VAL_SPLITS
 
 MAX_JSON_BYTES = 16 * 2**20

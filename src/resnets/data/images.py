@@ -18,7 +18,7 @@ import stat
 import numpy as np
 from PIL import Image
 
-from ..errors import ResnetsError
+from ..errors import ResnetsError, first_line
 from ..terminal import printable  # noqa: F401 - the one escaping of names, used by the readers
 
 # The extensions torchvision's ImageFolder accepts; matched case-insensitively.
@@ -82,12 +82,6 @@ def decode_image(data: bytes, name: str) -> Image.Image:
             return to_rgb(image)
     except Exception as error:  # any decoder error means the file is unusable  # noqa: BLE001
         raise BadImageError(f"cannot decode image {name}: {first_line(error)}") from error
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an exception's message (its type's name when it has none), for one-line errors."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -31,9 +31,9 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from ..errors import ResnetsError
+from ..errors import ResnetsError, first_line
 from .dataset import EncodedImageDataset
-from .images import (MAX_IMAGE_BYTES, BadImageError, BadImageWarning, first_line, is_image_name, printable,
+from .images import (MAX_IMAGE_BYTES, BadImageError, BadImageWarning, is_image_name, printable,
                      read_image_file)
 
 SPLIT_NAMES = ("train", "val", "valid", "validation", "test")

@@ -38,10 +38,10 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..errors import ResnetsError
+from ..errors import ResnetsError, first_line
 from ..fileio import atomic_path
 from .dataset import EncodedImageDataset, ImageDataset
-from .images import BadImageError, BadImageWarning, decode_image, first_line, printable
+from .images import BadImageError, BadImageWarning, decode_image, printable
 
 FORMAT = "resnets-lmdb"
 VERSION = 1

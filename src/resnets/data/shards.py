@@ -34,10 +34,10 @@ from typing import Any, NamedTuple
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..errors import ResnetsError
+from ..errors import ResnetsError, first_line
 from ..fileio import atomic_path, atomic_paths
 from .dataset import EncodedImageDataset
-from .images import MAX_IMAGE_BYTES, BadImageError, BadImageWarning, first_line, is_image_name, printable
+from .images import MAX_IMAGE_BYTES, BadImageError, BadImageWarning, is_image_name, printable
 from .sources import VAL_SPLITS
 
 FORMAT = "resnets-wds"
