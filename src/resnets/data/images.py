@@ -14,6 +14,8 @@ from __future__ import annotations
 import io
 import os
 import stat
+import warnings
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -35,6 +37,33 @@ class BadImageError(ResnetsError):
 
 class BadImageWarning(UserWarning):
     """An unreadable image was skipped; the message names the file."""
+
+
+class SkippedImages:
+    """The unreadable images one pass over a data set skips, said alike by every reader: a
+    :class:`BadImageWarning` naming each, and one with their count (:meth:`warn_count`). Readers
+    decoding in threads :meth:`add` from the calling thread: in item order, pointing at its caller."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def add(self, name: str, stacklevel: int = 3) -> None:
+        self.names.append(name)
+        warnings.warn(f"skipped unreadable image {name}", BadImageWarning, stacklevel=stacklevel)
+
+    def item(self, dataset: Any, index: int) -> tuple[Any, Any] | None:
+        """``dataset[index]`` (of an :class:`~.dataset.ImageDataset`), or None if unreadable."""
+        try:
+            return dataset[index]
+        except BadImageError:
+            self.add(dataset.describe(index), stacklevel=4)
+            return None
+
+    def warn_count(self, where: str, total: int | None = None) -> None:
+        if self.names:
+            of = "" if total is None else f" of {total}"
+            warnings.warn(f"skipped {len(self.names)} unreadable image(s){of} in {where}", BadImageWarning,
+                          stacklevel=3)
 
 
 def is_image_name(name: str) -> bool:

@@ -7,7 +7,6 @@ ever decodes a file again.
 
 from __future__ import annotations
 
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -18,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ResnetsError
 from .dataset import ImageDataset
-from .images import BadImageError, BadImageWarning
+from .images import BadImageError, SkippedImages
 
 # Above this many bytes of decoded pixels, stream from disk with a DataLoader instead.
 MEMORY_LIMIT_BYTES = 4 * 2**30
@@ -60,16 +59,29 @@ def decode_to_memory(dataset: ImageDataset, size: tuple[int, int] | int | None =
     stored = dataset.as_uint8()
     if stored is not None and fit is not None and preprocessing.keeps(*stored.shape[-2:]):
         fit = None  # already what the model takes (CIFAR at 32 px): no decoding at all
+    labels = torch.as_tensor(dataset.targets, dtype=torch.int64)
     if stored is not None and fit is None and (size is None or tuple(stored.shape[-2:]) == tuple(size)):
-        kept = torch.arange(len(stored))
-        targets = torch.as_tensor(dataset.targets, dtype=torch.int64)
-        return (stored, targets, kept) if return_kept else (stored, targets)
+        images, readable = stored, torch.ones(len(stored), dtype=torch.bool)
+    else:
+        images, readable = _decode_all(dataset, size, fit, workers, progress)
+        skipped = SkippedImages()
+        for index in torch.nonzero(~readable).flatten().tolist():
+            skipped.add(dataset.describe(index))
+        skipped.warn_count(dataset.source, total=len(dataset))
+        if skipped.names:
+            images, labels = images[readable], labels[readable]
+    kept = torch.nonzero(readable).flatten()
+    return (images, labels, kept) if return_kept else (images, labels)
+
+
+def _decode_all(dataset: ImageDataset, size: tuple[int, int] | None,
+                fit: Callable[[Image.Image], Image.Image] | None, workers: int, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 (N, 3, H, W) images, bool (N,) readable); the first readable image sets (H, W)."""
     count = len(dataset)
     if count == 0:
         raise ResnetsError(f"data set {dataset.source} is empty")
     readable = torch.zeros(count, dtype=torch.bool)
-    bar = tqdm(total=count, desc="decoding", unit="img", disable=not progress, leave=False)
-    with bar:
+    with tqdm(total=count, desc="decoding", unit="img", disable=not progress, leave=False) as bar:
         first, array = next(((i, a) for i in range(count) if (a := _load(dataset, i, size, fit)) is not None),
                             (count, None))
         bar.update(first + 1)
@@ -96,16 +108,7 @@ def decode_to_memory(dataset: ImageDataset, size: tuple[int, int] | int | None =
         chunks = [range(start, min(start + _CHUNK, count)) for start in range(first + 1, count, _CHUNK)]
         with ThreadPoolExecutor(max(1, workers)) as pool:
             list(pool.map(fill, chunks))  # re-raises a worker's error here
-    bad = [dataset.describe(int(i)) for i in torch.nonzero(~readable).flatten()]
-    for name in bad:
-        warnings.warn(f"skipped unreadable image {name}", BadImageWarning, stacklevel=2)
-    if bad:
-        warnings.warn(f"skipped {len(bad)} unreadable image(s) of {count} in {dataset.source}",
-                      BadImageWarning, stacklevel=2)
-        images = images[readable]
-    labels = torch.as_tensor(dataset.targets, dtype=torch.int64)
-    kept = torch.nonzero(readable).flatten()
-    return (images, labels[readable], kept) if return_kept else (images, labels[readable])
+    return images, readable
 
 
 _CHUNK = 256
