@@ -153,16 +153,10 @@ def embed_dataset(model: str | os.PathLike, data: str | os.PathLike, out: str | 
 
 def _load_item(dataset: Any, index: int, preprocessing: Any) -> torch.Tensor | None:
     """Image ``index`` as the model's uint8 input, or None (with a warning) if unreadable."""
-    import warnings
+    from .data.images import SkippedImages
 
-    from .data.images import BadImageError, BadImageWarning
-
-    try:
-        image = dataset[index][0]
-    except BadImageError as error:
-        warnings.warn(f"skipped {error}", BadImageWarning, stacklevel=2)
-        return None
-    return preprocessing.to_uint8(image)
+    sample = SkippedImages().item(dataset, index)
+    return None if sample is None else preprocessing.to_uint8(sample[0])
 
 
 # -- the index file -------------------------------------------------------------------------------
