@@ -9,10 +9,8 @@ shuffling, sharding and augmentation are tensor operations, deterministic in (se
 from __future__ import annotations
 
 import contextlib
-import warnings
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
-import numpy as np
 import torch
 from torchvision.transforms import v2
 
@@ -20,31 +18,9 @@ from ..errors import ResnetsError
 from ..preprocessing import Preprocessing
 from .augment import PRESETS, BatchAugment
 from .dataset import ImageDataset
-from .images import BadImageError, BadImageWarning
-
-if TYPE_CHECKING:
-    from .policy import AugmentPolicy
-    from .sampling import EpochPlan
-
-
-def mix_seed(*parts: int) -> int:
-    """A well-mixed 63-bit seed from integers (seed, epoch, ...)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
-
-
-def shard_indices(order: torch.Tensor, rank: int, world_size: int, drop_last: bool) -> torch.Tensor:
-    """This rank's part of an epoch's ``order``, as ``DistributedSampler`` cuts it.
-
-    Every rank gets the same number of items: the tail is dropped when ``drop_last``, else
-    the order is padded by wrapping around (so a few items appear twice in the epoch).
-    """
-    total = len(order)
-    if drop_last:
-        order = order[: total - total % world_size]
-    elif total % world_size:
-        padding = world_size - total % world_size
-        order = torch.cat([order, order.repeat(padding // total + 1)[:padding]])
-    return order[rank::world_size]
+from .images import SkippedImages
+from .policy import AugmentPolicy, apply_per_image, seed_image
+from .sampling import EpochPlan, PlanSampler, mix_seed, shard_indices
 
 
 class TensorLoader:
@@ -118,8 +94,6 @@ class TensorLoader:
         self.epoch += 1
 
     def _batch(self, draws: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        from .policy import apply_per_image
-
         batch = draws % len(self.images)
         x = self.images[batch]
         if self.policy is not None:
@@ -188,16 +162,11 @@ class _Transformed(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
-        item = index % len(self.dataset)
-        try:
-            image, label = self.dataset[item]
-        except BadImageError:
-            warnings.warn(f"skipped unreadable image {self.dataset.describe(item)}", BadImageWarning,
-                          stacklevel=2)
+        sample = SkippedImages().item(self.dataset, index % len(self.dataset))
+        if sample is None:
             return None
+        image, label = sample
         if self.seed is not None:
-            from .policy import seed_image
-
             seed_image(self.seed, self.epoch, index)  # v2 transforms use the global RNG
         return self.transform(image), label
 
@@ -224,8 +193,6 @@ def make_dataloader(dataset: ImageDataset, preset: str, preprocessing: Preproces
     A training ``plan`` (class-balanced, repeated draws) replaces the shuffle, sharded the same
     way; ``policy`` adds an augmentation policy (:mod:`resnets.data.policy`).
     """
-    from .sampling import PlanSampler
-
     transformed = _Transformed(dataset, torchvision_transform(preset, preprocessing, train, policy),
                                seed if train else None)
     if train and plan is not None:

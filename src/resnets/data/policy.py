@@ -5,7 +5,7 @@ TrivialAugmentWide, RandAugment, AutoAugment (ImageNet policy) or AugMix, then C
 (brightness, contrast and saturation by ``color_jitter``), then RandomErasing with probability
 ``random_erasing``. The in-memory loader runs it on each stored image and the streaming loader
 on each decoded image, both before the preset's crop and flip, with the global RNG seeded from
-(seed, epoch, draw) (:func:`resnets.data.loader.mix_seed`), so the same image, seed and epoch
+(seed, epoch, draw) (:func:`resnets.data.sampling.mix_seed`), so the same image, seed and epoch
 give the same pixels in both paths (where the two decoders give the same uint8 image).
 """
 
@@ -17,6 +17,7 @@ import torch
 from torchvision.transforms import v2
 
 from ..errors import ResnetsError
+from .sampling import mix_seed
 
 POLICIES = ("trivialaugment", "randaugment", "autoaugment", "augmix")
 
@@ -66,8 +67,6 @@ class AugmentPolicy:
 
 def seed_image(seed: int, epoch: int, draw: int) -> None:
     """Seed the global RNG (which v2 transforms draw from) for one image of one epoch."""
-    from .loader import mix_seed
-
     torch.manual_seed(mix_seed(seed, epoch, draw))
 
 

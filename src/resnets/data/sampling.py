@@ -11,12 +11,32 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 
 from ..errors import ResnetsError
-from .loader import mix_seed, shard_indices
 
 SAMPLERS = ("shuffle", "balanced")
+
+
+def mix_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (seed, epoch, ...)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def shard_indices(order: torch.Tensor, rank: int, world_size: int, drop_last: bool) -> torch.Tensor:
+    """This rank's part of an epoch's ``order``, as ``DistributedSampler`` cuts it.
+
+    Every rank gets the same number of items: the tail is dropped when ``drop_last``, else
+    the order is padded by wrapping around (so a few items appear twice in the epoch).
+    """
+    total = len(order)
+    if drop_last:
+        order = order[: total - total % world_size]
+    elif total % world_size:
+        padding = world_size - total % world_size
+        order = torch.cat([order, order.repeat(padding // total + 1)[:padding]])
+    return order[rank::world_size]
 
 
 def occurrence_ids(order: torch.Tensor, size: int) -> torch.Tensor:
