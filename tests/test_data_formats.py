@@ -158,7 +158,7 @@ def test_pickle_codec_gadget_is_refused(tmp_path):
 
 
 def test_lmdb_pack_round_trip_gives_identical_pixels(tmp_path, monkeypatch):
-    from resnets.data import lmdbstore
+    from resnets.data import pack as lmdbstore
 
     monkeypatch.setattr(lmdbstore, "_WINDOW", 4)  # several write transactions per split
     make_tree(tmp_path / "tree")

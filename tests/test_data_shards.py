@@ -15,7 +15,7 @@ import pytest
 from _train_fixtures import assert_resume_is_bitwise, tiny_config, write_folder_dataset
 from resnets.cli import main
 from resnets.data import BadImageError, BadImageWarning, load_splits, open_source
-from resnets.data.shards import pack_wds
+from resnets.data.pack import pack_wds
 from resnets.train import train
 
 

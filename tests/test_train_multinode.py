@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from _train_fixtures import write_folder_dataset
-from resnets.data.shards import pack_wds
+from resnets.data.pack import pack_wds
 from resnets.train.distributed import free_port
 from resnets.weights import load_weights_file
 

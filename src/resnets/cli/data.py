@@ -53,7 +53,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def _pack(args: argparse.Namespace) -> int:
     from ..data import pack_lmdb
-    from ..data.shards import pack_wds
+    from ..data.pack import pack_wds
 
     if args.format == "wds":
         summary = pack_wds(args.src, args.dst, shard_size=args.shard_size, size=args.size, workers=args.workers)

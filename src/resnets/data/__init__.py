@@ -13,12 +13,14 @@ Typical use::
 """
 
 from .augment import PRESETS, BatchAugment, preset_for_model, storage_size
+from .base import DataSource
 from .dataset import ImageDataset, stratified_split
 from .images import IMAGE_EXTENSIONS, BadImageError, BadImageWarning, decode_image
-from .lmdbstore import pack_lmdb
-from .loader import TensorLoader, make_dataloader, shard_indices, torchvision_transform
+from .loader import TensorLoader, make_dataloader, torchvision_transform
 from .memory import MEMORY_LIMIT_BYTES, decode_to_memory, fits_in_memory, memory_bytes
-from .sources import DataSource, inspect_source, load_splits, open_dataset, open_source
+from .pack import pack_lmdb
+from .sampling import shard_indices
+from .sources import inspect_source, load_splits, open_dataset, open_source
 
 __all__ = [
     "BadImageError", "BadImageWarning", "BatchAugment", "DataSource", "IMAGE_EXTENSIONS", "ImageDataset",

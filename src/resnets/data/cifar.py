@@ -22,6 +22,7 @@ from PIL import Image
 
 from ..errors import ResnetsError, first_line
 from ..safepickle import load_numpy_pickle
+from .base import register_format
 from .dataset import ImageDataset
 from .images import printable
 
@@ -201,3 +202,6 @@ def _plain_keys(batch: Any, where: str) -> dict[str, Any]:
 
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+register_format(20, lambda path: is_cifar_dir(path) or is_cifar_tar(path), CifarSource)

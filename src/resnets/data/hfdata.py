@@ -36,9 +36,9 @@ except ImportError:
     pa = pq = None
 
 from ..errors import ResnetsError, first_line
+from .base import VAL_SPLITS, register_format
 from .dataset import EncodedImageDataset
 from .images import MAX_IMAGE_BYTES, BadImageError, BadImageWarning, printable, read_image_file
-from .sources import VAL_SPLITS
 
 MAX_JSON_BYTES = 16 * 2**20
 MAX_ROW_GROUP_BYTES = 2**30  # one row group is held in memory while its images are read
@@ -361,3 +361,6 @@ def _state_files(folder: Path) -> list[Path]:
                                f"{printable(str(name))}")
         files.append(folder / name)
     return files
+
+
+register_format(40, lambda path: is_saved_dataset(path) or is_parquet(path), HfSource)

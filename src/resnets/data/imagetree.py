@@ -32,6 +32,7 @@ import zlib
 from pathlib import Path
 
 from ..errors import ResnetsError, first_line
+from .base import register_format
 from .dataset import EncodedImageDataset
 from .images import (MAX_IMAGE_BYTES, BadImageError, BadImageWarning, is_image_name, printable,
                      read_image_file)
@@ -253,3 +254,10 @@ class ZipSource:
         return ZipDataset(self.path, [path for path, _ in items],
                           [index[cls] for _, cls in items], self.classes, split)
 
+
+def is_zip(path: Path) -> bool:
+    return path.is_file() and (path.suffix.lower() == ".zip" or zipfile.is_zipfile(path))
+
+
+register_format(30, is_zip, ZipSource)
+register_format(90, Path.is_dir, FolderSource)  # last: any folder is an image tree

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ResnetsError
+from ..errors import ResnetsError, first_line
+from .base import register_format
 from .dataset import EncodedImageDataset
 from .images import printable, read_image_file
 
@@ -43,7 +44,7 @@ Rows = list[tuple[str, list[str]]]
 
 
 def is_label_file(path: Path) -> bool:
-    return path.suffix.lower() in SUFFIXES
+    return path.is_file() and path.suffix.lower() in SUFFIXES
 
 
 def read_rows(path: Path) -> Rows:
@@ -84,7 +85,7 @@ def _json_rows(text: str, path: Path) -> Rows:
         try:
             item = json.loads(line)
         except ValueError as error:
-            raise ResnetsError(f"{where}: malformed JSON ({str(error).splitlines()[0]})") from None
+            raise ResnetsError(f"{where}: malformed JSON ({first_line(error)})") from None
         if not isinstance(item, dict) or not isinstance(item.get("path"), str) \
                 or not isinstance(item.get("labels"), list) or not all(isinstance(x, str) for x in item["labels"]):
             raise ResnetsError(f'{where}: expected {{"path": "...", "labels": ["...", ...]}}')
@@ -167,6 +168,9 @@ class LabelFileSource:
 
     def dataset(self, split: str | None = None) -> LabelFileDataset:
         return LabelFileDataset(self.path.parent, self.rows, self.classes, printable(str(self.path)))
+
+
+register_format(10, is_label_file, LabelFileSource)
 
 
 def random_split(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:

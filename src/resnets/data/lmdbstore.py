@@ -1,7 +1,7 @@
 """An LMDB database of encoded images, the ``backend: LMDB`` of Caffe's data layers.
 
-Made by :func:`pack_lmdb` (``resnets data pack SRC DST.lmdb``) from any source this package
-reads. Layout (our own, simpler than Caffe's ``Datum`` protobuf, which is not read):
+Made by :func:`~resnets.data.pack.pack_lmdb` (``resnets data pack SRC DST.lmdb``) from any source
+this package reads. Layout (our own, simpler than Caffe's ``Datum`` protobuf, which is not read):
 
 * the database is one file (LMDB ``subdir=False``), written to a temporary name and renamed
   into place when complete, so an interrupted pack never leaves a half database;
@@ -21,33 +21,24 @@ database that is not what ``pack_lmdb`` writes fails with one line.
 
 from __future__ import annotations
 
-import errno
-import functools
-import io
 import json
 import os
 import struct
 import threading
-import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import lmdb
 import numpy as np
-from PIL import Image
-from tqdm.auto import tqdm
 
-from ..errors import ResnetsError, first_line
-from ..fileio import atomic_path
-from .dataset import EncodedImageDataset, ImageDataset
-from .images import BadImageError, BadImageWarning, decode_image, printable
+from ..errors import ResnetsError
+from .base import register_format
+from .dataset import EncodedImageDataset
+from .images import printable
 
 FORMAT = "resnets-lmdb"
 VERSION = 1
 _RECORD_HEADER = struct.Struct("<IH")
-_MAP_SIZE = 2**40  # address space only: LMDB files grow as written
-_WINDOW = 1024  # images decoded ahead of the writer, and written per transaction
 
 
 def is_lmdb(path: Path) -> bool:
@@ -119,12 +110,12 @@ def _open_env(path: Path) -> lmdb.Environment:
         return env
 
 
-def _record_key(index: int) -> bytes:
+def record_key(index: int) -> bytes:
     return b"%09d" % index
 
 
 class LmdbDataset(EncodedImageDataset):
-    """Records ``start`` to ``stop`` of a database made by :func:`pack_lmdb`.
+    """Records ``start`` to ``stop`` of a database made by :func:`~.pack.pack_lmdb`.
 
     The environment (shared by all datasets of the file in this process) is looked up again
     after a fork, so the dataset can be pickled to DataLoader worker processes.
@@ -140,7 +131,7 @@ class LmdbDataset(EncodedImageDataset):
         if self._env is None or self._env[0] != os.getpid():
             self._env = (os.getpid(), _open_env(self.path))
         with self._env[1].begin() as txn:
-            value = txn.get(_record_key(self.start + index))
+            value = txn.get(record_key(self.start + index))
         where = f"{printable(str(self.path))} record {self.start + index}"
         if value is None:
             raise ResnetsError(f"{where} is missing; the database is damaged")
@@ -161,7 +152,7 @@ class LmdbDataset(EncodedImageDataset):
 
 
 class LmdbSource:
-    """A database made by :func:`pack_lmdb`."""
+    """A database made by :func:`~.pack.pack_lmdb`."""
 
     format = "lmdb"
 
@@ -189,8 +180,11 @@ class LmdbSource:
         return LmdbDataset(self.path, start, self._labels[start:stop], self.classes, split)
 
 
+register_format(0, is_lmdb, LmdbSource)
+
+
 def _checked_meta(meta: bytes, labels: bytes, name: str) -> dict[str, Any]:
-    """The ``__meta__`` record, checked against what :func:`pack_lmdb` writes and the labels."""
+    """The ``__meta__`` record, checked against what :func:`~.pack.pack_lmdb` writes and the labels."""
     try:
         record = json.loads(meta)
     except ValueError:  # not JSON, or not UTF-8
@@ -219,114 +213,7 @@ def _checked_meta(meta: bytes, labels: bytes, name: str) -> dict[str, Any]:
     return record
 
 
-def _write_error(error: Exception, dst: Path) -> Exception:
-    """lmdb's own error as the one the CLI reports in one line: a full disk is an OSError."""
-    message = str(error)
-    if "No space left" in message or (_disk_full(dst) and ("Input/output" in message
-                                                           or isinstance(error, lmdb.DiskError))):
-        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))  # lmdb says EIO when its mmap hits it
-    if isinstance(error, lmdb.MapFullError):
-        return ResnetsError(f"the images need more than the LMDB map's {_MAP_SIZE / 2**30:.0f} GiB; pack them "
-                            "in parts or with --size")
-    return ResnetsError(f"cannot write {printable(str(dst))}: {first_line(message)}")
-
-
-def _disk_full(dst: Path) -> bool:
-    try:
-        stats = os.statvfs(dst.parent)
-    except OSError:
-        return False
-    return stats.f_bavail * stats.f_frsize < 4 * 2**20
-
-
-def pack_lmdb(src: str | os.PathLike, dst: str | os.PathLike, size: int | None = None, workers: int = 2,
-              progress: bool = True) -> dict[str, Any]:
-    """Write every split of the data set at ``src`` into a new LMDB database ``dst``.
-
-    Each image is decoded once to check it; unreadable ones are skipped with a warning naming
-    each file and a count at the end. ``size`` resizes the shorter side of larger images to
-    ``size`` pixels (re-encoded as JPEG); without it the original file bytes are stored.
-    Returns ``{"classes", "splits": {name: count}, "skipped": [file, ...], "path"}``.
-    """
-    from .sources import open_source
-
-    source = open_source(src)
-    dst = Path(dst)
-    if size is not None and size < 1:
-        raise ResnetsError(f"size must be positive, got {size}")
-    _check_destination(dst)
-    datasets = {name: source.dataset(name) for name in (source.splits or (None,))}
-    total = sum(len(ds) for ds in datasets.values())
-    spans: dict[str, list[int]] = {}
-    labels: list[int] = []
-    skipped: list[str] = []
-    with atomic_path(dst) as tmp, ThreadPoolExecutor(max(1, workers)) as pool, \
-            tqdm(total=total, desc="packing", unit="img", disable=not progress) as bar:
-        env = lmdb.open(os.fsencode(tmp), subdir=False, lock=False, map_size=_MAP_SIZE, meminit=False)
-        try:
-            for split, dataset in datasets.items():
-                start = len(labels)
-                check = functools.partial(_checked, dataset, size=size)
-                for window in range(0, len(dataset), _WINDOW):  # bounded memory, one commit each
-                    indices = range(window, min(window + _WINDOW, len(dataset)))
-                    with env.begin(write=True) as txn:
-                        for index, record in zip(indices, pool.map(check, indices)):
-                            bar.update()
-                            if record is None:
-                                skipped.append(dataset.describe(index))
-                                warnings.warn(f"skipped unreadable image {skipped[-1]}", BadImageWarning,
-                                              stacklevel=2)
-                                continue
-                            txn.put(_record_key(len(labels)), _encode_record(
-                                dataset.targets[index], dataset.describe(index), record))
-                            labels.append(dataset.targets[index])
-                spans[split or ""] = [start, len(labels)]
-            meta = {"format": FORMAT, "version": VERSION, "classes": source.classes, "splits": spans}
-            with env.begin(write=True) as txn:
-                txn.put(b"__meta__", json.dumps(meta).encode())
-                txn.put(b"__labels__", np.asarray(labels, dtype="<i4").tobytes())
-            env.sync(True)
-        except lmdb.Error as error:
-            raise _write_error(error, dst) from None
-        finally:
-            env.close()
-        if not labels:
-            raise ResnetsError(f"no readable images in {printable(str(src))}")
-    if skipped:
-        warnings.warn(f"skipped {len(skipped)} unreadable image(s) of {total} in {printable(str(src))}",
-                      BadImageWarning,
-                      stacklevel=2)
-    counts = {name or "all": stop - start for name, (start, stop) in spans.items()}
-    return {"path": printable(str(dst)), "classes": source.classes, "splits": counts, "skipped": skipped}
-
-
-def _check_destination(dst: Path) -> None:
-    """ResnetsError if ``dst`` cannot be a new file: it is a folder, or a file stands where a folder must."""
-    if dst.is_dir():
-        raise ResnetsError(f"{printable(str(dst))} is a folder; give the database file to write, "
-                           f"e.g. {printable(str(dst / 'data.lmdb'))}")
-    existing = next((folder for folder in dst.parents if folder.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise ResnetsError(f"cannot write {printable(str(dst))}: {printable(str(existing))} is a file, not a folder")
-
-
-def _checked(dataset: ImageDataset, index: int, size: int | None) -> bytes | None:
-    """The bytes to store for item ``index`` (decoded once to check), or None if unreadable."""
-    try:
-        data = dataset.encoded(index)
-        image = decode_image(data, dataset.describe(index))
-    except BadImageError:
-        return None
-    if size is None or min(image.size) <= size:
-        return data
-    scale = size / min(image.size)
-    image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                         Image.BILINEAR)
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue()
-
-
-def _encode_record(label: int, name: str, data: bytes) -> bytes:
+def encode_record(label: int, name: str, data: bytes) -> bytes:
+    """Record bytes: ``<I label><H name length><name UTF-8><encoded image file>``."""
     encoded_name = printable(name).encode("utf-8")[:65535]
     return _RECORD_HEADER.pack(label, len(encoded_name)) + encoded_name + data

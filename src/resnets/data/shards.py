@@ -11,8 +11,8 @@ random, not streamed: each shard's tar headers are scanned once when the data se
 (offsets, sizes and the small ``.cls`` members, never the images), and an image is one seek
 and one bounded read. Compressed shards (``.tar.gz``) cannot be read this way and are refused.
 
-A folder of shards may hold ``manifest.json`` (written by :func:`pack_wds`): class names and
-the shards of each split. :func:`pack_wds` also writes ``SHARD.tar.idx.json`` beside each shard
+A folder of shards may hold ``manifest.json`` (written by :func:`~.pack.pack_wds`): class names and
+the shards of each split. :func:`~.pack.pack_wds` also writes ``SHARD.tar.idx.json`` beside each shard
 (every sample's offset, size and label), so opening a packed set reads no shard; an index is
 used only while the shard keeps its size, and each read through it checks the member's header. Without one, shards named ``train-*.tar``, ``val-*.tar`` ... form
 splits, and classes are named by their numbers.
@@ -27,18 +27,16 @@ import re
 import stat
 import tarfile
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from PIL import Image
-from tqdm.auto import tqdm
 
 from ..errors import ResnetsError, first_line
-from ..fileio import atomic_path, atomic_paths
+from ..fileio import atomic_paths
+from .base import VAL_SPLITS, register_format
 from .dataset import EncodedImageDataset
 from .images import MAX_IMAGE_BYTES, BadImageError, BadImageWarning, is_image_name, printable
-from .sources import VAL_SPLITS
 
 FORMAT = "resnets-wds"
 VERSION = 1
@@ -160,7 +158,7 @@ def _header_matches(block: bytes, sample: Sample) -> bool:
 
 
 def _indexed_shard(path: Path, shard: int) -> list[tuple[Sample, int | None]]:
-    """:func:`_index_shard`'s answer, from the index :func:`pack_wds` wrote beside the shard when it
+    """:func:`_index_shard`'s answer, from the index :func:`write_shard` wrote beside the shard when it
     is there and matches the shard's size (else the shard is scanned). An index can only point
     inside its shard: a wrong one gives undecodable images, which are skipped and named."""
     index = _index_path(path)
@@ -250,6 +248,9 @@ class WdsSource:
         return WdsDataset(self._split_shards[split or ""], samples, targets, self.classes, source)
 
 
+register_format(50, is_wds, WdsSource)
+
+
 def _read_manifest(path: Path) -> dict[str, Any]:
     name = printable(str(path))
     try:
@@ -299,67 +300,8 @@ def _named_splits(path: Path) -> dict[str, list[Path]]:
     return named
 
 
-def pack_wds(src: str | os.PathLike, dst: str | os.PathLike, shard_size: int = 1000, size: int | None = None,
-             workers: int = 2, progress: bool = True) -> dict[str, Any]:
-    """Write every split of the data set at ``src`` as WebDataset shards in folder ``dst``.
-
-    Shards are ``SPLIT-000000.tar`` (``data-`` for an unsplit set) of ``shard_size`` samples,
-    each written to a temporary name and renamed when complete; ``manifest.json`` is written
-    last, so a folder with a manifest is complete. Images are checked (decoded once) and
-    unreadable ones skipped with a warning, as :func:`~.lmdbstore.pack_lmdb` does.
-    """
-    from .lmdbstore import _checked
-    from .sources import open_source
-
-    if shard_size < 1:
-        raise ResnetsError(f"shard size must be positive, got {shard_size}")
-    if size is not None and size < 1:
-        raise ResnetsError(f"size must be positive, got {size}")
-    source, dst = open_source(src), Path(dst)
-    if dst.exists() and not dst.is_dir():
-        raise ResnetsError(f"{printable(str(dst))} is a file; give a folder for the shards")
-    if (dst / MANIFEST).exists():
-        raise ResnetsError(f"{printable(str(dst))} already holds packed shards; choose a new folder")
-    datasets = {name: source.dataset(name) for name in (source.splits or (None,))}
-    splits: dict[str, list[str]] = {}
-    counts: dict[str, int] = {}
-    skipped: list[str] = []
-    with ThreadPoolExecutor(max(1, workers)) as pool, \
-            tqdm(total=sum(map(len, datasets.values())), desc="packing", unit="img", disable=not progress) as bar:
-        for split, dataset in datasets.items():
-            prefix, written = split or "data", 0
-            splits[split or ""] = []
-            records = pool.map(lambda i: (i, _checked(dataset, i, size)), range(len(dataset)))
-            shard: list[tuple[int, bytes]] = []
-            for index, record in records:
-                bar.update()
-                if record is None:
-                    skipped.append(dataset.describe(index))
-                    warnings.warn(f"skipped unreadable image {skipped[-1]}", BadImageWarning, stacklevel=2)
-                    continue
-                shard.append((dataset.targets[index], record))
-                if len(shard) == shard_size:
-                    splits[split or ""].append(_write_shard(dst, prefix, len(splits[split or ""]), written, shard))
-                    written, shard = written + len(shard), []
-            if shard:
-                splits[split or ""].append(_write_shard(dst, prefix, len(splits[split or ""]), written, shard))
-                written += len(shard)
-            counts[split or "all"] = written
-    if not any(counts.values()):
-        raise ResnetsError(f"no readable images in {printable(str(src))}")
-    manifest = {"format": FORMAT, "version": VERSION, "classes": source.classes, "splits": splits,
-                "counts": counts, "shard_size": shard_size}
-    with atomic_path(dst / MANIFEST) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=1))
-    if skipped:
-        warnings.warn(f"skipped {len(skipped)} unreadable image(s) in {printable(str(src))}", BadImageWarning,
-                      stacklevel=2)
-    return {"path": printable(str(dst)), "classes": source.classes, "splits": counts, "skipped": skipped,
-            "shards": sum(len(files) for files in splits.values())}
-
-
-def _write_shard(dst: Path, prefix: str, number: int, first: int, records: list[tuple[int, bytes]]) -> str:
-    """Write one shard atomically; its name."""
+def write_shard(dst: Path, prefix: str, number: int, first: int, records: list[tuple[int, bytes]]) -> str:
+    """Write one shard of (label, image bytes) ``records`` and its index, atomically; its name."""
     name = f"{prefix}-{number:06d}.tar"
     with atomic_paths(dst / name, _index_path(dst / name)) as (tmp, index):
         with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as archive:

@@ -10,60 +10,28 @@ shards (one, or a folder of them), local Hugging Face data sets (Parquet files, 
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
-from typing import Protocol
 
 from tqdm.auto import tqdm
 
 from ..errors import ResnetsError
+from . import cifar, hfdata, imagetree, labelfile, lmdbstore, shards  # noqa: F401 - each registers its format
+from .base import FORMATS, VAL_SPLITS, DataSource
 from .dataset import ImageDataset, stratified_split
-from .images import printable
-
-# Preferred order when a tree has several held-out splits.
-VAL_SPLITS = ("val", "validation", "valid", "test")
-
-
-class DataSource(Protocol):
-    """A data set on disk: its format, class names and splits (empty for one unsplit tree)."""
-
-    format: str
-    path: Path
-    classes: list[str]
-
-    @property
-    def splits(self) -> tuple[str, ...]: ...
-
-    def dataset(self, split: str | None) -> ImageDataset: ...
+from .images import BadImageError, printable
+from .labelfile import random_split
 
 
 def open_source(path: str | os.PathLike) -> DataSource:
     """The :class:`DataSource` at ``path``; ResnetsError (one line) if missing or of no known format."""
-    from . import cifar, hfdata, imagetree, labelfile, lmdbstore, shards
-
     path = Path(path).expanduser()
     if not path.exists():
         raise ResnetsError(f"no such data set: {printable(str(path))}")
-    if lmdbstore.is_lmdb(path):
-        return lmdbstore.LmdbSource(path)
-    if path.is_dir():
-        if cifar.is_cifar_dir(path):
-            return cifar.CifarSource(path)
-        if hfdata.is_saved_dataset(path) or hfdata.is_parquet(path):
-            return hfdata.HfSource(path)
-        return shards.WdsSource(path) if shards.is_wds(path) else imagetree.FolderSource(path)
-    if not path.is_file():  # a FIFO would block the first read, a device would never end
+    if not path.is_dir() and not path.is_file():  # a FIFO would block the first read, a device would never end
         raise ResnetsError(f"{printable(str(path))} is neither a folder nor a regular file")
-    if labelfile.is_label_file(path):
-        return labelfile.LabelFileSource(path)
-    if cifar.is_cifar_tar(path):
-        return cifar.CifarSource(path)
-    if path.suffix.lower() == ".zip" or zipfile.is_zipfile(path):
-        return imagetree.ZipSource(path)
-    if shards.is_wds(path):
-        return shards.WdsSource(path)
-    if hfdata.is_parquet(path):
-        return hfdata.HfSource(path)
+    for _, detect, opener in FORMATS:
+        if detect(path):
+            return opener(path)
     raise ResnetsError(f"unknown data format: {printable(str(path))} (expected an image folder, a .zip of one, "
                        f"CIFAR python pickles or their .tar.gz, a .csv/.jsonl label file, or an .lmdb from `resnets data pack`)")
 
@@ -116,8 +84,6 @@ def load_splits(path: str | os.PathLike, val_split: float | None = None,
     if not val_split:
         return train, None
     if source.format == "labels":  # multi-hot targets: no class to stratify by
-        from .labelfile import random_split
-
         train_idx, val_idx = random_split(len(train), val_split, seed)
     else:
         train_idx, val_idx = stratified_split(train.targets, val_split, seed)
@@ -131,8 +97,6 @@ def inspect_source(path: str | os.PathLike, check: bool = False) -> dict:
 
     With ``check``, every image is decoded and the unreadable ones are listed (slow on big sets).
     """
-    from .images import BadImageError
-
     source = open_source(path)
     report: dict = {"path": printable(str(source.path)), "format": source.format, "classes": list(source.classes),
                     "splits": {}}
