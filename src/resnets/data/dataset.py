@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import ResnetsError
 from .images import decode_image
 
 
@@ -124,8 +125,6 @@ class ConcatDataset(ImageDataset):
     """Several splits of one source as one data set; they must name the same classes in the same order."""
 
     def __init__(self, parts: Sequence[ImageDataset]):
-        from ..errors import ResnetsError
-
         if any(list(p.classes) != list(parts[0].classes) for p in parts):
             raise ResnetsError(f"the splits of {parts[0].source} name different classes; evaluate one split")
         self.parts = list(parts)
