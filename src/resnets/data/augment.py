@@ -36,11 +36,15 @@ PAD_MODES = ("constant", "reflect")
 _MASK32 = 0xFFFFFFFF
 
 
+def default_preset(input_size: int) -> str:
+    """The augmentation preset of a model taking ``input_size`` px: ``cifar`` up to 64, else ``imagenet``."""
+    return "cifar" if input_size <= 64 else "imagenet"
+
+
 def preset_for_model(model: str | ModelSpec) -> tuple[tuple[float, ...], tuple[float, ...], int, str]:
     """(mean, std, img_size, preset) of a registered model: ``cifar`` for small-input nets."""
     spec = get_model_spec(model) if isinstance(model, str) else model
-    preset = "cifar" if spec.input_size <= 64 else "imagenet"
-    return tuple(spec.mean), tuple(spec.std), spec.input_size, preset
+    return tuple(spec.mean), tuple(spec.std), spec.input_size, default_preset(spec.input_size)
 
 
 def storage_size(preset: str, img_size: int, crop_fraction: float = EVAL_CROP_FRACTION) -> int:
