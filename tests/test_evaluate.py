@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from resnets.evaluate import classification_report, topk_accuracy
+from resnets.evaluate import classification_report
+from resnets.metrics import topk_accuracy
 
 metrics = pytest.importorskip("sklearn.metrics")
 

@@ -1,4 +1,4 @@
-"""Test-time augmentation (resnets.tta) against views built by hand, and through collect_logits."""
+"""Test-time augmentation (resnets.metrics) against views built by hand, and through collect_logits."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from torch import nn
 
 from resnets.data import BatchAugment, TensorLoader
 from resnets.errors import ResnetsError
-from resnets.evaluate import collect_logits
-from resnets.tta import TTA_MODES, tta_logits, tta_views
+from resnets.metrics import TTA_MODES, collect_logits, tta_logits, tta_views
 
 
 def tiny_model() -> nn.Module:

@@ -17,6 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ResnetsError
+from .evaluate import classification_report, plot_confusion
+from .metrics import collect_logits
+from .predict import load_for_inference, predict_files
 from .train import InMemoryData, TrainConfig, train
 
 DIGIT_SIZE = 16
@@ -66,9 +69,6 @@ def write_pngs(images: torch.Tensor, folder: Path, names: list[str]) -> list[Pat
 def run_demo(out: str | Path = "runs/demo", model: str = "resnet20", epochs: int = 10, seed: int = 0,
              progress: bool = True) -> DemoResult:
     """Train on 80 % of the digits, evaluate on the other 20 %, predict 6 held-out PNGs."""
-    from .evaluate import classification_report, collect_logits, plot_confusion
-    from .predict import load_for_inference, predict_files
-
     torch.set_num_threads(min(torch.get_num_threads(), 2))
     out = Path(out)
     data, test_images, test_labels = load_digits_split(seed=seed)

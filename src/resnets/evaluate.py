@@ -3,63 +3,25 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
-from torch import nn
 
+from .data import BatchAugment, TensorLoader, decode_to_memory, load_splits
+from .data.dataset import ConcatDataset
+from .data.sources import VAL_SPLITS, open_source
 from .errors import ResnetsError
-from .fileio import save_figure
-
-
-@torch.inference_mode()
-def collect_logits(model: nn.Module, loader: Iterable, amp: bool = False, channels_last: bool = False,
-                   tta: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (float32) and labels of every batch, kept on the device until the end.
-
-    ``tta`` (a :data:`resnets.tta.TTA_MODES` mode) averages the logits of several views of each
-    image (:func:`resnets.tta.tta_logits`).
-    """
-    from .tta import tta_logits, tta_views
-
-    if tta is not None:
-        tta_views(tta)  # an unknown mode fails before the first batch
-    was_training = model.training
-    model.eval()
-    all_logits, all_labels = [], []
-    for x, y in loader:
-        if channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = tta_logits(model, x, tta).float()
-        all_logits.append(logits)
-        all_labels.append(y)
-    model.train(was_training)
-    return torch.cat(all_logits).cpu(), torch.cat(all_labels).cpu()
-
-
-@torch.inference_mode()
-def extract_features(model: nn.Module, loader: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled pre-logits embeddings of every image (eval mode) and their labels, for head-only
-    training. The labels come from the loader, so images a streaming loader skipped are absent."""
-    was_training = model.training
-    model.eval()
-    feats, labels = [], []
-    for x, y in loader:
-        feats.append(model.forward_head(model.forward_features(x), pre_logits=True))
-        labels.append(y)
-    model.train(was_training)
-    return torch.cat(feats), torch.cat(labels)
-
-
-def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[float]:
-    """Percent of samples whose label is among the k highest logits (k capped at the class count)."""
-    ranked = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
-    hits = ranked == labels.view(-1, 1)
-    return [100.0 * hits[:, :k].any(1).float().mean().item() for k in ks]
+from .explain import cam_class, class_activation_maps
+from .fileio import atomic_write_text, save_figure
+from .inference import INT8_BACKENDS, check_backend
+from .metrics import collect_logits, extract_features, topk_accuracy  # noqa: F401 - extract_features:
+# re-exported for train/loop.py until it imports it from resnets.metrics
+from .multilabel import MultiLabelReport, is_multi_label, multi_label_report, threshold_of
+from .predict import InferenceModel, load_for_inference
 
 
 @dataclass
@@ -168,8 +130,6 @@ def interpret(report: EvalReport, logits: torch.Tensor, labels: torch.Tensor, im
     :class:`resnets.predict.InferenceModel`, the Grad-CAM of the predicted class over each) and
     ``interpretation.json`` in ``out_dir``; returns that record (also ``report.interpretation``).
     """
-    from .fileio import atomic_write_text
-
     losses, chosen = top_losses(logits, labels, count)
     probs = logits.softmax(1)
     predicted = logits.argmax(1)
@@ -180,8 +140,6 @@ def interpret(report: EvalReport, logits: torch.Tensor, labels: torch.Tensor, im
             for loss, i in zip(losses.tolist(), chosen.tolist())]
     cams = None
     if cam_predictor is not None and rows:
-        from .explain import class_activation_maps
-
         batch = cam_predictor.normalise(images_u8[chosen])
         cams = class_activation_maps(cam_predictor.plain, batch, predicted[chosen].tolist())
     out = Path(out_dir)
@@ -196,8 +154,6 @@ def interpret(report: EvalReport, logits: torch.Tensor, labels: torch.Tensor, im
 def plot_top_losses(images_u8: torch.Tensor, rows: list[dict[str, Any]], path: str | os.PathLike,
                     cams: Any = None) -> Path:
     """A grid of images, each titled predicted / true / loss / probability, CAMs laid over if given."""
-    import math
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -229,8 +185,6 @@ CALIBRATION_IMAGES = 256
 
 
 def _calibration_images(dataset, preprocessing, workers: int) -> torch.Tensor:
-    from .data import decode_to_memory
-
     count = min(CALIBRATION_IMAGES, len(dataset))
     chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:count]
     images, _ = decode_to_memory(dataset.subset(chosen.tolist()), workers=workers, progress=False,
@@ -259,9 +213,6 @@ def evaluation_data(data: str | os.PathLike, split: str = "auto", run_config: di
     ``val``, ``train`` and ``all`` ask for one of those explicitly. A source holding only a
     ``val/`` or ``test/`` split, or a bare class tree, is scored whole.
     """
-    from .data import load_splits
-    from .data.sources import VAL_SPLITS, open_source
-
     if split not in SPLITS:
         raise ResnetsError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
     source = open_source(data)
@@ -293,8 +244,6 @@ def evaluation_data(data: str | os.PathLike, split: str = "auto", run_config: di
 
 def _concat(source: Any, names: list[str]) -> Any:
     """Every split of ``source`` as one data set (class names must agree across splits)."""
-    from .data.dataset import ConcatDataset
-
     parts = [source.dataset(name) for name in names] if names else [source.dataset(None)]
     return parts[0] if len(parts) == 1 else ConcatDataset(parts)
 
@@ -314,7 +263,7 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, batch_size:
              confusion_png: str | os.PathLike | None = None, backend: str = "eager",
              split: str = "auto", report_dir: str | os.PathLike | None = None,
              report_cam: bool = False, recall_floor: float = 0.5,
-             threshold: float | str | None = None) -> EvalReport:
+             threshold: float | str | None = None) -> EvalReport | MultiLabelReport:
     """Evaluate a model (anything :func:`resnets.weights.resolve.load_model` takes) on a data set.
 
     Images go through the model's own preprocessing record. ``split``: see
@@ -327,55 +276,88 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, batch_size:
     images when the data has no other split, so that their accuracy cost can be read here.
 
     ``report_dir``: also write :func:`interpret`'s top-loss grid and most-confused pairs there,
-    from the same logits (``report_cam``: with Grad-CAMs of the predicted class).
+    from the same logits (``report_cam``: with Grad-CAMs of the predicted class). A multi-label
+    model gets a :class:`~resnets.multilabel.MultiLabelReport` (mAP, micro/macro F1, per-class
+    precision/recall) at ``threshold``: None for the model's recorded one, a number, or ``"tune"``
+    for each class's best F1 on these same images (reported as tuned).
     """
-    from .data import BatchAugment, TensorLoader, decode_to_memory
-    from .inference import INT8_BACKENDS, check_backend
-    from .predict import load_for_inference
-
     if batch_size < 1:
         raise ResnetsError(f"--batch-size must be positive, got {batch_size}")
     if isinstance(recall_floor, bool) or not isinstance(recall_floor, (int, float)) or not 0 <= recall_floor <= 1:
         raise ResnetsError(f"--recall-floor must be a number in [0, 1], got {recall_floor!r}")
     backend = check_backend(backend)
-    int8 = backend in INT8_BACKENDS
     if report_cam:  # the missing extra is said before the images are scored, not after
-        from .explain import cam_class
-
         cam_class("gradcam")
     chosen, train_set = evaluation_data(data, split, _run_config(checkpoint))
-    predictor = load_for_inference(checkpoint, device, backend="eager" if int8 else backend)
-    label_map, unknown = _label_map(list(chosen.dataset.classes), predictor.class_names)
-    if int8:  # calibrated on images the model is then not scored on, where the data allows
-        predictor = predictor.with_backend(backend, _calibration_images(train_set, predictor.preprocessing, workers))
-    if _multi_label(predictor, chosen.dataset, report_dir, report_cam):  # a MultiLabelReport (``threshold``)
-        return evaluate_multi_label(predictor, chosen, batch_size, tta, workers, threshold)
+    predictor, label_map, unknown = _prepared_model(checkpoint, device, backend, chosen.dataset, train_set, workers)
+    multi_label = _multi_label(predictor, chosen.dataset, report_dir, report_cam)
     images, labels, kept = decode_to_memory(chosen.dataset, workers=workers, preprocessing=predictor.preprocessing,
                                             return_kept=True)
-    labels = label_map[labels]
-    known = labels >= 0
-    images, labels, kept = images[known], labels[known], kept[known]
-    augment = BatchAugment("none", predictor.preprocessing, train=False)
-    loader = TensorLoader(images, labels, batch_size, shuffle=False, drop_last=False, augment=augment,
-                          seed=0, device=predictor.device)
-    logits, labels = collect_logits(predictor.model, loader, tta=tta)
-    report = classification_report(logits, labels, predictor.class_names)
+    targets, scored, skipped = (_multi_label_targets if multi_label else _single_label_targets)(
+        labels, chosen.dataset, label_map, unknown, len(predictor.class_names))
+    images, kept = images[scored], kept[scored]
+    logits, targets = _logits(predictor, images, targets[scored], batch_size, tta)
+    report = _multi_label_report(logits, targets, predictor, threshold) if multi_label else \
+        classification_report(logits, targets, predictor.class_names)
     report.backend, report.split, report.split_how = predictor.backend, chosen.split, chosen.how
-    report.recall_floor = float(recall_floor)
     report.items = [chosen.dataset.describe(i) for i in kept.tolist()]
-    report.skipped_classes = {name: int((torch.as_tensor(chosen.dataset.targets) == i).sum())
-                              for i, name in enumerate(chosen.dataset.classes) if name in unknown}
+    report.skipped_classes = skipped
+    if multi_label:
+        return report
+    report.recall_floor = float(recall_floor)
     if confusion_png is not None:
         plot_confusion(report, confusion_png)
     if report_dir is not None:
-        interpret(report, logits, labels, images, report_dir, cam_predictor=predictor if report_cam else None)
+        interpret(report, logits, targets, images, report_dir, cam_predictor=predictor if report_cam else None)
     return report
 
 
-def _multi_label(predictor: Any, dataset: Any, report_dir: Any, report_cam: bool) -> bool:
-    """Whether to score as multi-label (the model is); a label file with a single-label model is refused."""
-    from .multilabel import is_multi_label
+def _prepared_model(checkpoint: str | os.PathLike, device: str, backend: str, dataset: Any, train_set: Any,
+                    workers: int) -> tuple[InferenceModel, torch.Tensor, list[str]]:
+    """The model through ``backend``, and :func:`_label_map` of the data's classes onto its own
+    (refused, if none matches, before an int8 backend is calibrated)."""
+    int8 = backend in INT8_BACKENDS
+    predictor = load_for_inference(checkpoint, device, backend="eager" if int8 else backend)
+    label_map, unknown = _label_map(list(dataset.classes), predictor.class_names)
+    if int8:  # calibrated on images the model is then not scored on, where the data allows
+        predictor = predictor.with_backend(backend, _calibration_images(train_set, predictor.preprocessing, workers))
+    return predictor, label_map, unknown
 
+
+def _single_label_targets(labels: torch.Tensor, dataset: Any, label_map: torch.Tensor, unknown: list[str],
+                          num_classes: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
+    """The model's class of each image, which images to score (those of classes the model
+    knows), and the data set's image count of each class it does not."""
+    targets = label_map[labels]
+    skipped = {name: int((torch.as_tensor(dataset.targets) == i).sum())
+               for i, name in enumerate(dataset.classes) if name in unknown}
+    return targets, targets >= 0, skipped
+
+
+def _multi_label_targets(labels: torch.Tensor, dataset: Any, label_map: torch.Tensor, unknown: list[str],
+                         num_classes: int) -> tuple[torch.Tensor, slice, dict[str, int]]:
+    """(N, ``num_classes``) 0/1 targets in the model's classes, every image scored (a label the
+    model does not know is dropped from it), and the image count of each such label."""
+    if labels.ndim == 1:  # single-label data: each image carries its one class
+        labels = torch.nn.functional.one_hot(labels, len(dataset.classes))
+    targets = torch.zeros(len(labels), num_classes, dtype=torch.int64)
+    known = label_map >= 0
+    targets[:, label_map[known]] = labels[:, known]
+    skipped = {name: int(labels[:, j].sum()) for j, name in enumerate(dataset.classes) if name in unknown}
+    return targets, slice(None), skipped
+
+
+def _logits(predictor: InferenceModel, images: torch.Tensor, targets: torch.Tensor, batch_size: int,
+            tta: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's logits on uint8 ``images`` (through its preprocessing), and ``targets`` alongside."""
+    augment = BatchAugment("none", predictor.preprocessing, train=False)
+    loader = TensorLoader(images, targets, batch_size, shuffle=False, drop_last=False, augment=augment,
+                          seed=0, device=predictor.device)
+    return collect_logits(predictor.model, loader, tta=tta)
+
+
+def _multi_label(predictor: InferenceModel, dataset: Any, report_dir: Any, report_cam: bool) -> bool:
+    """Whether to score as multi-label (the model is); a label file with a single-label model is refused."""
     multi_hot = bool(getattr(dataset, "multi_label", False) or getattr(getattr(dataset, "parent", None),
                                                                         "multi_label", False))
     if not is_multi_label(predictor.plain):
@@ -388,42 +370,18 @@ def _multi_label(predictor: Any, dataset: Any, report_dir: Any, report_cam: bool
     return True
 
 
-def evaluate_multi_label(predictor: Any, chosen: EvalData, batch_size: int, tta: str | None, workers: int,
-                         threshold: float | str | None) -> Any:
-    """:func:`evaluate` for a multi-label model: a :class:`~resnets.multilabel.MultiLabelReport` (mAP,
-    micro/macro F1, per-class precision/recall) at ``threshold``: None for the model's recorded one,
-    a number, or ``"tune"`` for each class's best F1 on these same images (reported as tuned)."""
-    from .data import BatchAugment, TensorLoader, decode_to_memory
-    from .multilabel import multi_label_report, threshold_of
-
-    dataset = chosen.dataset
-    images, labels, kept = decode_to_memory(dataset, workers=workers, preprocessing=predictor.preprocessing,
-                                            return_kept=True)
-    if labels.ndim == 1:  # single-label data: each image carries its one class
-        labels = torch.nn.functional.one_hot(labels, len(dataset.classes))
-    label_map, unknown = _label_map(list(dataset.classes), predictor.class_names)
-    targets = torch.zeros(len(labels), len(predictor.class_names), dtype=torch.int64)
-    known = label_map >= 0
-    targets[:, label_map[known]] = labels[:, known]
-    augment = BatchAugment("none", predictor.preprocessing, train=False)
-    loader = TensorLoader(images, targets, batch_size, shuffle=False, drop_last=False, augment=augment,
-                          seed=0, device=predictor.device)
-    logits, targets = collect_logits(predictor.model, loader, tta=tta)
+def _multi_label_report(logits: torch.Tensor, targets: torch.Tensor, predictor: InferenceModel,
+                        threshold: float | str | None) -> MultiLabelReport:
+    """The multi-label metrics at ``threshold``: None for the model's recorded one, a number, ``"tune"``."""
     report = multi_label_report(logits, targets, predictor.class_names,
                                 threshold_of(predictor.plain) if threshold is None else threshold)
     if report.threshold_how != "tuned":
         report.threshold_how = "recorded" if threshold is None else "given"
-    report.backend, report.split, report.split_how = predictor.backend, chosen.split, chosen.how
-    report.items = [dataset.describe(i) for i in kept.tolist()]
-    report.skipped_classes = {name: int(labels[:, j].sum()) for j, name in enumerate(dataset.classes)
-                              if name in unknown}
     return report
 
 
 def _run_config(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
     """The training config of a run directory (for its held-out split), else None."""
-    import json
-
     path = Path(checkpoint) / "config.json"
     if not Path(checkpoint).is_dir() or not path.is_file():
         return None

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 from ..evaluate import SPLITS
+from ..metrics import TTA_MODES
 from ..terminal import printable
 from ..train.config import Bound, parse_arg
-from ..tta import TTA_MODES
 from . import add_model_argument
 
 
