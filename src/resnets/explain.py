@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import io
+import json
 import os
 import threading
 from dataclasses import dataclass
@@ -26,7 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .data.images import decode_image, read_image_file, to_rgb
 from .errors import ResnetsError
+from .fileio import atomic_write_bytes, atomic_write_text
+from .metrics import probabilities, top_classes
+from .predict import expand_inputs
 
 METHODS: dict[str, str] = {  # our name -> the grad-cam class
     "gradcam": "GradCAM",
@@ -168,8 +173,6 @@ def explain_image(predictor: Any, image: Any, method: str = "gradcam", target: i
     module name of the model (default ``model.default_target_layer()``). The top-k come from
     the predictor's inference model, the map from its plain model (``predictor.plain``).
     """
-    from .data.images import to_rgb
-
     check_method(method)
     check_topk(topk)
     plain = predictor.plain
@@ -178,10 +181,9 @@ def explain_image(predictor: Any, image: Any, method: str = "gradcam", target: i
     photo = to_rgb(image)
     batch = predictor.normalise(predictor.preprocessing.to_uint8(photo)[None])
     with torch.inference_mode():
-        probs = predictor.model(batch).float().softmax(1)[0]
-    values, indices = probs.topk(min(topk, probs.numel()))
-    top = [{"class": predictor.class_names[i], "index": i, "probability": round(p, 6)}
-           for i, p in zip(indices.tolist(), values.tolist())]
+        probs = probabilities(predictor.model(batch))
+    top = [{**row, "probability": round(row["probability"], 6)}
+           for row in top_classes(probs, predictor.class_names, topk)[0]]
     chosen = resolve_target(target, predictor.class_names)
     chosen = top[0]["index"] if chosen is None else chosen
     cam = class_activation_maps(plain, batch, [chosen], method, layer)[0]
@@ -235,7 +237,7 @@ def _label_box(draw: Any, top: list[dict[str, Any]], target_class: str, method: 
     """The top-k labels in a translucent box at the top left (bottom left if the peak ``avoid`` is
     there); the mapped class marked."""
     font_size = max(12, min(20, size[0] // 32))
-    font = _font(font_size)
+    font = label_font(font_size)
     lines = [(f"{'>' if t['class'] == target_class else ' '} {_short(t['class'])}  {100 * t['probability']:.1f}%",
               t["class"] == target_class) for t in top]
     if target_class not in [t["class"] for t in top]:
@@ -255,8 +257,9 @@ def _short(name: str, limit: int = 28) -> str:
     return name if len(name) <= limit else name[:limit - 1] + "…"
 
 
-def _font(size: int) -> Any:
-    """DejaVu Sans (shipped with matplotlib) at ``size``; PIL's own font if matplotlib is absent."""
+def label_font(size: int) -> Any:
+    """The font of the labels drawn on images (here and by :func:`resnets.embed.strip_png`): DejaVu
+    Sans (shipped with matplotlib) at ``size``; PIL's own font if matplotlib is absent."""
     from PIL import ImageFont
 
     try:
@@ -276,12 +279,6 @@ def explain_files(predictor: Any, inputs: Sequence[str | os.PathLike], out_dir: 
     Returns (one record per explained image, the one-line reasons of the images that could not
     be read). The records are also written to ``out_dir/explanations.json``.
     """
-    import json
-
-    from .data.images import decode_image, read_image_file
-    from .fileio import atomic_write_bytes, atomic_write_text
-    from .predict import expand_inputs
-
     check_method(method)
     check_topk(topk)
     find_layer(predictor.plain, layer or default_layer(predictor.plain))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
@@ -11,10 +12,16 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from .data.images import BadImageWarning, decode_image, is_image_name, read_image_file
+from .data.imagetree import walk_files
 from .device import resolve_device
 from .errors import ResnetsError
-from .multilabel import labels_above
+from .inference import check_backend, optimize_for_inference
+from .metrics import probabilities, top_classes
+from .multilabel import check_threshold, is_multi_label, labels_above, threshold_of
 from .preprocessing import Preprocessing
+from .terminal import printable
+from .weights.resolve import load_model
 
 
 @dataclass
@@ -39,8 +46,6 @@ class InferenceModel:
         ``img_size`` from the training distribution. Backends other than ``eager`` and
         ``compile`` run on the CPU.
         """
-        from .inference import check_backend, optimize_for_inference
-
         backend = check_backend(backend)
         if backend not in ("eager", "compile") and self.device.type != "cpu":
             raise ResnetsError(f"backend {backend!r} runs on the CPU; use --device cpu or backend eager")
@@ -65,8 +70,6 @@ def load_for_inference(checkpoint: str | os.PathLike, device: str | torch.device
     convolutions, channels-last, inference mode) through ``backend``; int8 backends need
     ``calibration_u8`` (see :meth:`InferenceModel.with_backend`).
     """
-    from .weights.resolve import load_model
-
     device = resolve_device(device)
     plain = load_model(checkpoint).to(device)
     classes = plain.class_names or [str(i) for i in range(plain.num_classes)]
@@ -82,11 +85,6 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     is not a folder or a regular file (a FIFO would block the read, a device never end) is
     skipped with a warning; a missing one is kept, for the reader to report.
     """
-    import warnings
-
-    from .data.images import BadImageWarning, is_image_name, printable
-    from .data.imagetree import walk_files
-
     paths: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
@@ -100,8 +98,6 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
 
 def read_image(path: Path, preprocessing: Preprocessing) -> torch.Tensor:
     """One file as the uint8 (3, S, S) its model's record asks for (resize, centre crop)."""
-    from .data.images import decode_image, read_image_file
-
     return preprocessing.to_uint8(decode_image(read_image_file(path), str(path)))
 
 
@@ -123,30 +119,24 @@ def predict_files(predictor: InferenceModel, inputs: Iterable[str | os.PathLike]
             readable.append((path, read_image(path, predictor.preprocessing)))
         except ResnetsError as error:
             on_error(path, str(error))
-    k = min(topk, len(predictor.class_names))
-    multi_label = _multi_label_threshold(predictor, threshold)
+    label_threshold = _multi_label_threshold(predictor, threshold)
     results = []
     for start in range(0, len(readable), batch_size):
         chunk = readable[start:start + batch_size]
+        paths = [str(path) for path, _ in chunk]
         batch = predictor.normalise(torch.stack([image for _, image in chunk]))
-        if multi_label is not None:
-            probs = predictor.model(batch).float().sigmoid()
-            results.extend({"path": str(path), "threshold": multi_label, "labels": labels}
-                           for (path, _), labels in zip(chunk, labels_above(probs, predictor.class_names,
-                                                                              multi_label)))
-            continue
-        probs = predictor.model(batch).float().softmax(1)
-        values, indices = probs.topk(k, dim=1)
-        for (path, _), p, i in zip(chunk, values.tolist(), indices.tolist()):
-            results.append({"path": str(path), "top": [
-                {"class": predictor.class_names[c], "index": c, "probability": q} for c, q in zip(i, p)]})
+        probs = probabilities(predictor.model(batch), multi_label=label_threshold is not None)
+        if label_threshold is not None:
+            results.extend({"path": path, "threshold": label_threshold, "labels": labels} for path, labels
+                           in zip(paths, labels_above(probs, predictor.class_names, label_threshold)))
+        else:
+            results.extend({"path": path, "top": top}
+                           for path, top in zip(paths, top_classes(probs, predictor.class_names, topk)))
     return results
 
 
 def _multi_label_threshold(predictor: InferenceModel, threshold: float | None) -> float | None:
     """The threshold a multi-label model predicts with (None: a single-label model)."""
-    from .multilabel import check_threshold, is_multi_label, threshold_of
-
     if not is_multi_label(predictor.plain):
         if threshold is not None:
             raise ResnetsError("--threshold is for multi-label models; this one is single-label (top-k)")

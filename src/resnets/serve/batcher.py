@@ -20,6 +20,8 @@ from typing import Callable
 
 import torch
 
+from ..metrics import probabilities
+
 _STOP = object()
 
 
@@ -99,8 +101,7 @@ class DynamicBatcher:
         try:
             with torch.inference_mode():
                 batch = torch.cat([item.batch for item in items]) if len(items) > 1 else items[0].batch
-                logits = self.model(batch).float()
-                probs = (logits.sigmoid() if self.multi_label else logits.softmax(1)).cpu()
+                probs = probabilities(self.model(batch), self.multi_label).cpu()
         except Exception as error:  # noqa: BLE001 - every waiting request learns of it
             for item in items:
                 item.future.set_exception(error)

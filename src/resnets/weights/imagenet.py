@@ -14,6 +14,7 @@ from typing import NamedTuple
 import torch
 
 from ..errors import ResnetsError
+from ..metrics import probabilities, top_classes
 
 
 class ImageNetClass(NamedTuple):
@@ -48,7 +49,6 @@ def decode_predictions(scores: torch.Tensor, top: int = 5) -> list[list[tuple[st
     if not 1 <= top <= len(classes):
         raise ResnetsError(f"top must be in 1..{len(classes)}, got {top}")
     is_prob = bool((scores >= 0).all()) and torch.allclose(scores.sum(1), torch.ones(len(scores)), atol=1e-3)
-    probs = scores if is_prob else scores.softmax(1)
-    values, indices = probs.topk(top, dim=1)
-    return [[(classes[i].wnid, classes[i].name, float(p)) for p, i in zip(row_v.tolist(), row_i.tolist())]
-            for row_v, row_i in zip(values, indices)]
+    probs = scores if is_prob else probabilities(scores)
+    return [[(classes[row["index"]].wnid, row["class"], float(row["probability"])) for row in rows]
+            for rows in top_classes(probs, [c.name for c in classes], top)]
