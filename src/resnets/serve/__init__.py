@@ -3,6 +3,7 @@ endpoints, dynamic batching, Prometheus metrics, a web page). Needs the ``serve`
 
 from __future__ import annotations
 
-from .app import ServeConfig, create_app
+from .app import create_app
+from .server import ServeConfig
 
 __all__ = ["ServeConfig", "create_app"]

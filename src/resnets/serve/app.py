@@ -21,26 +21,22 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import io
 import logging
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import ResnetsError
+from ..errors import ResnetsError, first_line
+from ..explain import explain_image
 from ..predict import InferenceModel
-from .batcher import DynamicBatcher
-from .metrics import ServeMetrics, endpoint_of
+from .metrics import endpoint_of
+from .server import ServeConfig, ServeError, Server, decode_request_image
+from .v2 import add_v2_routes
 
 log = logging.getLogger("resnets.serve")
 
@@ -48,144 +44,11 @@ OPEN_PATHS = ("/", "/favicon.ico", "/v2/health/live", "/v2/health/ready")
 IMAGE_CONTENT_TYPES = ("", "application/octet-stream", "multipart/form-data")
 
 
-@dataclass(frozen=True)
-class ServeConfig:
-    """What ``resnets serve`` was asked for (see its --help)."""
-
-    name: str
-    max_batch: int = 32
-    max_wait_ms: float = 5.0
-    workers: int = 4
-    token: str | None = None
-    max_body_mb: float = 20.0
-    topk: int = 5
-
-    @property
-    def max_body_bytes(self) -> int:
-        return int(self.max_body_mb * 2**20)
-
-
-class ServeError(Exception):
-    """A request refused: answered as ``{"error": message}`` with ``status``."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 def error_response(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-# -- decoding ----------------------------------------------------------------------------------
-def check_pixels(data: bytes, name: str) -> None:
-    """Refuse, from the header alone, an image declaring more pixels than PIL's bomb limit.
-
-    PIL only warns between one and two times ``Image.MAX_IMAGE_PIXELS``; a server must refuse.
-    """
-    limit = Image.MAX_IMAGE_PIXELS
-    try:
-        with Image.open(io.BytesIO(data)) as probe:
-            width, height = probe.size
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ServeError(413, f"image {name} too large: {error}") from None
-    except Image.UnidentifiedImageError:
-        raise ServeError(400, f"cannot decode image {name}: not an image format PIL can read") from None
-    except Exception as error:  # noqa: BLE001 - a header PIL cannot parse is the client's
-        raise ServeError(400, f"cannot decode image {name}: {_first_line(error)}") from None
-    if limit is not None and width * height > limit:
-        raise ServeError(413, f"image {name} declares {width}x{height} pixels, more than the {limit} "
-                              f"the server decodes")
-
-
-def decode_to_batch(predictor: InferenceModel, data: bytes, name: str) -> torch.Tensor:
-    """Image bytes -> the normalised (1, 3, S, S) float batch of the model's preprocessing."""
-    from ..data.images import decode_image
-
-    if not data:
-        raise ServeError(400, f"empty {name}: send the bytes of an image")
-    check_pixels(data, name)
-    try:
-        image = decode_image(data, name)
-    except ResnetsError as error:
-        raise ServeError(400, str(error)) from None
-    return predictor.normalise(predictor.preprocessing.to_uint8(image)[None])
-
-
-def _first_line(error: BaseException) -> str:
-    from ..data.images import first_line
-
-    return first_line(error)
-
-
 # -- the application --------------------------------------------------------------------------
-class Server:
-    """The state behind the endpoints: model, batcher, decode pool, metrics, card."""
-
-    def __init__(self, predictor: InferenceModel, config: ServeConfig) -> None:
-        self.predictor = predictor
-        self.config = config
-        self.metrics = ServeMetrics()
-        self.pool = ThreadPoolExecutor(max(1, config.workers), thread_name_prefix="resnets-decode")
-        from ..multilabel import is_multi_label
-
-        self.batcher = DynamicBatcher(predictor.model, config.max_batch, config.max_wait_ms,
-                                      on_batch=self.metrics.batch_size.observe,
-                                      multi_label=is_multi_label(predictor.plain))
-        self.explain_lock = threading.Lock()  # Grad-CAM hooks the one plain model: one at a time
-        self.card = model_card(predictor, config)
-        self.ready = False
-
-    def warm_up(self) -> None:
-        """One forward pass before the first request (backends that build lazily build now)."""
-        size = self.predictor.img_size
-        zeros = torch.zeros(1, 3, size, size, dtype=torch.uint8)
-        self.batcher.submit(self.predictor.normalise(zeros)).result()
-        self.ready = True
-
-    def close(self) -> None:
-        self.ready = False
-        self.batcher.close()
-        self.pool.shutdown(wait=True)
-
-    def check_model(self, model: str) -> None:
-        if model != self.config.name:
-            raise ServeError(404, f"unknown model {model!r}; this server serves {self.config.name!r}")
-
-    async def classify(self, images: list[tuple[bytes, str]]) -> torch.Tensor:
-        """Probabilities (N, classes) of images given as (bytes, name): decoded in parallel, batched."""
-        loop = asyncio.get_running_loop()
-        decoded = await asyncio.gather(*[loop.run_in_executor(self.pool, decode_to_batch, self.predictor, d, n)
-                                         for d, n in images])
-        return await self.infer(torch.cat(decoded))
-
-    async def infer(self, batch: torch.Tensor) -> torch.Tensor:
-        return await asyncio.wrap_future(self.batcher.submit(batch))
-
-    def top(self, probs: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
-        k = min(k, probs.shape[1])
-        values, indices = probs.topk(k, dim=1)
-        names = self.predictor.class_names
-        return [[(names[i], p) for i, p in zip(row_i, row_p)]
-                for row_i, row_p in zip(indices.tolist(), values.tolist())]
-
-
-def model_card(predictor: InferenceModel, config: ServeConfig) -> dict[str, Any]:
-    """What the web page shows about the model (parameters and MACs counted as ``resnets summary``)."""
-    from ..summarize import summary
-
-    plain = predictor.plain
-    counted = summary(plain, predictor.img_size)
-    return {"name": config.name, "architecture": getattr(plain, "model_name", type(plain).__name__),
-            "parameters": counted.total_params, "macs": counted.macs, "input_size": predictor.img_size,
-            "num_classes": len(predictor.class_names), "classes": predictor.class_names,
-            "preprocessing": predictor.preprocessing.describe(),
-            "preprocessing_record": predictor.preprocessing.to_dict(), "backend": predictor.backend,
-            "device": str(predictor.device), "topk": config.topk, "max_batch": config.max_batch,
-            "max_body_mb": config.max_body_mb}
-
-
 class Guard:
     """ASGI middleware: bearer token, body size (by Content-Length and while streaming), metrics."""
 
@@ -255,8 +118,6 @@ def create_app(predictor: InferenceModel, config: ServeConfig) -> FastAPI:
     app.state.server = server
     _add_error_handlers(app)
     _add_routes(app, server)
-    from .v2 import add_v2_routes
-
     add_v2_routes(app, server)
     app.add_middleware(Guard, server=server)
     return app
@@ -283,7 +144,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, error: Exception) -> JSONResponse:
         log.exception("internal error on %s", request.url.path)
-        return error_response(500, f"internal error: {_first_line(error)}")
+        return error_response(500, f"internal error: {first_line(error)}")
 
 
 async def read_image_body(request: Request) -> bytes:
@@ -300,7 +161,7 @@ async def read_image_body(request: Request) -> bytes:
     except ServeError:
         raise
     except Exception as error:  # noqa: BLE001 - a malformed form is the client's
-        raise ServeError(400, f"malformed multipart form: {_first_line(error)}") from None
+        raise ServeError(400, f"malformed multipart form: {first_line(error)}") from None
     part = form.get("data")
     if part is None:
         raise ServeError(400, "the multipart form has no field 'data' holding the image")
@@ -334,15 +195,9 @@ def _add_routes(app: FastAPI, server: Server) -> None:
     async def explain(model: str, request: Request, method: str = "gradcam", target: str | None = None,
                       layer: str | None = None) -> Response:
         server.check_model(model)
-        try:
-            from ..explain import explain_image
-        except ImportError:
-            raise ServeError(501, "explanations are not available in this installation "
-                                  "(resnets.explain is missing)") from None
         data = await read_image_body(request)
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(server.pool, _explain, server, explain_image, data, method,
-                                            _target(target), layer)
+        result = await loop.run_in_executor(server.pool, _explain, server, data, method, _target(target), layer)
         return Response(result.overlay_png, media_type="image/png",
                         headers={"X-Top-Class": _header_safe(_top_name(result)),
                                  "X-Target-Class": _header_safe(str(getattr(result, "target_class", "")))})
@@ -362,16 +217,8 @@ def _target(target: str | None) -> int | str | None:
     return int(target) if target.isdigit() else target
 
 
-def _explain(server: Server, explain_image: Any, data: bytes, method: str, target: Any, layer: str | None) -> Any:
-    from ..data.images import decode_image
-
-    if not data:
-        raise ServeError(400, "empty request body: send the bytes of an image")
-    check_pixels(data, "request body")
-    try:
-        image = decode_image(data, "request body")
-    except ResnetsError as error:
-        raise ServeError(400, str(error)) from None
+def _explain(server: Server, data: bytes, method: str, target: Any, layer: str | None) -> Any:
+    image = decode_request_image(data, "request body")
     with server.explain_lock:
         return explain_image(server.predictor, image, method=method, target=target, layer=layer,
                              topk=server.config.topk)

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from fastapi import FastAPI, Request
 
-from .app import Server, ServeError
+from .. import __version__
+from .server import Server, ServeError
 
 BINARY_HEADER = "inference-header-content-length"
 OUTPUTS = ("probabilities", "labels")
@@ -46,8 +47,6 @@ def model_metadata(server: Server) -> dict[str, Any]:
 def add_v2_routes(app: FastAPI, server: Server) -> None:
     @app.get("/v2")
     async def server_metadata() -> dict:
-        from .. import __version__
-
         return {"name": "resnets", "version": __version__, "extensions": ["binary_tensor_data"]}
 
     @app.get("/v2/health/live")

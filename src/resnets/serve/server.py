@@ -1,0 +1,149 @@
+"""The state behind ``resnets serve``'s endpoints, shared by both protocols (:mod:`.app`,
+:mod:`.v2`): the configuration, the model with its batcher and decode threads, and the refusal
+every endpoint answers with."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..data.images import decode_image
+from ..errors import ResnetsError, first_line
+from ..metrics import top_classes
+from ..multilabel import is_multi_label
+from ..predict import InferenceModel
+from ..summarize import summary
+from .batcher import DynamicBatcher
+from .metrics import ServeMetrics
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What ``resnets serve`` was asked for (see its --help)."""
+
+    name: str
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    workers: int = 4
+    token: str | None = None
+    max_body_mb: float = 20.0
+    topk: int = 5
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 2**20)
+
+
+class ServeError(Exception):
+    """A request refused: answered as ``{"error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# -- decoding ----------------------------------------------------------------------------------
+def check_pixels(data: bytes, name: str) -> None:
+    """Refuse, from the header alone, an image declaring more pixels than PIL's bomb limit.
+
+    PIL only warns between one and two times ``Image.MAX_IMAGE_PIXELS``; a server must refuse.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            width, height = probe.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ServeError(413, f"image {name} too large: {error}") from None
+    except Image.UnidentifiedImageError:
+        raise ServeError(400, f"cannot decode image {name}: not an image format PIL can read") from None
+    except Exception as error:  # noqa: BLE001 - a header PIL cannot parse is the client's
+        raise ServeError(400, f"cannot decode image {name}: {first_line(error)}") from None
+    if limit is not None and width * height > limit:
+        raise ServeError(413, f"image {name} declares {width}x{height} pixels, more than the {limit} "
+                              f"the server decodes")
+
+
+def decode_request_image(data: bytes, name: str) -> Image.Image:
+    """Image bytes a client sent -> the PIL image; a 400 or 413 :class:`ServeError` otherwise."""
+    if not data:
+        raise ServeError(400, f"empty {name}: send the bytes of an image")
+    check_pixels(data, name)
+    try:
+        return decode_image(data, name)
+    except ResnetsError as error:
+        raise ServeError(400, str(error)) from None
+
+
+def decode_to_batch(predictor: InferenceModel, data: bytes, name: str) -> torch.Tensor:
+    """Image bytes -> the normalised (1, 3, S, S) float batch of the model's preprocessing."""
+    image = decode_request_image(data, name)
+    return predictor.normalise(predictor.preprocessing.to_uint8(image)[None])
+
+
+# -- the server --------------------------------------------------------------------------------
+class Server:
+    """The state behind the endpoints: model, batcher, decode pool, metrics, card."""
+
+    def __init__(self, predictor: InferenceModel, config: ServeConfig) -> None:
+        self.predictor = predictor
+        self.config = config
+        self.metrics = ServeMetrics()
+        self.pool = ThreadPoolExecutor(max(1, config.workers), thread_name_prefix="resnets-decode")
+        self.batcher = DynamicBatcher(predictor.model, config.max_batch, config.max_wait_ms,
+                                      on_batch=self.metrics.batch_size.observe,
+                                      multi_label=is_multi_label(predictor.plain))
+        self.explain_lock = threading.Lock()  # Grad-CAM hooks the one plain model: one at a time
+        self.card = model_card(predictor, config)
+        self.ready = False
+
+    def warm_up(self) -> None:
+        """One forward pass before the first request (backends that build lazily build now)."""
+        size = self.predictor.img_size
+        zeros = torch.zeros(1, 3, size, size, dtype=torch.uint8)
+        self.batcher.submit(self.predictor.normalise(zeros)).result()
+        self.ready = True
+
+    def close(self) -> None:
+        self.ready = False
+        self.batcher.close()
+        self.pool.shutdown(wait=True)
+
+    def check_model(self, model: str) -> None:
+        if model != self.config.name:
+            raise ServeError(404, f"unknown model {model!r}; this server serves {self.config.name!r}")
+
+    async def classify(self, images: list[tuple[bytes, str]]) -> torch.Tensor:
+        """Probabilities (N, classes) of images given as (bytes, name): decoded in parallel, batched."""
+        loop = asyncio.get_running_loop()
+        decoded = await asyncio.gather(*[loop.run_in_executor(self.pool, decode_to_batch, self.predictor, d, n)
+                                         for d, n in images])
+        return await self.infer(torch.cat(decoded))
+
+    async def infer(self, batch: torch.Tensor) -> torch.Tensor:
+        return await asyncio.wrap_future(self.batcher.submit(batch))
+
+    def top(self, probs: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
+        """Per image, its ``k`` most probable (class name, probability), most probable first."""
+        return [[(row["class"], row["probability"]) for row in top]
+                for top in top_classes(probs, self.predictor.class_names, k)]
+
+
+def model_card(predictor: InferenceModel, config: ServeConfig) -> dict[str, Any]:
+    """What the web page shows about the model (parameters and MACs counted as ``resnets summary``)."""
+    plain = predictor.plain
+    counted = summary(plain, predictor.img_size)
+    return {"name": config.name, "architecture": getattr(plain, "model_name", type(plain).__name__),
+            "parameters": counted.total_params, "macs": counted.macs, "input_size": predictor.img_size,
+            "num_classes": len(predictor.class_names), "classes": predictor.class_names,
+            "preprocessing": predictor.preprocessing.describe(),
+            "preprocessing_record": predictor.preprocessing.to_dict(), "backend": predictor.backend,
+            "device": str(predictor.device), "topk": config.topk, "max_batch": config.max_batch,
+            "max_body_mb": config.max_body_mb}
