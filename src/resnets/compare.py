@@ -18,6 +18,7 @@ import torch
 
 from .bench import build_model, check_model_names, count_macs, time_interleaved
 from .errors import ResnetsError
+from .fileio import save_figure
 from .inference import INT8_BACKENDS, check_backend, optimize_for_inference
 
 DEFAULT_MODELS: tuple[str, ...] = ("resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0",
@@ -107,8 +108,6 @@ def plot_accuracy_vs_latency(rows: Sequence[CompareRow], path: str | Path) -> Pa
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .fileio import save_figure
 
     rated = [r for r in rows if r.top1 is not None]
     figure, axis = plt.subplots(figsize=(6.5, 4.5))

@@ -15,6 +15,7 @@ Search is cosine similarity: inner product of normalised vectors in a FAISS ``In
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import time
@@ -27,7 +28,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ResnetsError
+from .data.images import SkippedImages, decode_image, read_image_file
+from .device import resolve_device
+from .errors import ResnetsError, first_line
+from .evaluate import evaluation_data
+from .explain import label_font
+from .fileio import atomic_path, atomic_paths, atomic_write_bytes, save_figure
+from .predict import expand_inputs, read_image
+from .weights.resolve import load_model
 
 INDEX_FORMAT = "resnets-embeddings"
 INDEX_VERSION = 1
@@ -80,9 +88,6 @@ def fingerprint(model: nn.Module) -> str:
 
 def load_extractor(reference: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
     """The model as :func:`resnets.weights.resolve.load_model` resolves it, in eval mode on ``device``."""
-    from .device import resolve_device
-    from .weights.resolve import load_model
-
     model = load_model(reference).to(resolve_device(device)).eval()
     if not hasattr(model, "forward_features"):
         raise ResnetsError(f"{reference} is not a ResNet with forward_features; it cannot embed images")
@@ -108,8 +113,6 @@ def embed_dataset(model: str | os.PathLike, data: str | os.PathLike, out: str | 
     t-SNE map of the embeddings coloured by class. Unreadable images are skipped with a warning.
     """
     from tqdm.auto import tqdm
-
-    from .evaluate import evaluation_data
 
     if batch_size < 1:
         raise ResnetsError(f"--batch-size must be positive, got {batch_size}")
@@ -153,8 +156,6 @@ def embed_dataset(model: str | os.PathLike, data: str | os.PathLike, out: str | 
 
 def _load_item(dataset: Any, index: int, preprocessing: Any) -> torch.Tensor | None:
     """Image ``index`` as the model's uint8 input, or None (with a warning) if unreadable."""
-    from .data.images import SkippedImages
-
     sample = SkippedImages().item(dataset, index)
     return None if sample is None else preprocessing.to_uint8(sample[0])
 
@@ -174,8 +175,6 @@ def sidecar(path: str | os.PathLike) -> Path:
 
 def save_index(index: EmbeddingIndex, path: str | os.PathLike) -> Path:
     """Write ``index`` as Parquet or ``.npy`` + ``.json`` (by the suffix), atomically."""
-    from .fileio import atomic_path, atomic_paths
-
     path = Path(path)
     vectors = np.ascontiguousarray(index.vectors, dtype=np.float32)
     if check_index_suffix(path) == ".npy":
@@ -235,7 +234,7 @@ def _read_npy(path: Path) -> tuple[Any, list[Any], np.ndarray]:
     except FileNotFoundError:
         raise ResnetsError(f"{path} has no sidecar {side.name}; it is not an index made by `resnets embed`") from None
     except (ValueError, OSError, UnicodeDecodeError) as error:
-        raise ResnetsError(f"{path} is not an index made by `resnets embed` ({_first_line(error)})") from None
+        raise ResnetsError(f"{path} is not an index made by `resnets embed` ({first_line(error)})") from None
     rows = record.pop("rows", None) if isinstance(record, dict) else None
     if not isinstance(rows, list):
         raise ResnetsError(f"{path} is not an index made by `resnets embed` ({side.name} has no rows)")
@@ -249,7 +248,7 @@ def _read_parquet(path: Path) -> tuple[Any, list[Any], np.ndarray]:
         raw = (table.schema.metadata or {}).get(METADATA_KEY)
         meta = json.loads(raw) if raw else None
     except Exception as error:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError... for a foreign file
-        raise ResnetsError(f"{path} is not an index made by `resnets embed` ({_first_line(error)})") from None
+        raise ResnetsError(f"{path} is not an index made by `resnets embed` ({first_line(error)})") from None
     if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
         raise ResnetsError(f"{path} is not an index made by `resnets embed`")
     if not {"path", "label", "item", "embedding"} <= set(table.column_names):
@@ -263,11 +262,6 @@ def _read_parquet(path: Path) -> tuple[Any, list[Any], np.ndarray]:
     return meta, rows, flat.reshape(len(column), dim)
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 # -- search -------------------------------------------------------------------------------------
 def search(index: str | os.PathLike | EmbeddingIndex, queries: Iterable[str | os.PathLike], topk: int = 5,
            device: str = "cpu", out_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
@@ -277,8 +271,6 @@ def search(index: str | os.PathLike | EmbeddingIndex, queries: Iterable[str | os
     ``out_dir``: one PNG strip per query (the query, then its hits with score and label).
     Returns ``[{"query": path, "hits": [{"rank", "path", "label", "score", "item"}]}]``.
     """
-    from .predict import expand_inputs, read_image
-
     if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
         raise ResnetsError(f"--topk must be a positive integer, got {topk!r}")
     faiss = _require("faiss", "search")
@@ -305,9 +297,6 @@ def search(index: str | os.PathLike | EmbeddingIndex, queries: Iterable[str | os
 
 
 def _write_strips(index: EmbeddingIndex, results: list[dict[str, Any]], out_dir: str | os.PathLike) -> None:
-    from .data.images import decode_image, read_image_file
-    from .fileio import atomic_write_bytes
-
     dataset = _reopen(index)
     used: set[str] = set()
     for result in results:
@@ -326,8 +315,6 @@ def _write_strips(index: EmbeddingIndex, results: list[dict[str, Any]], out_dir:
 
 def _reopen(index: EmbeddingIndex) -> Any:
     """The indexed data set, if it is still there as it was (same image count), else None."""
-    from .evaluate import evaluation_data
-
     try:
         dataset = evaluation_data(index.meta["data"], "all")[0].dataset
     except (ResnetsError, OSError, KeyError):
@@ -336,8 +323,6 @@ def _reopen(index: EmbeddingIndex) -> Any:
 
 
 def _hit_image(dataset: Any, hit: dict[str, Any]) -> Any:
-    from .data.images import decode_image, read_image_file
-
     if dataset is not None and 0 <= hit["item"] < len(dataset):
         return _open_or_none(lambda: dataset[hit["item"]][0])
     return _open_or_none(lambda: decode_image(read_image_file(hit["path"]), hit["path"]))
@@ -352,14 +337,10 @@ def _open_or_none(load: Any) -> Any:
 
 def strip_png(tiles: Sequence[tuple[Any, str, str]], tile: int = 176) -> bytes:
     """A row of square tiles (PIL image or None, first caption line, second line) as PNG bytes."""
-    import io
-
     from PIL import Image, ImageDraw, ImageOps
 
-    from .explain import _font
-
     font_size = 14
-    font, caption = _font(font_size), 2 * int(font_size * 1.35) + 8
+    font, caption = label_font(font_size), 2 * int(font_size * 1.35) + 8
     gap = 6
     width = len(tiles) * tile + (len(tiles) + 1) * gap + 10  # extra space after the query
     canvas = Image.new("RGB", (width, tile + caption + 2 * gap), (250, 250, 250))
@@ -397,8 +378,6 @@ def tsne_map(index: EmbeddingIndex, path: str | os.PathLike, seed: int = 0) -> P
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .fileio import save_figure
 
     count = len(index)
     if count < MIN_MAP_IMAGES:

@@ -24,6 +24,10 @@ from torch import Tensor, nn
 
 from .errors import ResnetsError
 from .fileio import atomic_path, atomic_paths
+from .summarize import check_input_size
+from .weights.caffe import export_caffe
+from .weights.format import weights_bytes
+from .weights.resolve import load_model
 
 FORMATS = ("onnx", "torchscript", "safetensors", "prototxt")
 ONNX_OPSET = 17
@@ -41,8 +45,6 @@ MAX_EXPORT_INPUT_SIZE = 2048
 def load_checkpoint(checkpoint: str | os.PathLike) -> nn.Module:
     """The model to export: anything :func:`resnets.weights.resolve.load_model` takes; a bare
     registered name is the architecture, freshly initialised (``NAME:imagenet`` for its weights)."""
-    from .weights.resolve import load_model
-
     return load_model(checkpoint, pretrained=False)
 
 
@@ -63,8 +65,6 @@ def export(model: nn.Module, fmt: str, out: str | os.PathLike, input_size: int |
     check_export_input_size(input_size)
     model = model.eval()
     size = input_size or _default_input_size(model)
-    from .summarize import check_input_size
-
     check_input_size(model, size, size)
     example = torch.randn(2, getattr(model, "in_chans", 3), size, size)
     if fmt == "prototxt":
@@ -82,10 +82,6 @@ def _default_input_size(model: nn.Module) -> int:
 
 def _caffe_pair(model: nn.Module, prototxt: Path, input_size: tuple[int, ...]) -> Path:
     """Write the prototxt and the caffemodel beside it, replacing any old pair as a whole."""
-    try:
-        from .weights.caffe import export_caffe
-    except ImportError:
-        raise ResnetsError("caffe support not installed (resnets.weights.caffe is missing)") from None
     caffemodel = prototxt.with_suffix(".caffemodel")
     if prototxt.suffix == ".caffemodel":
         raise ResnetsError(f"--out {prototxt} is where the weights go: give the prototxt's name, "
@@ -175,8 +171,6 @@ def _torchscript(model: nn.Module, tmp: Path, example: Tensor) -> None:
 
 
 def _safetensors(model: nn.Module, tmp: Path, example: Tensor) -> None:
-    from .weights.format import weights_bytes
-
     # straight into export's temporary file: a second atomic write onto a temporary name left a
     # backup of it behind when killed between its renames, which nothing would ever clean
     tmp.write_bytes(weights_bytes(model, name=str(tmp)))

@@ -33,8 +33,10 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .errors import ResnetsError
+from .errors import ResnetsError, first_line
 from .export import ONNX_INPUT, export_onnx
+from .models import get_model_spec
+from .openvino import OpenVinoModule
 
 BACKENDS: tuple[str, ...] = ("eager", "compile", "onnxruntime", "int8", "openvino", "openvino-int8")
 INT8_BACKENDS = ("int8", "openvino-int8")
@@ -82,7 +84,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         return fuse(frozen, inplace=True)
     except Exception as error:  # noqa: BLE001 - fx cannot trace data-dependent control flow
         raise ResnetsError(f"cannot fold BatchNorm: {type(model).__name__} is not fx-traceable "
-                           f"({type(error).__name__}: {str(error).splitlines()[0]})") from error
+                           f"({type(error).__name__}: {first_line(error)})") from error
 
 
 class InferenceModule(nn.Module):
@@ -157,8 +159,6 @@ def _default_input(model: nn.Module) -> Tensor:
     name = getattr(model, "model_name", None)
     size = 224
     if name is not None:
-        from .models import get_model_spec
-
         size = get_model_spec(name).input_size
     channels = getattr(model, "in_chans", 3)
     return torch.randn(1, channels, size, size)
@@ -170,8 +170,6 @@ def _onnx_module(folded: nn.Module, backend: str, example: Tensor,
         onnx_path = Path(workdir) / "model.onnx"
         export_onnx(folded, onnx_path, example, check=False)
         if backend.startswith("openvino"):
-            from .openvino import OpenVinoModule
-
             batches = _calibration_batches(calibration_data) if backend == "openvino-int8" else None
             return OpenVinoModule(onnx_path, backend, example, batches)
         if backend == "int8":

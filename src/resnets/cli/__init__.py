@@ -28,7 +28,7 @@ import sys
 import warnings
 from typing import Sequence
 
-from ..errors import ResnetsError
+from ..errors import ResnetsError, first_line
 
 # Command modules, in the order `resnets --help` lists them.
 COMMANDS: tuple[str, ...] = ("models", "summary", "data", "train", "lr_find", "evaluate", "predict", "demo",
@@ -52,8 +52,7 @@ def add_model_argument(parser: argparse.ArgumentParser, dest: str = "model", pre
 def _fail(message: str, status: int = 2) -> None:
     from ..terminal import printable
 
-    first_line = str(message).strip().splitlines()[0] if str(message).strip() else "failed"
-    print(f"resnets: error: {printable(first_line)}", file=sys.stderr)
+    print(f"resnets: error: {printable(first_line(message))}", file=sys.stderr)
     raise SystemExit(status)
 
 
