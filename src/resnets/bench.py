@@ -22,7 +22,10 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ResnetsError
+from .fileio import save_figure
 from .inference import INT8_BACKENDS, check_backend, onnxruntime_available, optimize_for_inference
+from .models import create_model, get_model_spec, list_models
+from .summarize import summary
 
 REFERENCE = "torchvision"
 
@@ -83,8 +86,6 @@ def probe_gflops(seconds: Sequence[float], flops: float) -> float:
 
 def count_macs(model: nn.Module, input_size: Sequence[int]) -> int:
     """Multiply-adds of one forward pass at batch 1, counted as `resnets summary` counts them."""
-    from .summarize import summary
-
     return summary(model, (1, *input_size)).macs
 
 
@@ -191,8 +192,6 @@ def train_images_per_s(model: nn.Module, batch: Tensor, repeats: int, warmup: in
 # -- models -------------------------------------------------------------------------------------
 def build_model(name: str) -> tuple[nn.Module, int]:
     """Our model of that name (or torchvision's where we have none) and its input side."""
-    from .models import create_model, get_model_spec, list_models
-
     if name in list_models():
         return create_model(name).eval(), get_model_spec(name).input_size
     return torchvision_model(name), 224
@@ -201,8 +200,6 @@ def build_model(name: str) -> tuple[nn.Module, int]:
 def check_model_names(names: Sequence[str]) -> None:
     """A one-line ResnetsError for the first name that is neither ours nor torchvision's."""
     import torchvision
-
-    from .models import list_models
 
     known = set(list_models()) | set(torchvision.models.list_models(module=torchvision.models))
     for name in names:
@@ -361,8 +358,6 @@ def plot_report(report: BenchReport, path: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .fileio import save_figure
 
     batch_sizes = sorted({row.batch_size for row in report.rows})
     models = list(dict.fromkeys(row.model for row in report.rows))

@@ -25,7 +25,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
-from .errors import ResnetsError
+from .errors import ResnetsError, first_line
 
 BYTES_PER_MB = 10**6  # MB as torchinfo prints them (not MiB)
 
@@ -191,8 +191,7 @@ def summary(model: nn.Module, input_size: int | Sequence[int] = 224, *, depth: i
         with torch.no_grad(), _shape_only_batchnorm(model, torch.device(device).type == "meta"):
             model(images)
     except RuntimeError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ResnetsError(f"the model cannot run on input {list(size)}: {first_line}") from None
+        raise ResnetsError(f"the model cannot run on input {list(size)}: {first_line(error)}") from None
     finally:
         for handle in handles:
             handle.remove()
