@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageOps
 
 from _data_helpers import SHARED_DATA
-from resnets.models import create_model
+from resnets.factory import create_model
 from resnets.preprocessing import Preprocessing
 from resnets.weights.format import save_weights
 

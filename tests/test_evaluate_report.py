@@ -12,7 +12,7 @@ from PIL import Image
 
 from _train_fixtures import write_folder_dataset
 from resnets.evaluate import most_confused
-from resnets.models import create_model
+from resnets.factory import create_model
 from resnets.predict import load_for_inference, predict_files
 from resnets.preprocessing import Preprocessing
 from resnets.weights.format import save_weights

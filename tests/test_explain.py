@@ -14,7 +14,7 @@ from PIL import Image
 pytest.importorskip("pytorch_grad_cam")
 
 from resnets.explain import class_activation_maps, explain_image  # noqa: E402
-from resnets.models import create_model  # noqa: E402
+from resnets.factory import create_model  # noqa: E402
 from resnets.predict import load_for_inference  # noqa: E402
 from resnets.preprocessing import Preprocessing  # noqa: E402
 from resnets.weights.format import save_weights  # noqa: E402

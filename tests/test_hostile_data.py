@@ -416,7 +416,7 @@ def test_non_utf8_names_in_pack_and_info(tmp_path, capsys):
 
 def test_non_utf8_names_in_evaluate(tmp_path, capsys):
     from _train_fixtures import TINY
-    from resnets.models import create_model
+    from resnets.factory import create_model
     from resnets.weights.format import save_weights
 
     root = _non_utf8_tree(tmp_path / "photos")

@@ -8,7 +8,7 @@ import torch
 from _train_fixtures import write_folder_dataset
 from resnets.cli import main
 from resnets.errors import ResnetsError
-from resnets.models import create_model
+from resnets.factory import create_model
 from resnets.preprocessing import Preprocessing
 from resnets.weights import save_weights
 from resnets.weights.load import load_model_weights

@@ -44,7 +44,7 @@ def save_tiny_model(path: Path) -> Path:
     """A CIFAR-size ResNet-20 with six named classes and non-trivial BatchNorm statistics."""
     import torch
 
-    from resnets.models import create_model
+    from resnets.factory import create_model
     from resnets.weights.format import save_weights
 
     torch.manual_seed(0)

@@ -21,8 +21,8 @@ __version__ = "0.1.0"
 # public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
     "ResnetsError": "errors",
-    "ResNet": "models", "ResNetConfig": "models", "create_model": "models", "get_model_spec": "models",
-    "list_models": "models",
+    "ResNet": "models", "ResNetConfig": "models", "get_model_spec": "models", "list_models": "models",
+    "create_model": "factory",
     "Preprocessing": "preprocessing",
     "load_model": "weights.resolve",
     "save_weights": "weights", "load_weights_file": "weights",

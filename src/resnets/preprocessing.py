@@ -91,15 +91,6 @@ class Preprocessing:
         return cls(input_size=input_size, resize_size=resize, mean=tuple(mean), std=tuple(std), **fields)
 
     @classmethod
-    def for_model(cls, model_name: str) -> "Preprocessing":
-        """A registered model's default: ImageNet nets resize 256 / crop 224; 32-pixel nets no crop margin."""
-        from .models.registry import get_model_spec
-
-        spec = get_model_spec(model_name)
-        fraction = None if spec.input_size <= 64 else EVAL_CROP_FRACTION
-        return cls.for_input_size(spec.input_size, spec.mean, spec.std, fraction)
-
-    @classmethod
     def from_dict(cls, record: Mapping[str, Any]) -> "Preprocessing":
         """A record as stored in a weights file; files of earlier versions are read too.
 
@@ -204,6 +195,19 @@ class Preprocessing:
         scale = "0-255" if self.pixel_range == 255 else f"0-{self.pixel_range:g}"
         return (f"resize {resize} ({self.interpolation}), centre crop {self.input_size}, {self.channel_order} "
                 f"{scale}, mean {[round(m, 4) for m in self.mean]}, std {[round(s, 4) for s in self.std]}")
+
+
+def channels_preprocessing(record: Preprocessing, in_chans: int) -> Preprocessing:
+    """The record of an RGB model adapted to ``in_chans`` channels: one channel takes the mean of
+    the three means and stds (RGB images are fed as their luma); N channels repeat them cyclically,
+    as the filters are. The channel order no longer applies (the values follow the filters)."""
+    if len(record.mean) == in_chans:
+        return record
+    if in_chans == 1:
+        mean, std = (sum(record.mean) / 3,), (sum(record.std) / 3,)
+    else:
+        mean, std = (tuple(values[i % 3] for i in range(in_chans)) for values in (record.mean, record.std))
+    return record.replace(mean=mean, std=std, channel_order="RGB")
 
 
 def _center_crop(image: Any, size: int) -> Any:

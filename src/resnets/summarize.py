@@ -25,7 +25,9 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
-from .errors import ResnetsError, first_line
+from .errors import ResnetsError
+from .factory import create_model
+from .models import get_model_spec
 
 BYTES_PER_MB = 10**6  # MB as torchinfo prints them (not MiB)
 
@@ -191,7 +193,8 @@ def summary(model: nn.Module, input_size: int | Sequence[int] = 224, *, depth: i
         with torch.no_grad(), _shape_only_batchnorm(model, torch.device(device).type == "meta"):
             model(images)
     except RuntimeError as error:
-        raise ResnetsError(f"the model cannot run on input {list(size)}: {first_line(error)}") from None
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ResnetsError(f"the model cannot run on input {list(size)}: {first_line}") from None
     finally:
         for handle in handles:
             handle.remove()
@@ -321,8 +324,6 @@ def model_card(name: str) -> dict[str, Any]:
 
     Built and run on the meta device, so it allocates and computes nothing.
     """
-    from .models import create_model, get_model_spec
-
     spec = get_model_spec(name)
     with torch.device("meta"):
         model = create_model(name)

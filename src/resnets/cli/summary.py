@@ -9,7 +9,7 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import ResnetsError
-from ..models import create_model
+from ..factory import create_model
 from ..summarize import summary
 
 

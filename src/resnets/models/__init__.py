@@ -1,7 +1,7 @@
-"""The ResNet family: blocks, the configurable network, and the name registry."""
+"""The ResNet family: blocks, the configurable network, the name registry (``create_model``: factory)."""
 
-from .registry import ModelSpec, create_model, get_model_spec, list_models
+from .registry import ModelSpec, get_model_spec, iter_model_specs, list_models
 from .resnet import FeatureInfo, ResNet, ResNetConfig
 
-__all__ = ["FeatureInfo", "ModelSpec", "ResNet", "ResNetConfig", "create_model", "get_model_spec",
+__all__ = ["FeatureInfo", "ModelSpec", "ResNet", "ResNetConfig", "get_model_spec", "iter_model_specs",
            "list_models"]

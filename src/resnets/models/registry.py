@@ -9,18 +9,16 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Iterator
 
 from ..errors import ResnetsError
-from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from .resnet import ResNet, ResNetConfig
+from ..preprocessing import EVAL_CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from .resnet import ResNetConfig
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
-
-# Runtime options that every model accepts, beside the fields of ResNetConfig.
-MODEL_OPTIONS = ("zero_init_residual", "drop_path_rate", "drop_rate")
 
 
 @dataclass(frozen=True)
@@ -34,6 +32,12 @@ class ModelSpec:
     num_classes: int = 1000
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The default record: ImageNet nets resize 256 / crop 224; 32-pixel nets no crop margin."""
+        fraction = None if self.input_size <= 64 else EVAL_CROP_FRACTION
+        return Preprocessing.for_input_size(self.input_size, self.mean, self.std, fraction)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -122,9 +126,12 @@ def list_models(pattern: str | None = None) -> list[str]:
     return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
 
 
-def _natural_key(name: str) -> tuple:
-    import re
+def iter_model_specs() -> Iterator[ModelSpec]:
+    """Every registered spec, in registration order."""
+    return iter(list(_REGISTRY.values()))
 
+
+def _natural_key(name: str) -> tuple:
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
 
 
@@ -136,48 +143,3 @@ def get_model_spec(name: str) -> ModelSpec:
         close = difflib.get_close_matches(str(name), list(_REGISTRY), n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see `resnets models`"
         raise ResnetsError(f"unknown model {name!r}{hint}") from None
-
-
-def create_model(name: str | None = None, num_classes: int | None = None, in_chans: int | None = None,
-                 weights: str | None = None, **options: Any) -> ResNet:
-    """Build a registered model by name, optionally with weights.
-
-    Args:
-        name: a name from :func:`list_models`; may be left out when ``weights`` is a file
-            that records its model (``resnets convert`` output) or whose shapes identify it.
-        num_classes: classifier outputs; defaults to the model's own (1000, or 10 for CIFAR
-            nets); 0 builds no head. With ``weights``, a different count replaces the loaded
-            head by a fresh one (fine-tuning).
-        in_chans: input channels (default: the weights' own, else 3). RGB weights are adapted
-            to another count as timm does (:func:`resnets.weights.load.adapt_input_conv`).
-        weights: ``"imagenet"`` or a tag of :func:`resnets.weights.list_pretrained`
-            (``"IMAGENET1K_V2"``; downloaded once into the cache), or the path of a weights file
-            in any supported format (safetensors, PyTorch, Keras, Paddle), auto-detected.
-        **options: ``zero_init_residual``, ``drop_path_rate``, ``drop_rate``, or any field of
-            :class:`ResNetConfig` to override (``stride_in_1x1=True``, ``shortcut="projection"``).
-    """
-    if weights is not None:
-        from ..weights.load import load_model_weights  # the weights package imports models
-
-        return load_model_weights(weights, name, num_classes=num_classes, in_chans=in_chans, **options)
-    if name is None:
-        raise ResnetsError("create_model needs a model name, or weights= a file that records one")
-    spec = get_model_spec(name)
-    config_fields = {f.name for f in dataclasses.fields(ResNetConfig)}
-    unknown = set(options) - config_fields - set(MODEL_OPTIONS)
-    if unknown:
-        allowed = ", ".join(sorted(config_fields | set(MODEL_OPTIONS)))
-        raise ResnetsError(f"unknown option(s) {', '.join(sorted(unknown))} for {name}; allowed: {allowed}")
-    overrides = {k: v for k, v in options.items() if k in config_fields}
-    runtime = {k: v for k, v in options.items() if k in MODEL_OPTIONS}
-    if "layers" in overrides:
-        overrides["layers"] = tuple(overrides["layers"])
-    config = dataclasses.replace(spec.config, **overrides)
-    classes = spec.num_classes if num_classes is None else num_classes
-    in_chans = 3 if in_chans is None else in_chans
-    model = ResNet(config, num_classes=classes, in_chans=in_chans, **runtime)
-    model.model_name = name
-    from ..weights.load import channels_preprocessing
-
-    model.preprocessing = channels_preprocessing(Preprocessing.for_model(name), in_chans)  # one value per channel
-    return model

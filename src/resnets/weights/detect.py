@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ResnetsError
-from ..models import ResNetConfig
-from ..models.registry import _REGISTRY
+from ..models import ResNetConfig, iter_model_specs
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ def infer_architecture(state: dict[str, torch.Tensor], source: str) -> Architect
 
 def registered_name(config: ResNetConfig) -> str | None:
     """The registry name whose architecture is ``config`` (the first, in registry order)."""
-    return next((name for name, spec in _REGISTRY.items() if spec.config == config), None)
+    return next((spec.name for spec in iter_model_specs() if spec.config == config), None)
 
 
 def _count_blocks(state: dict[str, torch.Tensor], stage: int) -> int:

@@ -21,7 +21,8 @@ from torch import nn
 
 from ..errors import ResnetsError
 from ..fileio import atomic_path
-from ..models import ResNet, ResNetConfig
+from ..models import ResNet, ResNetConfig, get_model_spec, list_models
+from ..multilabel import task_of
 from ..preprocessing import Preprocessing
 
 FORMAT_VERSION = 1
@@ -183,8 +184,6 @@ def _with_task(model: nn.Module, extra: dict[str, Any] | None) -> dict[str, Any]
 
 def attach_record(model: ResNet, record: WeightsFile) -> ResNet:
     """Give ``model`` the name, class names, preprocessing and task a weights file records."""
-    from ..multilabel import task_of
-
     model.task_record = task_of(record.extra, record.source or "weights file")
     if record.model_name:
         model.model_name = record.model_name
@@ -192,11 +191,8 @@ def attach_record(model: ResNet, record: WeightsFile) -> ResNet:
         model.class_names = _checked_class_names(record.class_names, model, record.source or "weights file")
     if record.preprocessing is not None:
         model.preprocessing = record.preprocessing
-    elif model.model_name:
-        from ..models import list_models
-
-        if model.model_name in list_models():
-            model.preprocessing = Preprocessing.for_model(model.model_name)
+    elif model.model_name in list_models():
+        model.preprocessing = get_model_spec(model.model_name).preprocessing
     return model
 
 

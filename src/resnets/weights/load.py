@@ -19,10 +19,18 @@ from typing import Any
 import torch
 
 from ..errors import ResnetsError
-from ..models import ResNet, create_model, get_model_spec
+from ..models import ResNet, ResNetConfig, get_model_spec
+from ..models.builder import MODEL_OPTIONS, build_registered_model
 from ..multilabel import task_of
-from .format import load_state_dict_checked
-from ..preprocessing import Preprocessing
+from ..preprocessing import Preprocessing, channels_preprocessing
+from .caffe import caffe_model_spec, caffe_to_state_dict
+from .detect import infer_architecture
+from .format import checked_architecture, load_state_dict_checked, load_weights_file
+from .imagenet import imagenet_class_names
+from .keras import read_keras
+from .paddle import read_paddle
+from .pretrained import get_pretrained, load_pretrained_state_dict
+from .torch_checkpoint import read_torch_checkpoint
 
 SOURCES = ("auto", "torchvision", "timm", "keras", "paddle", "caffe", "resnets")
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -92,8 +100,6 @@ def read_weights(path: str | os.PathLike, source: str = "auto", model_name: str 
 
 
 def _read_resnets(path: Path) -> ImportedWeights:
-    from .format import checked_architecture, load_weights_file
-
     record = load_weights_file(path)
     if record.config is None:
         return _recognised(record.state_dict, str(path), "resnets")
@@ -106,20 +112,14 @@ def _read_resnets(path: Path) -> ImportedWeights:
 
 
 def _read_torch(path: Path) -> ImportedWeights:
-    from .torch_checkpoint import read_torch_checkpoint
-
     return _recognised(read_torch_checkpoint(path), str(path), "PyTorch checkpoint")
 
 
 def _read_paddle(path: Path) -> ImportedWeights:
-    from .paddle import read_paddle
-
     return _recognised(read_paddle(path), str(path), "Paddle")
 
 
 def _read_keras(path: Path) -> ImportedWeights:
-    from .keras import read_keras
-
     keras = read_keras(path)
     names = _imagenet_names() if keras.num_classes == 1000 else None
     return ImportedWeights(keras.state_dict, keras.model_name, f"Keras {path.name}", keras.options,
@@ -131,17 +131,13 @@ def _read_caffe(path: Path, caffemodel: str | os.PathLike | None, model_name: st
     """A Caffe ResNet (MSRA layer names), built with the geometry its prototxt declares.
 
     ``model_name`` is checked against that geometry; without it, the model is inferred."""
-    try:
-        from .caffe import caffe_model_spec, caffe_to_state_dict
-    except ImportError:
-        raise ResnetsError("caffe support not installed (resnets.weights.caffe is missing)") from None
     prototxt, weights = (path, caffemodel) if path.suffix == ".prototxt" else (caffemodel, path)
     if prototxt is None or weights is None:
         raise ResnetsError("a Caffe model needs both files: pass the .caffemodel as SRC and --prototxt PATH")
     spec = caffe_model_spec(prototxt, model_name)
     model_name = spec.model_name
     classes = spec.num_classes if num_classes is None else num_classes
-    model = create_model(model_name, num_classes=classes, **spec.options)
+    model = build_registered_model(model_name, num_classes=classes, **spec.options)
     state = caffe_to_state_dict(prototxt, weights, model)
     names = _imagenet_names() if model.num_classes == 1000 else None
     preprocessing = Preprocessing(224, 256, "bilinear", CAFFE_MEAN_BGR, (1.0, 1.0, 1.0), channel_order="BGR",
@@ -152,8 +148,6 @@ def _read_caffe(path: Path, caffemodel: str | os.PathLike | None, model_name: st
 
 def _recognised(state: dict[str, torch.Tensor], source: str, kind: str) -> ImportedWeights:
     """Torchvision-named tensors whose model is recognised from their shapes."""
-    from .detect import infer_architecture
-
     arch = infer_architecture(state, source)
     names = _imagenet_names() if arch.num_classes == 1000 else None
     return ImportedWeights(state, arch.model_name, f"{kind} {Path(source).name}", in_chans=arch.in_chans,
@@ -169,8 +163,6 @@ def _as_model(imported: ImportedWeights, model_name: str) -> ImportedWeights:
 
 
 def _imagenet_names() -> list[str]:
-    from .imagenet import imagenet_class_names
-
     return imagenet_class_names()
 
 
@@ -179,7 +171,7 @@ def build_model(imported: ImportedWeights, num_classes: int | None = None, drop_
     """The model ``imported`` describes, loaded strictly with its tensors.
 
     ``drop_head`` leaves out the file's classifier (the model has none); ``num_classes`` must
-    then be absent, or equal to the file's. Extra ``options`` go to :func:`create_model`.
+    then be absent, or equal to the file's. Extra ``options`` go to :func:`build_registered_model`.
     """
     state = dict(imported.state_dict)
     file_classes = imported.num_classes
@@ -208,10 +200,8 @@ def build_model(imported: ImportedWeights, num_classes: int | None = None, drop_
 def _create(imported: ImportedWeights, num_classes: int, options: dict[str, Any]) -> ResNet:
     """A registered model with overrides, or (a file recording an unregistered architecture) its config."""
     if imported.model_name is not None:
-        return create_model(imported.model_name, num_classes=num_classes, in_chans=imported.in_chans, **options)
-    from ..models.registry import MODEL_OPTIONS
-    from ..models.resnet import ResNetConfig
-
+        return build_registered_model(imported.model_name, num_classes=num_classes, in_chans=imported.in_chans,
+                                      **options)
     config = ResNetConfig.from_dict({k: v for k, v in options.items() if k not in MODEL_OPTIONS})
     runtime = {k: v for k, v in options.items() if k in MODEL_OPTIONS}
     return ResNet(config, num_classes=num_classes, in_chans=imported.in_chans, **runtime)
@@ -258,19 +248,6 @@ def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     return adapted.to(weight.dtype)
 
 
-def channels_preprocessing(record: Preprocessing, in_chans: int) -> Preprocessing:
-    """The record of an RGB model adapted to ``in_chans`` channels: one channel takes the mean of
-    the three means and stds (RGB images are fed as their luma); N channels repeat them cyclically,
-    as the filters are. The channel order no longer applies (the values follow the filters)."""
-    if len(record.mean) == in_chans:
-        return record
-    if in_chans == 1:
-        mean, std = (sum(record.mean) / 3,), (sum(record.std) / 3,)
-    else:
-        mean, std = (tuple(values[i % 3] for i in range(in_chans)) for values in (record.mean, record.std))
-    return record.replace(mean=mean, std=std, channel_order="RGB")
-
-
 def with_input_channels(imported: ImportedWeights, in_chans: int) -> ImportedWeights:
     """``imported`` (RGB weights) for a model of ``in_chans`` input channels (:func:`build_model`
     then adapts the record with :func:`channels_preprocessing`)."""
@@ -285,8 +262,6 @@ def with_input_channels(imported: ImportedWeights, in_chans: int) -> ImportedWei
 
 
 def _pretrained(model_name: str, tag: str) -> ImportedWeights:
-    from .pretrained import get_pretrained, load_pretrained_state_dict
-
     entry = get_pretrained(model_name, tag)
     return ImportedWeights(load_pretrained_state_dict(entry), model_name, entry.source,
                            class_names=list(entry.class_names), preprocessing=entry.preprocessing)

@@ -21,8 +21,10 @@ from typing import Any
 import torch
 
 from ..errors import ResnetsError
-from .hub import cached_download
+from ..models import list_models
 from ..preprocessing import Preprocessing
+from .hub import cached_download
+from .torch_checkpoint import read_torch_checkpoint
 
 DEFAULT_TAG = "imagenet"
 
@@ -65,8 +67,6 @@ def _from_torchvision(model_name: str, tag: str, enum_member: Any) -> Pretrained
 def _registry() -> dict[tuple[str, str], PretrainedWeights]:
     from torchvision.models import get_model_weights, list_models as tv_models
 
-    from ..models import list_models
-
     entries: dict[tuple[str, str], PretrainedWeights] = {}
     for name in set(list_models()) & set(tv_models()):
         enum = get_model_weights(name)
@@ -92,6 +92,4 @@ def get_pretrained(model_name: str, tag: str = DEFAULT_TAG) -> PretrainedWeights
 
 
 def load_pretrained_state_dict(entry: PretrainedWeights, progress: bool = True) -> dict[str, torch.Tensor]:
-    from .torch_checkpoint import read_torch_checkpoint
-
     return read_torch_checkpoint(entry.download(progress=progress))

@@ -23,7 +23,8 @@ import os
 from pathlib import Path
 
 from ..errors import ResnetsError
-from ..models import ResNet, create_model, list_models
+from ..factory import create_model
+from ..models import ResNet, list_models
 
 RUN_WEIGHTS = "weights.safetensors"
 
