@@ -125,7 +125,7 @@ def test_stored_model_cards_match_a_live_computation():
 
 
 def test_models_computes_the_cards_of_models_registered_at_run_time():
-    from resnets.models.cards import model_cards
+    from resnets.summarize import model_cards
     from resnets.models.registry import _REGISTRY, ModelSpec, get_model_spec, register
 
     base = get_model_spec("resnet20")

@@ -22,9 +22,10 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ResnetsError
+from .factory import create_model
 from .fileio import save_figure
 from .inference import INT8_BACKENDS, check_backend, onnxruntime_available, optimize_for_inference
-from .models import create_model, get_model_spec, list_models
+from .models import get_model_spec, list_models
 from .summarize import summary
 
 REFERENCE = "torchvision"

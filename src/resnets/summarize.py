@@ -18,6 +18,7 @@ but no arithmetic is done, so even ResNet-152 is summarised in milliseconds.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Sequence
@@ -25,9 +26,11 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
-from .errors import ResnetsError
+from .errors import ResnetsError, first_line
 from .factory import create_model
-from .models import get_model_spec
+from .fileio import atomic_write_text
+from .models import get_model_spec, list_models
+from .models.cards import CARDS_PATH, cached_cards
 
 BYTES_PER_MB = 10**6  # MB as torchinfo prints them (not MiB)
 
@@ -193,8 +196,7 @@ def summary(model: nn.Module, input_size: int | Sequence[int] = 224, *, depth: i
         with torch.no_grad(), _shape_only_batchnorm(model, torch.device(device).type == "meta"):
             model(images)
     except RuntimeError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ResnetsError(f"the model cannot run on input {list(size)}: {first_line}") from None
+        raise ResnetsError(f"the model cannot run on input {list(size)}: {first_line(error)}") from None
     finally:
         for handle in handles:
             handle.remove()
@@ -330,3 +332,14 @@ def model_card(name: str) -> dict[str, Any]:
     result = summary(model, spec.input_size, device="meta")
     return {"name": name, "description": spec.description, "input_size": spec.input_size,
             "num_classes": spec.num_classes, "params": result.total_params, "macs": result.macs}
+
+
+def model_cards(names: list[str]) -> list[dict[str, Any]]:
+    """Cards of ``names``: stored ones where cards.json has them, computed for the rest (run-time models)."""
+    stored = cached_cards()
+    return [stored[name] if name in stored else model_card(name) for name in names]
+
+
+if __name__ == "__main__":  # regenerates resnets/models/cards.json
+    atomic_write_text(CARDS_PATH, json.dumps([model_card(name) for name in list_models()], indent=1) + "\n")
+    print(f"wrote {CARDS_PATH}")

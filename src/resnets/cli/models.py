@@ -6,7 +6,7 @@ import argparse
 import json
 
 from ..models import list_models
-from ..models.cards import model_cards
+from ..summarize import model_cards
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
