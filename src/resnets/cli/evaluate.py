@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..evaluate import SPLITS
 from ..terminal import printable
-from ..train.config import Bound, parse_arg
+from ..settings import Bound, parse_arg
 from ..tta import TTA_MODES
 from . import add_model_argument
 
