@@ -100,14 +100,11 @@ def decode(args: argparse.Namespace):
 def train_config(recipe: str, flags: list[str], out: Path, data_path: str):
     """The run ``resnets train --config RECIPE FLAGS`` would make (the train command's own parser)."""
     from resnets.cli import build_parser
-    from resnets.train import TrainConfig
+    from resnets.cli.train import config_from_args
 
     argv = ["train", "--config", recipe, *flags, "--data", data_path, "--out", str(out), "--overwrite",
             "--no-progress"]
-    args = build_parser().parse_args(argv)
-    options = {k: v for k, v in vars(args).items()
-               if k not in ("handler", "command", "stop_after", "overwrite", "config", "print_config")}
-    return TrainConfig.from_dict(options)
+    return config_from_args(build_parser().parse_args(argv))
 
 
 def benchmark_recipe(recipe: str, flags: list[str], out: Path, data, args: argparse.Namespace, start: float,
