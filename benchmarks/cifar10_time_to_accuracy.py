@@ -100,14 +100,11 @@ def decode(args: argparse.Namespace):
 def train_config(recipe: str, flags: list[str], out: Path, data_path: str):
     """The run ``resnets train --config RECIPE FLAGS`` would make (the train command's own parser)."""
     from resnets.cli import build_parser
-    from resnets.train import TrainConfig
+    from resnets.cli.train import config_from_args
 
     argv = ["train", "--config", recipe, *flags, "--data", data_path, "--out", str(out), "--overwrite",
             "--no-progress"]
-    args = build_parser().parse_args(argv)
-    options = {k: v for k, v in vars(args).items()
-               if k not in ("handler", "command", "stop_after", "overwrite", "config", "print_config")}
-    return TrainConfig.from_dict(options)
+    return config_from_args(build_parser().parse_args(argv))
 
 
 def benchmark_recipe(recipe: str, flags: list[str], out: Path, data, args: argparse.Namespace, start: float,
@@ -164,7 +161,7 @@ def final_scores(run_dir: Path, data, tta: str | None) -> dict:
     with test-time augmentation; with an EMA, also of the last raw weights (no TTA)."""
     from resnets import load_model
     from resnets.data import BatchAugment, TensorLoader
-    from resnets.evaluate import collect_logits, topk_accuracy
+    from resnets.metrics import collect_logits, topk_accuracy
     from resnets.train.checkpoint import load_state
 
     model = load_model(str(run_dir)).eval()

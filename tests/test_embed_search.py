@@ -106,7 +106,7 @@ def test_near_duplicates_come_first(photos, extractor, tmp_path, one_thread):
 
 def test_vectors_are_the_normalised_pre_logits(photos, extractor, tmp_path):
     from resnets.predict import read_image
-    from resnets.weights.resolve import load_model
+    from resnets.factory import load_model
 
     index = embed_dataset(extractor, photos, tmp_path / "e.npy", batch_size=5, progress=False)
     loaded = load_index(tmp_path / "e.npy")
@@ -178,7 +178,7 @@ def test_cli_errors_are_one_line(photos, extractor, tmp_path, run_cli):
 
 
 def test_search_refuses_an_index_whose_model_changed(photos, extractor, tmp_path, run_cli):
-    from resnets.weights.resolve import load_model
+    from resnets.factory import load_model
 
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(extractor.read_bytes())

@@ -168,18 +168,18 @@ def test_diverging_run_stops_and_publishes_no_nan_weights(tmp_path):
 
 def test_diverged_weights_never_saved_even_if_loss_looks_finite(tmp_path, monkeypatch):
     """The last line of defence: weights are checked before every save_weights."""
-    from resnets.train import loop
+    from resnets.train.engine import Trainer
 
     data = tensor_data()
-    original = loop._Run._train_epoch
+    original = Trainer.train_epoch
 
     def poisoned(self, epoch):
         row = original(self, epoch)
         with torch.no_grad():
-            next(self.model.parameters()).fill_(float("inf"))
+            next(self.setup.model.parameters()).fill_(float("inf"))
         return row
 
-    monkeypatch.setattr(loop._Run, "_train_epoch", poisoned)
+    monkeypatch.setattr(Trainer, "train_epoch", poisoned)
     with pytest.raises(ResnetsError, match="weights are no longer finite"):
         train(tiny_config(tmp_path / "run", epochs=1), data=data)
     assert not (tmp_path / "run" / "weights.safetensors").exists()

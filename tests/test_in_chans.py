@@ -12,7 +12,7 @@ from resnets.factory import create_model
 from resnets.preprocessing import Preprocessing
 from resnets.weights import save_weights
 from resnets.weights.load import load_model_weights
-from resnets.weights.resolve import load_model
+from resnets.factory import load_model
 
 
 def run_cli(args: list[str]) -> int:

@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("resnets.cli", "resnets.__main__"),
     ("resnets.evaluate", "resnets.predict", "resnets.explain", "resnets.embed", "resnets.serve", "resnets.export",
      "resnets.bench", "resnets.compare", "resnets.lr_find", "resnets.inference", "resnets.openvino",
-     "resnets.demo", "resnets.summarize", "resnets.tta"),
+     "resnets.demo", "resnets.summarize"),
     ("resnets.train",),
     ("resnets.data",),
     ("resnets.factory", "resnets.weights"),

@@ -17,7 +17,7 @@ from resnets.preprocessing import Preprocessing
 from resnets.train import InMemoryData, train
 from resnets.train.checkpoint import load_state
 from resnets.train.class_weights import class_weights
-from resnets.weights.resolve import load_model
+from resnets.factory import load_model
 
 NAMES = ["a", "b", "rare"]
 

@@ -49,7 +49,7 @@ def test_resize_batch_matches_pillow_antialiased_bilinear(size):
 
 
 def test_a_run_trains_at_the_scheduled_sizes_and_validates_at_full_size(tmp_path, monkeypatch):
-    from resnets.train import loop
+    from resnets.train import engine
 
     seen: list[int] = []
 
@@ -58,7 +58,7 @@ def test_a_run_trains_at_the_scheduled_sizes_and_validates_at_full_size(tmp_path
         seen.append(out.shape[-1])
         return out
 
-    monkeypatch.setattr(loop, "resize_batch", spy)
+    monkeypatch.setattr(engine, "resize_batch", spy)
     options = dict(epochs=4, augment="cifar", progressive_resize=0.5, progressive_delay=0.25,
                    progressive_finetune=0.25, val_every=2)
     result = train(tiny_config(tmp_path / "run", **options), data=tensor_data(size=32))

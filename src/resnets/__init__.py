@@ -24,7 +24,7 @@ _EXPORTS: dict[str, str] = {
     "ResNet": "models", "ResNetConfig": "models", "get_model_spec": "models", "list_models": "models",
     "create_model": "factory",
     "Preprocessing": "preprocessing",
-    "load_model": "weights.resolve",
+    "load_model": "factory",
     "save_weights": "weights", "load_weights_file": "weights",
     "decode_predictions": "weights.imagenet",
     "summary": "summarize",

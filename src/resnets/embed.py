@@ -35,7 +35,7 @@ from .evaluate import evaluation_data
 from .explain import label_font
 from .fileio import atomic_path, atomic_paths, atomic_write_bytes, save_figure
 from .predict import expand_inputs, read_image
-from .weights.resolve import load_model
+from .factory import load_model
 
 INDEX_FORMAT = "resnets-embeddings"
 INDEX_VERSION = 1
@@ -87,7 +87,7 @@ def fingerprint(model: nn.Module) -> str:
 
 
 def load_extractor(reference: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
-    """The model as :func:`resnets.weights.resolve.load_model` resolves it, in eval mode on ``device``."""
+    """The model as :func:`resnets.factory.load_model` resolves it, in eval mode on ``device``."""
     model = load_model(reference).to(resolve_device(device)).eval()
     if not hasattr(model, "forward_features"):
         raise ResnetsError(f"{reference} is not a ResNet with forward_features; it cannot embed images")

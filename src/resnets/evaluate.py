@@ -18,8 +18,7 @@ from .errors import ResnetsError
 from .explain import cam_class, class_activation_maps
 from .fileio import atomic_write_text, save_figure
 from .inference import INT8_BACKENDS, check_backend
-from .metrics import collect_logits, extract_features, topk_accuracy  # noqa: F401 - extract_features:
-# re-exported for train/loop.py until it imports it from resnets.metrics
+from .metrics import collect_logits, topk_accuracy
 from .multilabel import MultiLabelReport, is_multi_label, multi_label_report, threshold_of
 from .predict import InferenceModel, load_for_inference
 
@@ -264,7 +263,7 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, batch_size:
              split: str = "auto", report_dir: str | os.PathLike | None = None,
              report_cam: bool = False, recall_floor: float = 0.5,
              threshold: float | str | None = None) -> EvalReport | MultiLabelReport:
-    """Evaluate a model (anything :func:`resnets.weights.resolve.load_model` takes) on a data set.
+    """Evaluate a model (anything :func:`resnets.factory.load_model` takes) on a data set.
 
     Images go through the model's own preprocessing record. ``split``: see
     :func:`evaluation_data`; the report says which split was scored and how many images.

@@ -27,7 +27,7 @@ from .fileio import atomic_path, atomic_paths
 from .summarize import check_input_size
 from .weights.caffe import export_caffe
 from .weights.format import weights_bytes
-from .weights.resolve import load_model
+from .factory import load_model
 
 FORMATS = ("onnx", "torchscript", "safetensors", "prototxt")
 ONNX_OPSET = 17
@@ -43,7 +43,7 @@ MAX_EXPORT_INPUT_SIZE = 2048
 
 
 def load_checkpoint(checkpoint: str | os.PathLike) -> nn.Module:
-    """The model to export: anything :func:`resnets.weights.resolve.load_model` takes; a bare
+    """The model to export: anything :func:`resnets.factory.load_model` takes; a bare
     registered name is the architecture, freshly initialised (``NAME:imagenet`` for its weights)."""
     return load_model(checkpoint, pretrained=False)
 

@@ -2,7 +2,8 @@
 
 The rate grows exponentially from ``start`` to ``end`` over ``steps`` optimizer steps of a
 normal training set-up (the same model, data, loaders, augmentation, optimizer and step as
-``resnets train``: it is a :class:`resnets.train.loop._Run` whose schedule is replaced), the
+``resnets train``: :func:`resnets.train.setup.prepare` and the engine's
+:class:`~resnets.train.engine.Trainer`, with the :class:`LRFinder` callback replacing the schedule), the
 loss is smoothed (exponential average, debiased) and the sweep stops once it exceeds 4x its
 minimum. Suggested: the rate of steepest descent of the smoothed loss, and the rate of its
 minimum divided by 10. The model's weights are thrown away.
@@ -19,7 +20,12 @@ import numpy as np
 import torch
 
 from .errors import ResnetsError
-from .train.config import Bound, TrainConfig
+from .fileio import save_figure
+from .settings import Bound
+from .train.config import TrainConfig
+from .train.distributed import DistContext, local_device
+from .train.engine import Callback, StopTraining, Trainer
+from .train.setup import prepare
 
 # The sweep's own numbers, checked as the training settings are (resnets.train.config.Bound).
 SWEEP_RULES = {"start": Bound(float, 0, 1e3, low_open=True), "end": Bound(float, 0, 1e6, low_open=True),
@@ -55,53 +61,50 @@ def check_sweep(start: float, end: float, steps: int) -> None:
 
 def lr_find(config: TrainConfig, start: float = 1e-7, end: float = 10.0, steps: int = 200) -> LRFindResult:
     """Sweep the learning rate over ``steps`` training steps of ``config``'s set-up (one process)."""
-    from .train.distributed import DistContext, local_device
-    from .train.freeze import keep_frozen_in_eval
-    from .train.loop import _Meters, _Run
-
     check_sweep(start, end, steps)
     device = local_device(config.device)
-    run = _Run(config, None, device, DistContext(), 0.0)
-    for group in run.optimizer.param_groups:
-        group["lr"] = group["initial_lr"] = start
-    growth = (end / start) ** (1 / (steps - 1))
-    run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lambda step: growth ** step)
-    run.train_size = run.img_size
-    run.net.train()
-    keep_frozen_in_eval(run.model, run.frozen_parts)
-    lrs, raw, smoothed = [], [], []
-    average, best = 0.0, math.inf
-    for x, y in _batches(run.train_loader, steps):
-        lr = run.optimizer.param_groups[0]["lr"]
-        meters = _Meters(device, run.multi_label)
-        run._train_step(x, y, meters, step_now=True)
-        loss = meters.loss.item() / meters.seen
-        average = SMOOTHING * average + (1 - SMOOTHING) * loss
-        smooth = average / (1 - SMOOTHING ** (len(lrs) + 1))
-        if not math.isfinite(smooth) or (lrs and smooth > DIVERGENCE * best):
-            return _result(lrs, smoothed, raw, lr, steps)
-        lrs.append(lr)
-        raw.append(loss)
-        smoothed.append(smooth)
-        best = min(best, smooth)
-    return _result(lrs, smoothed, raw, None, steps)
+    setup = prepare(config, None, device, DistContext())
+    if len(setup.train_loader) == 0:
+        raise ResnetsError("the training data yields no batch; lower --batch-size")
+    sweep = LRFinder(start, end, steps)
+    Trainer(setup, [sweep]).fit(last_epoch=-(-steps // len(setup.train_loader)))
+    return _result(sweep.lrs, sweep.smoothed, sweep.raw, sweep.diverged_at, steps)
 
 
-def _batches(loader: Any, steps: int):
-    """``steps`` training batches, going through the loader's epochs as often as needed."""
-    taken, epoch = 0, 0
-    while taken < steps:
-        loader.set_epoch(epoch)
-        empty = True
-        for batch in loader:
-            empty = False
-            yield batch
-            taken += 1
-            if taken == steps:
-                return
-        if empty:
-            raise ResnetsError("the training data yields no batch; lower --batch-size")
-        epoch += 1
+class LRFinder(Callback):
+    """The sweep as a training callback: the rate grows by a constant factor each optimizer step,
+    the loss is smoothed, and training stops at ``steps`` steps or once the smoothed loss exceeds
+    :data:`DIVERGENCE` times its minimum."""
+
+    def __init__(self, start: float, end: float, steps: int):
+        self.start, self.steps = start, steps
+        self.growth = (end / start) ** (1 / (steps - 1))
+        self.lrs: list[float] = []
+        self.raw: list[float] = []
+        self.smoothed: list[float] = []
+        self.average, self.best = 0.0, math.inf
+        self.diverged_at: float | None = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        optimizer = trainer.setup.optimizer
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] = self.start
+        trainer.setup.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.growth ** step)
+
+    def on_step_end(self, trainer: Trainer, loss: torch.Tensor) -> None:
+        lr = self.start * self.growth ** len(self.lrs)  # the rate this step used (LambdaLR's own product)
+        value = loss.detach().float().item()
+        self.average = SMOOTHING * self.average + (1 - SMOOTHING) * value
+        smooth = self.average / (1 - SMOOTHING ** (len(self.lrs) + 1))
+        if not math.isfinite(smooth) or (self.lrs and smooth > DIVERGENCE * self.best):
+            self.diverged_at = lr
+            raise StopTraining
+        self.lrs.append(lr)
+        self.raw.append(value)
+        self.smoothed.append(smooth)
+        self.best = min(self.best, smooth)
+        if len(self.lrs) == self.steps:
+            raise StopTraining
 
 
 def _result(lrs: list[float], smoothed: list[float], raw: list[float], diverged_at: float | None,
@@ -129,8 +132,6 @@ def plot_lr_find(result: LRFindResult, path: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .fileio import save_figure
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(result.lrs, result.raw_losses, color="0.8", linewidth=0.8, label="loss")

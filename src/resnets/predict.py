@@ -21,7 +21,7 @@ from .metrics import probabilities, top_classes
 from .multilabel import check_threshold, is_multi_label, labels_above, threshold_of
 from .preprocessing import Preprocessing
 from .terminal import printable
-from .weights.resolve import load_model
+from .factory import load_model
 
 
 @dataclass
@@ -63,7 +63,7 @@ def load_for_inference(checkpoint: str | os.PathLike, device: str | torch.device
                        backend: str = "eager", calibration_u8: torch.Tensor | None = None) -> InferenceModel:
     """THE one place that prepares a trained model for inference (eval mode, device, record).
 
-    ``checkpoint`` is anything :func:`resnets.weights.resolve.load_model` takes (run directory,
+    ``checkpoint`` is anything :func:`resnets.factory.load_model` takes (run directory,
     weights file of any format, ``NAME`` for its ImageNet weights, ``NAME:TAG``). Every
     inference path (``evaluate``, ``predict``) goes through here. The model comes back in its
     fast form (:func:`resnets.inference.optimize_for_inference`: BatchNorm folded into the

@@ -43,7 +43,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def add_model_argument(parser: argparse.ArgumentParser, dest: str = "model", pretrained: bool = True) -> None:
-    """The ``MODEL`` argument, as every command takes it (see :mod:`resnets.weights.resolve`)."""
+    """The ``MODEL`` argument, as every command takes it (see :mod:`resnets.factory`)."""
     bare = "its ImageNet weights" if pretrained else "the architecture; NAME:imagenet for its weights"
     parser.add_argument(dest, metavar="MODEL",
                         help=f"run directory, weights file (any format), NAME:TAG, or NAME ({bare})")

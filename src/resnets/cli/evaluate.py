@@ -9,8 +9,8 @@ from pathlib import Path
 
 from ..evaluate import SPLITS
 from ..metrics import TTA_MODES
+from ..settings import Bound, parse_arg
 from ..terminal import printable
-from ..train.config import Bound, parse_arg
 from . import add_model_argument
 
 

@@ -1,4 +1,8 @@
-"""``resnets lr-find``: the learning-rate range test (see :mod:`resnets.lr_find`)."""
+"""``resnets lr-find``: the learning-rate range test (see :mod:`resnets.lr_find`).
+
+The training settings it takes are those :class:`resnets.train.config.TrainConfig` declares for
+``lr-find``; only the sweep's own options are declared here.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,10 @@ import argparse
 import json
 import sys
 
-from ..train.config import AUGMENT_PRESETS, OPTIMIZERS, parse_arg
+from ..settings import add_arguments, parse_arg
+from ..train.config import TrainConfig
+
+SWEEP_OPTIONS = ("start", "end", "steps", "json", "handler", "command", "out")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,9 +25,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "plot the loss against the rate and suggest a rate: where the loss falls fastest, "
                               "and the rate of its minimum / 10. The same set-up as `resnets train` (data, "
                               "augmentation, optimizer); no weights are kept.")
-    p.add_argument("--model", help="registered model name (default: the one --weights names)")
-    p.add_argument("--data", required=True, help="image folder, zip, CIFAR pickle folder or LMDB")
-    p.add_argument("--weights", help="start from a run directory, a weights file or a pretrained tag of --model")
     p.add_argument("--out", required=True, help="the plot to write (PNG)")
     p.add_argument("--start", type=parse_arg("start", SWEEP_RULES["start"]), default=1e-7,
                    help="first learning rate (default %(default)g)")
@@ -28,43 +32,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="last learning rate (default %(default)g)")
     p.add_argument("--steps", type=parse_arg("steps", SWEEP_RULES["steps"]), default=200,
                    help="optimizer steps of the sweep (default %(default)s)")
-    p.add_argument("--batch-size", type=parse_arg("batch_size"))
-    p.add_argument("--opt", choices=OPTIMIZERS)
-    p.add_argument("--momentum", type=parse_arg("momentum"))
-    p.add_argument("--weight-decay", type=parse_arg("weight_decay"))
-    p.add_argument("--label-smoothing", type=parse_arg("label_smoothing"))
-    p.add_argument("--img-size", type=parse_arg("img_size"), help="input size (default: the model's)")
-    p.add_argument("--in-chans", type=parse_arg("in_chans"), metavar="N",
-                   help="input channels (1: a gray model; RGB --weights are adapted)")
-    p.add_argument("--augment", choices=AUGMENT_PRESETS, help="augmentation preset (default: the model's)")
-    p.add_argument("--freeze", help="'backbone' or a comma list of stem,layer1,...,layer4")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
-    p.add_argument("--seed", type=parse_arg("seed"))
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--workers", type=parse_arg("workers"), help="image decoding threads")
     p.add_argument("--json", action="store_true", help="print one JSON document (the sweep and the suggestions)")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    p.set_defaults(handler=run, **_defaults(p))
-
-
-def _defaults(parser: argparse.ArgumentParser) -> dict:
-    """Defaults of the training settings: TrainConfig's, as ``resnets train`` has them."""
-    from dataclasses import MISSING, fields
-
-    from ..train.config import TrainConfig
-
-    options = {action.dest for action in parser._actions} - {"out"}
-    return {f.name: f.default for f in fields(TrainConfig) if f.name in options and f.default is not MISSING}
+    add_arguments(p, TrainConfig, command="lr-find", required=("data",))
+    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..lr_find import check_sweep, lr_find, plot_lr_find
-    from ..train import TrainConfig
 
     check_sweep(args.start, args.end, args.steps)
-    sweep = ("start", "end", "steps", "json", "handler", "command", "out")
-    config = TrainConfig.from_dict({k: v for k, v in vars(args).items() if k not in sweep})
+    config = TrainConfig.from_dict({k: v for k, v in vars(args).items() if k not in SWEEP_OPTIONS})
     result = lr_find(config, args.start, args.end, args.steps)
     plot_lr_find(result, args.out)
     if args.json:

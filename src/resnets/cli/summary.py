@@ -37,7 +37,7 @@ def load_any_model(spec: str, num_classes: int | None) -> tuple[nn.Module, int]:
 
         model = from_prototxt(path)
         return model, int(getattr(model, "input_size", (3, 224, 224))[-1])
-    from ..weights.resolve import load_model, split_tag, weights_path
+    from ..factory import load_model, split_tag, weights_path
 
     if num_classes is not None and weights_path(spec) is None and split_tag(spec)[1] is None:
         model = create_model(spec, num_classes=num_classes)  # the architecture with another head

@@ -8,6 +8,7 @@ from typing import Any, Iterator
 
 import torch
 
+from ..data import decode_to_memory, fits_in_memory, load_splits, make_dataloader
 from ..errors import ResnetsError
 
 
@@ -48,8 +49,6 @@ def open_training_data(path: str, img_size: int, val_split: float | None, seed: 
     ``val_preprocessing``: the model's record; held-out images are decoded through it, exactly as
     ``evaluate`` and ``predict`` will feed them (training images are fitted to ``img_size``).
     """
-    from ..data import fits_in_memory, load_splits
-
     train_set, val_set = load_splits(path, val_split=val_split, seed=seed)
     if len(train_set) == 0:
         raise ResnetsError(f"{path} holds no training images")
@@ -81,8 +80,6 @@ class StreamLoader:
     def __init__(self, dataset: Any, preset: str, preprocessing: Any, train: bool, batch_size: int,
                  workers: int, seed: int, device: torch.device, rank: int = 0, world_size: int = 1,
                  plan: Any = None, policy: Any = None) -> None:
-        from ..data import make_dataloader
-
         # Eval: the model's record, as the in-memory decoding does.
         self.loader = make_dataloader(dataset, preset if train else "none", preprocessing, train=train,
                                       batch_size=batch_size,
@@ -118,8 +115,6 @@ class StreamLoader:
 
 def _decode(train_set: Any, val_set: Any | None, size: tuple[int, int], workers: int,
             progress: bool, val_preprocessing: Any = None) -> InMemoryData:
-    from ..data import decode_to_memory
-
     train_images, train_labels = decode_to_memory(train_set, size=size, workers=workers, progress=progress)
     val_images = val_labels = None
     if val_set is not None and len(val_set):

@@ -1,0 +1,112 @@
+"""A training run: :func:`train` runs a :class:`TrainConfig` and returns a :class:`RunResult`.
+
+It owns the run directory, reads a resumed run's settings, starts the processes of ``--procs``,
+and then in each process builds the set-up (:mod:`.setup`) and trains it with the engine
+(:mod:`.engine`) and the run's callbacks (:mod:`.callbacks`).
+
+Speed: the data lives in memory as uint8 and is augmented per batch on the training device;
+losses and accuracy are summed on the device and read once per log interval (no host sync
+per step); channels-last, bf16 autocast, torch.compile and fused optimizers are options.
+Reproducibility: every random draw derives from ``seed`` and the epoch, and the RNG state is
+checkpointed at epoch ends, so ``--resume`` reaches bitwise the weights of an unbroken run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+from ..errors import ResnetsError, first_line
+from . import checkpoint as ckpt
+from .callbacks import standard_callbacks
+from .config import NUMBER_RULES, RunResult, TrainConfig
+from .distributed import in_launched_group, init_from_env, launch, local_device, shutdown
+from .engine import Trainer
+from .inputs import InMemoryData
+from .setup import prepare
+
+# Settings a resumed run may change; everything else comes from the run's config.json.
+RESUME_OVERRIDES = ("device", "progress", "workers", "log_interval", "val_every", "max_minutes", "stop_after",
+                    "overwrite")
+
+
+def train(config: TrainConfig, data: InMemoryData | None = None, stop_after: int | None = None,
+          overwrite: bool = False) -> RunResult:
+    """Train (or fine-tune, or resume) a model as ``config`` says.
+
+    Args:
+        config: the run's settings; ``config.resume`` names a run directory to continue.
+        data: decoded images to train on instead of reading ``config.data`` (the Python API,
+            the demo); must be given again when resuming such a run.
+        stop_after: stop (checkpointed, resumable) after this many epochs of this session
+            (``config.stop_after`` otherwise).
+        overwrite: start a new run in ``config.out`` even if it holds an older run's files (they
+            are deleted once this run has its first checkpoint); otherwise such a folder is refused.
+
+    The run directory is locked for the whole call (a second run into it is refused). With
+    ``config.procs > 1`` the run happens in that many new processes (DDP), and the result of
+    rank 0 is returned; ``config.max_minutes`` counts from this call. A run whose loss stops
+    being finite ends with a :class:`ResnetsError` and publishes none of its non-finite weights.
+    """
+    started = time.time()
+    if stop_after is not None:
+        problem = NUMBER_RULES["stop_after"].problem(stop_after)
+        if problem is not None:
+            raise ResnetsError(f"--stop-after {problem}")
+        config = dataclasses.replace(config, stop_after=stop_after)
+    if overwrite:
+        config = dataclasses.replace(config, overwrite=True)
+    run_dir = Path(config.resume or config.out or "runs/train")
+    with _own_run_dir(run_dir, bool(config.resume), config.overwrite):
+        if config.resume:
+            config = _resumed_config(config)
+        if config.procs > 1 and not in_launched_group():
+            return launch(_train_in_group, config.procs, (config, data, started))
+        return _train_in_group(config, data, started)
+
+
+def _own_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> contextlib.AbstractContextManager:
+    """The run directory's lock, taken by the process that writes it (rank 0 under torchrun)."""
+    if in_launched_group() and os.environ.get("RANK", "0") != "0":
+        return contextlib.nullcontext(run_dir)
+    return ckpt.own_run_dir(run_dir, resume, overwrite)
+
+
+def _train_in_group(config: TrainConfig, data: InMemoryData | None, started: float) -> RunResult:
+    """One process's part of a run (the whole run when there is one process)."""
+    device = local_device(config.device)
+    ctx = init_from_env(device)
+    try:
+        setup = prepare(config, data, device, ctx)
+        run_dir = Path(config.out or "runs/train")
+        trainer = Trainer(setup, standard_callbacks(config, run_dir, started, ema=setup.ema is not None))
+        trainer.fit()
+        return RunResult(run_dir, run_dir / ckpt.WEIGHTS, trainer.history, trainer.best_score,
+                         setup.data.class_names, setup.use_feature_cache)
+    finally:
+        shutdown(ctx)
+
+
+def _resumed_config(requested: TrainConfig) -> TrainConfig:
+    """The stored settings of the run to continue; a damaged or hand-edited config.json is one line."""
+    run_dir = Path(requested.resume)
+    config_path = run_dir / ckpt.CONFIG
+    if not config_path.is_file():
+        raise ResnetsError(f"cannot resume {run_dir}: no {ckpt.CONFIG} there; is it a run directory?")
+    try:
+        stored = json.loads(config_path.read_text(encoding="utf-8"))
+        if not isinstance(stored, dict):
+            raise ValueError(f"a JSON object was expected, found {type(stored).__name__}")
+    except ValueError as error:  # not JSON, not UTF-8
+        raise ResnetsError(f"cannot resume {run_dir}: {config_path} is damaged ({first_line(error)})") from None
+    stored.update({k: getattr(requested, k) for k in RESUME_OVERRIDES})
+    stored.update(resume=str(run_dir), out=str(run_dir))
+    try:
+        return TrainConfig.from_dict(stored)
+    except (ResnetsError, TypeError) as error:
+        raise ResnetsError(f"cannot resume {run_dir}: {config_path} holds a bad setting: "
+                           f"{first_line(error)}") from None
