@@ -42,7 +42,8 @@ def test_one_channel_equals_the_rgb_model_on_a_replicated_gray_image(tmp_path, n
     x = torch.randn(3, 1, size, size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected, got = rgb(x.expand(-1, 3, -1, -1)), gray(x)
-    assert (got - expected).abs().max().item() < 1e-5
+    # relative to the logits' scale (about 10): summation order differs with the thread count
+    assert (got - expected).abs().max().item() < 1e-6 * max(1.0, expected.abs().max().item()) * 10
     assert gray.preprocessing.mean == pytest.approx((sum(rgb.preprocessing.mean) / 3,))
     assert gray.preprocessing.std == pytest.approx((sum(rgb.preprocessing.std) / 3,))
 

@@ -119,9 +119,9 @@ def test_stored_model_cards_match_a_live_computation():
     from resnets.summarize import model_card
 
     stored = cached_cards()
-    assert sorted(stored) == sorted(resnets.list_models()), "run `python -m resnets.models.cards`"
+    assert sorted(stored) == sorted(resnets.list_models()), "run `python -m resnets.summarize`"
     for name in stored:
-        assert stored[name] == model_card(name), f"{name}: run `python -m resnets.models.cards`"
+        assert stored[name] == model_card(name), f"{name}: run `python -m resnets.summarize`"
 
 
 def test_models_computes_the_cards_of_models_registered_at_run_time():
