@@ -26,6 +26,7 @@ REFUSED = {
     "effective-beta": ["0", "1", "nan"], "random-erasing": ["-0.1", "1.5", "nan"],
     "color-jitter": ["-1", "nan", "11"], "aug-repeats": ["0", "-1", "1.5"],
     "norm-bias-lr-scale": ["0", "-1", "inf", "1e5"], "translate": ["-1", "65", "1.5"],
+    "grad-clip": ["0", "-1", "nan", "inf"],
 }
 
 

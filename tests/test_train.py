@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from _train_fixtures import tensor_data, tiny_config, write_folder_dataset
+from resnets import create_model
 from resnets.cli import main
 from resnets.train import train
 from resnets.train.checkpoint import load_state
@@ -220,3 +221,26 @@ def test_cli_errors_are_one_line_and_exit_2(folder_data, tmp_path, capsys):
         assert err[-1].startswith("resnets: error:"), err
         assert sum(line.startswith("resnets: error:") for line in err) == 1, err
         assert not any("Traceback" in line for line in err), err
+
+
+def test_grad_clip_bounds_each_step_and_is_a_flag_and_recipe_key(folder_data, tmp_path, capsys):
+    """--grad-clip (declared once in TrainConfig): from the command line and from a recipe; a tiny
+    norm keeps the weights where they started, no clipping moves them."""
+    def trained_change(name: str, *flags: str) -> float:
+        out = tmp_path / name
+        args = ["train", "--model", "resnet20", "--data", str(folder_data), "--out", str(out), "--epochs", "1",
+                "--batch-size", "8", "--weight-decay", "0", "--momentum", "0", "--no-progress", *flags]
+        with pytest.raises(SystemExit) as done:
+            main(args)
+        assert done.value.code == 0
+        torch.manual_seed(0)  # the run's own seed: its freshly built model is the start
+        start = create_model("resnet20").state_dict()["conv1.weight"]
+        return (load_state(out)["model"]["conv1.weight"] - start).abs().max().item()
+
+    assert trained_change("clipped", "--grad-clip", "1e-9") < 1e-7
+    assert trained_change("free") > 1e-4
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("grad-clip: 0.5\n")
+    with pytest.raises(SystemExit):
+        main(["train", "--config", str(recipe), "--model", "resnet20", "--print-config"])
+    assert "grad-clip: 0.5" in capsys.readouterr().out

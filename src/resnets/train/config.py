@@ -51,6 +51,8 @@ class TrainConfig:
     ema: float = setting(0.0, "keep an EMA of the weights (decay 0.999 if no value), evaluated and saved",
                          rule=DECAY, metavar="DECAY", const=0.999)
     accum_steps: int = setting(1, "gradient accumulation steps", rule=Bound(int, 1))
+    grad_clip: float | None = setting(None, "clip the gradients' global norm to NORM before each optimizer step",
+                                      rule=POSITIVE, metavar="NORM")
     amp: bool = setting(False, "bfloat16 autocast", commands=LR_FIND)
     channels_last: bool = setting(False, "channels-last memory format", commands=LR_FIND)
     compile: bool = setting(False, "torch.compile the model")

@@ -222,6 +222,8 @@ class Trainer:
                 loss = self.loss(logits, target)
             (loss / config.accum_steps).backward()
         if step_now:
+            if config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(setup.trainee.parameters(), config.grad_clip)
             setup.optimizer.step()
             setup.optimizer.zero_grad(set_to_none=True)
             setup.scheduler.step()
