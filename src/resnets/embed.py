@@ -32,7 +32,7 @@ from .data.images import SkippedImages, decode_image, read_image_file
 from .device import resolve_device
 from .errors import ResnetsError, first_line
 from .evaluate import evaluation_data
-from .explain import label_font
+from .explain import check_topk, label_font
 from .fileio import atomic_path, atomic_paths, atomic_write_bytes, save_figure
 from .predict import expand_inputs, read_image
 from .factory import load_model
@@ -116,9 +116,7 @@ def embed_dataset(model: str | os.PathLike, data: str | os.PathLike, out: str | 
 
     if batch_size < 1:
         raise ResnetsError(f"--batch-size must be positive, got {batch_size}")
-    if out is not None:
-        check_index_suffix(out)
-    if out is not None and Path(out).suffix.lower() == ".parquet":
+    if out is not None and check_index_suffix(out) == ".parquet":
         _require("pyarrow", "writing Parquet")
     if map_png is not None:
         _require("sklearn.manifold", "the t-SNE map")
@@ -271,8 +269,7 @@ def search(index: str | os.PathLike | EmbeddingIndex, queries: Iterable[str | os
     ``out_dir``: one PNG strip per query (the query, then its hits with score and label).
     Returns ``[{"query": path, "hits": [{"rank", "path", "label", "score", "item"}]}]``.
     """
-    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
-        raise ResnetsError(f"--topk must be a positive integer, got {topk!r}")
+    check_topk(topk)
     faiss = _require("faiss", "search")
     index = index if isinstance(index, EmbeddingIndex) else load_index(index)
     paths = expand_inputs(queries)
@@ -302,8 +299,8 @@ def _write_strips(index: EmbeddingIndex, results: list[dict[str, Any]], out_dir:
     for result in results:
         query = Path(result["query"])
         tiles = [(_open_or_none(lambda: decode_image(read_image_file(query), str(query))), "query", query.name)]
-        for hit in result["hits"]:
-            tiles.append((_hit_image(dataset, hit), f"#{hit['rank']}  {hit['score']:.3f}", hit["label"]))
+        tiles += [(_hit_image(dataset, hit), f"#{hit['rank']}  {hit['score']:.3f}", hit["label"])
+                  for hit in result["hits"]]
         name = f"{query.stem or 'query'}.search.png"
         while name in used:
             name = f"{query.stem}-{len(used)}.search.png"

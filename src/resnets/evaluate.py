@@ -15,7 +15,7 @@ from .data import BatchAugment, TensorLoader, decode_to_memory, load_splits
 from .data.dataset import ConcatDataset
 from .data.sources import VAL_SPLITS, open_source
 from .errors import ResnetsError
-from .explain import cam_class, class_activation_maps
+from .explain import cam_class, class_activation_maps, shorten
 from .fileio import atomic_write_text, save_figure
 from .inference import INT8_BACKENDS, check_backend
 from .metrics import collect_logits, topk_accuracy
@@ -170,14 +170,10 @@ def plot_top_losses(images_u8: torch.Tensor, rows: list[dict[str, Any]], path: s
         ax.imshow(images_u8[k].permute(1, 2, 0).numpy(), interpolation="bilinear")
         if cams is not None:
             ax.imshow(cams[k], cmap="jet", alpha=0.4, interpolation="bilinear", vmin=0, vmax=1)
-        ax.set_title(f"predicted {_clip(row['predicted'])} ({100 * row['probability']:.0f}%)\n"
-                     f"true {_clip(row['true'])}, loss {row['loss']:.2f}", fontsize=10,
+        ax.set_title(f"predicted {shorten(row['predicted'], 22)} ({100 * row['probability']:.0f}%)\n"
+                     f"true {shorten(row['true'], 22)}, loss {row['loss']:.2f}", fontsize=10,
                      color="#b00020" if row["predicted"] != row["true"] else "black")
     return save_figure(fig, path)
-
-
-def _clip(name: str, limit: int = 22) -> str:
-    return name if len(name) <= limit else name[:limit - 1] + "…"
 
 
 CALIBRATION_IMAGES = 256
@@ -186,9 +182,8 @@ CALIBRATION_IMAGES = 256
 def _calibration_images(dataset, preprocessing, workers: int) -> torch.Tensor:
     count = min(CALIBRATION_IMAGES, len(dataset))
     chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:count]
-    images, _ = decode_to_memory(dataset.subset(chosen.tolist()), workers=workers, progress=False,
-                                 preprocessing=preprocessing)
-    return images
+    return decode_to_memory(dataset.subset(chosen.tolist()), workers=workers, progress=False,
+                            preprocessing=preprocessing)[0]
 
 
 SPLITS = ("auto", "val", "train", "all")

@@ -238,10 +238,10 @@ def _label_box(draw: Any, top: list[dict[str, Any]], target_class: str, method: 
     there); the mapped class marked."""
     font_size = max(12, min(20, size[0] // 32))
     font = label_font(font_size)
-    lines = [(f"{'>' if t['class'] == target_class else ' '} {_short(t['class'])}  {100 * t['probability']:.1f}%",
+    lines = [(f"{'>' if t['class'] == target_class else ' '} {shorten(t['class'])}  {100 * t['probability']:.1f}%",
               t["class"] == target_class) for t in top]
     if target_class not in [t["class"] for t in top]:
-        lines.append((f"> {_short(target_class)} (mapped)", True))
+        lines.append((f"> {shorten(target_class)} (mapped)", True))
     lines.append((f"{method}", False))
     pad, step = font_size // 2, int(font_size * 1.3)
     width = max(draw.textlength(text, font=font) for text, _ in lines) + 2 * pad
@@ -253,7 +253,8 @@ def _label_box(draw: Any, top: list[dict[str, Any]], target_class: str, method: 
         draw.text((pad, top_y + pad + i * step), text, font=font, fill=colour)
 
 
-def _short(name: str, limit: int = 28) -> str:
+def shorten(name: str, limit: int = 28) -> str:
+    """``name`` cut to ``limit`` characters, an ellipsis marking the cut."""
     return name if len(name) <= limit else name[:limit - 1] + "…"
 
 
