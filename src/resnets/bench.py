@@ -9,6 +9,7 @@ contenders' rounds (:func:`matmul_probe`), so that the peak and the models see t
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import threading
@@ -115,15 +116,9 @@ def percentile(values: Sequence[float], q: float) -> float:
 def _rss_bytes() -> int | None:
     try:
         with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * _page_size()
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except OSError:
         return None
-
-
-def _page_size() -> int:
-    import resource
-
-    return resource.getpagesize()
 
 
 def _release_free_heap() -> None:
@@ -171,9 +166,8 @@ def train_images_per_s(model: nn.Module, batch: Tensor, repeats: int, warmup: in
     """Training-step throughput (forward, cross-entropy, backward, SGD step) of a model copy."""
     import copy
 
-    model = copy.deepcopy(model).eval()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
+    model = copy.deepcopy(model).eval().to(memory_format=fmt)
     batch = batch.contiguous(memory_format=fmt)
     with torch.no_grad():
         classes = model(batch[:1]).shape[1]
