@@ -134,15 +134,9 @@ def _layer_macs(module: nn.Module, output_shape: list[int] | None) -> int:
     """Multiply-adds of one call, by torchinfo's rule (see the module docstring)."""
     if not output_shape:
         return 0
-    total = 0
-    for name, param in module.named_parameters(recurse=False):
-        if name not in ("weight", "bias"):
-            continue
-        if isinstance(module, nn.modules.conv._ConvNd):
-            total += param.numel() * output_shape[0] * math.prod(output_shape[2:])
-        else:
-            total += param.numel() * output_shape[0]
-    return total
+    counted = sum(p.numel() for name, p in module.named_parameters(recurse=False) if name in ("weight", "bias"))
+    spatial = math.prod(output_shape[2:]) if isinstance(module, nn.modules.conv._ConvNd) else 1
+    return counted * output_shape[0] * spatial
 
 
 def check_input_size(model: nn.Module, height: int, width: int) -> None:
@@ -225,16 +219,12 @@ def _shape_only_batchnorm(model: nn.Module, enabled: bool) -> Iterator[None]:
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if enabled else []
     for norm in norms:
-        norm.forward = _pass_through  # type: ignore[method-assign]
+        norm.forward = lambda x: x  # type: ignore[method-assign]
     try:
         yield
     finally:
         for norm in norms:
             del norm.forward
-
-
-def _pass_through(x: torch.Tensor) -> torch.Tensor:
-    return x
 
 
 def _attach_hooks(model: nn.Module, rows: list[LayerRow]) -> list[Any]:
