@@ -148,8 +148,7 @@ def optimize_for_inference(model: nn.Module, backend: str = DEFAULT_BACKEND,
     if backend == "eager":
         return InferenceModule(folded, backend)
     if backend == "compile":
-        compiled = torch.compile(folded, options={"freezing": True})
-        module = InferenceModule(compiled, backend)
+        module = InferenceModule(torch.compile(folded, options={"freezing": True}), backend)
         module(example)  # compile now, not at the caller's first timed call
         return module
     return _onnx_module(folded, backend, example, calibration_data)
@@ -157,11 +156,8 @@ def optimize_for_inference(model: nn.Module, backend: str = DEFAULT_BACKEND,
 
 def _default_input(model: nn.Module) -> Tensor:
     name = getattr(model, "model_name", None)
-    size = 224
-    if name is not None:
-        size = get_model_spec(name).input_size
-    channels = getattr(model, "in_chans", 3)
-    return torch.randn(1, channels, size, size)
+    size = get_model_spec(name).input_size if name is not None else 224
+    return torch.randn(1, getattr(model, "in_chans", 3), size, size)
 
 
 def _onnx_module(folded: nn.Module, backend: str, example: Tensor,
