@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,29 +20,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", default="1,8,32", help="comma-separated batch sizes (default: 1,8,32)")
     parser.add_argument("--img-size", type=int, default=None, help="input side (default: the model's own)")
     parser.add_argument("--train", action="store_true", help="also measure training-step images/s")
-    parser.add_argument("--reps", type=int, default=5, help="timed calls per backend and batch size")
+    add_timing_arguments(parser, "bench", "timed calls per backend and batch size")
+    parser.set_defaults(handler=run)
+
+
+def add_timing_arguments(parser: argparse.ArgumentParser, name: str, reps_help: str) -> None:
+    """--reps, --warmup, --json and --out, as ``bench`` and ``compare`` take them."""
+    parser.add_argument("--reps", type=int, default=5, help=reps_help)
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
-    parser.add_argument("--out", type=Path, default=Path("bench-results"),
-                        help="folder for bench.json and bench.png (default: ./bench-results)")
-    parser.set_defaults(handler=run)
+    parser.add_argument("--out", type=Path, default=Path(f"{name}-results"),
+                        help=f"folder for {name}.json and {name}.png (default: ./{name}-results)")
+
+
+def write_results(args: argparse.Namespace, name: str, document: str, table: str,
+                  plot: Callable[[Path], Path]) -> int:
+    """Write --out/NAME.json and, by ``plot``, --out/NAME.png; print the document (--json) or the table."""
+    from ..fileio import atomic_write_text
+
+    atomic_write_text(args.out / f"{name}.json", document + "\n")
+    png = plot(args.out / f"{name}.png")
+    if args.json:
+        print(document)
+    else:
+        print(table)
+        print(f"wrote {args.out / f'{name}.json'} and {png}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     from ..bench import benchmark, default_backends, format_table, parse_batch_sizes, plot_report
-    from ..fileio import atomic_write_text
-
     backends = args.backend.split(",") if args.backend else list(default_backends())
     batch_sizes = parse_batch_sizes(args.batch_size)
     report = benchmark(args.models, [b.strip() for b in backends if b.strip()], batch_sizes,
                        img_size=args.img_size, train=args.train, repeats=args.reps, warmup=args.warmup,
                        progress=lambda message: print(message, file=sys.stderr))
-    document = json.dumps(report.to_dict(), indent=2)
-    atomic_write_text(args.out / "bench.json", document + "\n")
-    plot = plot_report(report, args.out / "bench.png")
-    if args.json:
-        print(document)
-    else:
-        print(format_table(report))
-        print(f"wrote {args.out / 'bench.json'} and {plot}")
-    return 0
+    return write_results(args, "bench", json.dumps(report.to_dict(), indent=2), format_table(report),
+                         lambda png: plot_report(report, png))

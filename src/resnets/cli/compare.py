@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
+
+from .bench import add_timing_arguments, write_results
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,17 +19,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--backend", default="eager", help="inference backend used for every model")
     parser.add_argument("--batch-size", type=int, default=8, help="batch size of the throughput figure")
     parser.add_argument("--img-size", type=int, default=224, help="input side (default 224)")
-    parser.add_argument("--reps", type=int, default=5, help="timed calls per model")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
-    parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
-    parser.add_argument("--out", type=Path, default=Path("compare-results"),
-                        help="folder for compare.json and compare.png (default: ./compare-results)")
+    add_timing_arguments(parser, "compare", "timed calls per model")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..compare import compare, format_table, plot_accuracy_vs_latency, rows_to_dicts
-    from ..fileio import atomic_write_text
 
     models = [name.strip() for name in args.models.split(",") if name.strip()]
     rows = compare(models, backend=args.backend, batch_size=args.batch_size, img_size=args.img_size,
@@ -36,11 +32,5 @@ def run(args: argparse.Namespace) -> int:
                    progress=lambda message: print(message, file=sys.stderr))
     document = json.dumps({"backend": args.backend, "batch_size": args.batch_size,
                            "img_size": args.img_size, "models": rows_to_dicts(rows)}, indent=2)
-    atomic_write_text(args.out / "compare.json", document + "\n")
-    plot = plot_accuracy_vs_latency(rows, args.out / "compare.png")
-    if args.json:
-        print(document)
-    else:
-        print(format_table(rows))
-        print(f"wrote {args.out / 'compare.json'} and {plot}")
-    return 0
+    return write_results(args, "compare", document, format_table(rows),
+                         lambda png: plot_accuracy_vs_latency(rows, png))

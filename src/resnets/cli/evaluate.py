@@ -51,10 +51,9 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate
 
     checkpoint = Path(args.checkpoint)
-    png = Path(args.confusion) if args.confusion else \
-        (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "confusion.png"
-    if not checkpoint.exists():  # a model name: the confusion matrix goes to the working folder
-        png = Path(args.confusion) if args.confusion else Path("confusion.png")
+    # beside the weights, in the run directory, or (a model name) in the working folder
+    folder = checkpoint if checkpoint.is_dir() else checkpoint.parent if checkpoint.exists() else Path()
+    png = Path(args.confusion) if args.confusion else folder / "confusion.png"
     report_dir = _report_dir(args, png)
     report = evaluate(args.checkpoint, args.data, batch_size=args.batch_size, tta=args.tta, device=args.device,
                       confusion_png=png, backend=args.backend, split=args.split, report_dir=report_dir,
@@ -66,8 +65,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for name, count in report.skipped_classes.items():
         print(f"resnets: warning: left out {count} image(s) of class {printable(repr(name))}, which the model "
-              "does not know",
-              file=sys.stderr)
+              "does not know", file=sys.stderr)
     print(f"{report.count} images, {report.split_how} ({report.backend}): top-1 {report.top1:.2f}%  "
           f"top-5 {report.top5:.2f}%  loss {report.loss:.4f}")
     print(f"balanced accuracy {report.balanced_accuracy:.2f}%  macro-F1 {report.macro_f1:.3f}")

@@ -44,11 +44,10 @@ def run(args: argparse.Namespace) -> int:
     from ..terminal import printable
 
     for result in results:  # class and file names are untrusted text: no escape codes reach the terminal
-        if "labels" in result:  # multi-label: every label at or above the threshold
-            labels = ", ".join(f"{printable(t['class'])} {100 * t['probability']:.1f}%" for t in result["labels"])
-            labels = labels or f"no label at or above {result['threshold']:g}"
-            print(f"{printable(result['path'])}: {labels}")
-            continue
-        tops = ", ".join(f"{printable(t['class'])} {100 * t['probability']:.1f}%" for t in result["top"])
-        print(f"{printable(result['path'])}: {tops}")
+        multi_label = "labels" in result  # every label at or above the threshold, else the top k
+        shown = ", ".join(f"{printable(t['class'])} {100 * t['probability']:.1f}%"
+                          for t in result["labels" if multi_label else "top"])
+        if multi_label and not shown:
+            shown = f"no label at or above {result['threshold']:g}"
+        print(f"{printable(result['path'])}: {shown}")
     return 0
