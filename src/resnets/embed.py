@@ -137,14 +137,13 @@ def embed_dataset(model: str | os.PathLike, data: str | os.PathLike, out: str | 
     if not rows:
         raise ResnetsError(f"no readable images in {data}")
     classes = list(dataset.classes)
-    targets = [int(dataset.targets[i]) for i in rows]
     meta = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "model": model_reference(model),
             "model_name": getattr(extractor, "model_name", None), "fingerprint": fingerprint(extractor),
             "preprocessing": extractor.preprocessing.to_dict(), "data": model_reference(data),
             "data_count": len(dataset), "classes": classes, "dim": int(vectors[0].shape[1]),
             "seconds": round(time.perf_counter() - started, 2)}
     index = EmbeddingIndex(np.concatenate(vectors), [dataset.describe(i) for i in rows],
-                           [classes[t] for t in targets], rows, meta)
+                           [classes[int(dataset.targets[i])] for i in rows], rows, meta)
     if out is not None:
         save_index(index, out)
     if map_png is not None:

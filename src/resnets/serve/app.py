@@ -44,8 +44,8 @@ OPEN_PATHS = ("/", "/favicon.ico", "/v2/health/live", "/v2/health/ready")
 IMAGE_CONTENT_TYPES = ("", "application/octet-stream", "multipart/form-data")
 
 
-def error_response(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 # -- the application --------------------------------------------------------------------------
@@ -84,8 +84,8 @@ class Guard:
         if token and scope["path"] not in OPEN_PATHS:
             given = headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                return JSONResponse({"error": "missing or wrong bearer token (Authorization: Bearer TOKEN)"},
-                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                return error_response(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)",
+                                      {"WWW-Authenticate": "Bearer"})
         length = headers.get("content-length")
         if length is not None:
             if not length.isdigit():

@@ -84,8 +84,7 @@ def decode_request_image(data: bytes, name: str) -> Image.Image:
 
 def decode_to_batch(predictor: InferenceModel, data: bytes, name: str) -> torch.Tensor:
     """Image bytes -> the normalised (1, 3, S, S) float batch of the model's preprocessing."""
-    image = decode_request_image(data, name)
-    return predictor.normalise(predictor.preprocessing.to_uint8(image)[None])
+    return predictor.normalise(predictor.preprocessing.to_uint8(decode_request_image(data, name))[None])
 
 
 # -- the server --------------------------------------------------------------------------------
