@@ -51,11 +51,8 @@ class CifarDataset(ImageDataset):
 
     def __init__(self, pixels: torch.Tensor, labels: list[int], names: list[str], classes: list[str],
                  source: str):
-        self.pixels = pixels
-        self.targets = labels
-        self.names = names
-        self.classes = classes
-        self.source = source
+        self.pixels, self.targets, self.names = pixels, labels, names
+        self.classes, self.source = classes, source
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         return Image.fromarray(self.pixels[index].permute(1, 2, 0).numpy()), self.targets[index]

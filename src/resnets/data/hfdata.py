@@ -104,11 +104,8 @@ class ArrowImageDataset(EncodedImageDataset):
         self._cache[part] = column
         return column
 
-    def _locate(self, index: int) -> tuple[int, int]:
-        return _locate_row(self._starts, self.rows[index])
-
     def encoded(self, index: int) -> bytes:
-        part, local = self._locate(index)
+        part, local = _locate_row(self._starts, self.rows[index])
         value = self._column(part)[local]
         path = None
         if isinstance(value, pa.StructScalar):

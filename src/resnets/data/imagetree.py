@@ -30,6 +30,7 @@ import warnings
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Callable
 
 from ..errors import ResnetsError, first_line
 from .base import register_format
@@ -89,26 +90,20 @@ def walk_files(root: Path) -> list[str]:
             rel = f"{folder}/{entry.name}" if folder else entry.name
             if entry.is_dir(follow_symlinks=False):
                 pending.append(rel)
-            elif entry.is_symlink() and _is_dir(entry):
+            elif entry.is_symlink() and _follows(entry.is_dir):
                 _skip(root / rel, "symbolic links to folders are not followed")
-            elif _is_file(entry):
+            elif _follows(entry.is_file):
                 files.append(rel)
             elif is_image_name(entry.name):
                 _skip(root / rel, "not a regular file")
     return sorted(files)
 
 
-def _is_dir(entry: os.DirEntry) -> bool:
+def _follows(test: Callable[[], bool]) -> bool:
+    """``entry.is_dir`` or ``entry.is_file`` through a link; False where the link cannot be followed."""
     try:
-        return entry.is_dir()
+        return test()
     except OSError:  # a link loop, or a target that cannot be looked at
-        return False
-
-
-def _is_file(entry: os.DirEntry) -> bool:
-    try:
-        return entry.is_file()
-    except OSError:
         return False
 
 
@@ -141,9 +136,8 @@ class FolderDataset(EncodedImageDataset):
     """One split (or the whole) of an image-folder tree on disk."""
 
     def __init__(self, root: Path, items: list[tuple[str, str]], classes: list[str], split: str | None):
-        self.root = root
+        self.root, self.classes = root, classes
         self.files = [path for path, _ in items]
-        self.classes = classes
         index = {name: k for k, name in enumerate(classes)}
         self.targets = [index[cls] for _, cls in items]
         self.source = printable(str(root)) + (f" [{split}]" if split else "")
@@ -182,10 +176,7 @@ class ZipDataset(EncodedImageDataset):
 
     def __init__(self, archive: Path, members: list[str], labels: list[int], classes: list[str],
                  split: str | None):
-        self.archive = archive
-        self.members = members
-        self.targets = labels
-        self.classes = classes
+        self.archive, self.members, self.targets, self.classes = archive, members, labels, classes
         self.source = printable(str(archive)) + (f" [{split}]" if split else "")
         self._handle: tuple[int, zipfile.ZipFile, threading.Lock] | None = None
 

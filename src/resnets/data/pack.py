@@ -171,16 +171,11 @@ def pack_wds(src: str | os.PathLike, dst: str | os.PathLike, shard_size: int = 1
     with ThreadPoolExecutor(max(1, workers)) as pool, \
             tqdm(total=sum(map(len, datasets.values())), desc="packing", unit="img", disable=not progress) as bar:
         for split, dataset in datasets.items():
-            prefix, written = split or "data", 0
-            files = splits[split or ""] = []
-            shard: list[tuple[int, bytes]] = []
-            for index, record in itertools.chain.from_iterable(_checked_windows(dataset, size, pool, bar, skipped)):
-                shard.append((dataset.targets[index], record))
-                if len(shard) == shard_size:
-                    files.append(shards.write_shard(dst, prefix, len(files), written, shard))
-                    written, shard = written + len(shard), []
-            if shard:
-                files.append(shards.write_shard(dst, prefix, len(files), written, shard))
+            files, written = splits.setdefault(split or "", []), 0
+            records = ((dataset.targets[index], record) for index, record
+                       in itertools.chain.from_iterable(_checked_windows(dataset, size, pool, bar, skipped)))
+            while shard := list(itertools.islice(records, shard_size)):
+                files.append(shards.write_shard(dst, split or "data", len(files), written, shard))
                 written += len(shard)
             counts[split or "all"] = written
     if not any(counts.values()):

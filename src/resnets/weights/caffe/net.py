@@ -10,6 +10,7 @@ becomes one ``nn.BatchNorm2d``. Data, loss and accuracy layers do not run; what 
 from __future__ import annotations
 
 import contextvars
+import itertools
 import math
 import os
 import re
@@ -101,10 +102,9 @@ class CaffeNet(nn.Module):
         self.name = name
         self.input_name = input_name
         self.data_info = data_info
-        self.steps: list[_Step] = []
+        self.steps: list[_Step] = [step for step, _ in steps]
         for step, module in steps:
             self.add_module(step.module, module)
-            self.steps.append(step)
         self.output_names = _unconsumed_tops(self.steps, input_name)
         if not self.output_names:
             raise ResnetsError(f"network {name!r} produces no output blob; check its layers")
@@ -232,8 +232,7 @@ def _pool(layer: CaffeLayer, shapes: list[Shape]) -> tuple[nn.Module, list[Shape
     if method not in ("MAX", "AVE"):
         raise ResnetsError(f"Pooling layer {layer.name!r} uses {method} pooling; only MAX and AVE run here")
     if first(p, "global_pooling", False):
-        module = nn.AdaptiveMaxPool2d(1) if method == "MAX" else nn.AdaptiveAvgPool2d(1)
-        return module, [(c, 1, 1)]
+        return (nn.AdaptiveMaxPool2d(1) if method == "MAX" else nn.AdaptiveAvgPool2d(1)), [(c, 1, 1)]
     kernel, stride, pad = pair_param(p, "kernel_size", 0), pair_param(p, "stride", 1), pair_param(p, "pad", 0)
     for k, s, q in zip(kernel, stride, pad):
         # torch's ceil mode equals Caffe's rounding (output size rounded up, the last window
@@ -242,10 +241,8 @@ def _pool(layer: CaffeLayer, shapes: list[Shape]) -> tuple[nn.Module, list[Shape
             raise ResnetsError(f"Pooling layer {layer.name!r} (kernel {kernel}, stride {stride}, pad "
                                f"{pad}) has a geometry resnets cannot reproduce exactly")
     out = [_caffe_pool_out(size, k, s, q) for size, k, s, q in zip((h, w), kernel, stride, pad)]
-    if method == "MAX":
-        module: nn.Module = nn.MaxPool2d(kernel, stride, pad, ceil_mode=True)
-    else:
-        module = nn.AvgPool2d(kernel, stride, pad, ceil_mode=True, count_include_pad=True)
+    module = (nn.MaxPool2d(kernel, stride, pad, ceil_mode=True) if method == "MAX"
+              else nn.AvgPool2d(kernel, stride, pad, ceil_mode=True, count_include_pad=True))
     return module, [(c, *out)]
 
 
@@ -266,8 +263,7 @@ def _inner_product(layer: CaffeLayer, shapes: list[Shape]) -> tuple[nn.Module, l
         raise ResnetsError(f"InnerProduct layer {layer.name!r} needs a positive num_output")
     bias = bool(first(p, "bias_term", True))
     _check_layer_params(layer, math.prod(shapes[0]) * out + (out if bias else 0))
-    module = InnerProduct(math.prod(shapes[0]), out, bias=bias)
-    return module, [(out,)]
+    return InnerProduct(math.prod(shapes[0]), out, bias=bias), [(out,)]
 
 
 def _batch_norm(layer: CaffeLayer, shapes: list[Shape], affine: bool) -> nn.Module:
@@ -407,10 +403,7 @@ def _blobs_of(layer: CaffeLayer, blobs: Mapping[str, Sequence[np.ndarray]], coun
 def fit_blob(array: np.ndarray, shape: Sequence[int], layer: str, index: int) -> torch.Tensor:
     """``array`` as a tensor of ``shape``; legacy 4-d padding (leading 1s) is accepted."""
     def squeeze(dims: Sequence[int]) -> tuple[int, ...]:
-        dims = tuple(dims)
-        while dims and dims[0] == 1:
-            dims = dims[1:]
-        return dims
+        return tuple(itertools.dropwhile(lambda dim: dim == 1, dims))
 
     if squeeze(array.shape) != squeeze(shape):
         raise ResnetsError(f"blob {index} of layer {layer!r} has shape {tuple(array.shape)} in the "

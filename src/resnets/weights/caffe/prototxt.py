@@ -121,24 +121,20 @@ class _Parser:
     def _error(self, line: int, what: str) -> ResnetsError:
         return ResnetsError(f"{self.source}:{line}: prototxt syntax error: {what}")
 
-    def _peek(self) -> tuple[str, str, int] | None:
-        return self._lookahead
-
     def _advance(self) -> None:
         if self._lookahead is not None:
             self._last_line = self._lookahead[2]
         self._lookahead = next(self._tokens, None)
 
     def _next(self, expected: str) -> tuple[str, str, int]:
-        token = self._peek()
+        token = self._lookahead
         if token is None:
             raise self._error(self._last_line, f"file ends where {expected} was expected (unclosed '{{'?)")
         self._advance()
         return token
 
     def parse(self) -> Message:
-        message = self._fields(closing=None)
-        return message
+        return self._fields(closing=None)
 
     def _message(self, closing: str, line: int) -> Message:
         """A nested message, after its opening brace."""
@@ -152,7 +148,7 @@ class _Parser:
     def _fields(self, closing: str | None) -> Message:
         message: Message = {}
         while True:
-            token = self._peek()
+            token = self._lookahead
             if token is None:
                 if closing is not None:
                     self._next(f"'{closing}'")
@@ -199,7 +195,7 @@ class _Parser:
         if kind == "string":
             value = text[1:-1]
             # Adjacent string literals concatenate, as in C and protobuf.
-            while (token := self._peek()) is not None and token[0] == "string":
+            while (token := self._lookahead) is not None and token[0] == "string":
                 value += token[1][1:-1]
                 self._advance()
             if "\\" not in value:
@@ -230,9 +226,7 @@ def format_prototxt(message: Message, indent: int = 0) -> str:
     for name, values in message.items():
         for value in values:
             if isinstance(value, dict):
-                lines.append(f"{pad}{name} {{")
-                lines.append(format_prototxt(value, indent + 1))
-                lines.append(f"{pad}}}")
+                lines += [f"{pad}{name} {{", format_prototxt(value, indent + 1), f"{pad}}}"]
             else:
                 lines.append(f"{pad}{name}: {_format_scalar(value)}")
     return "\n".join(line for line in lines if line)
@@ -245,6 +239,4 @@ def _format_scalar(value: Any) -> str:
         return str(value)
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
+    return str(value)  # a float's str is its repr: it reads back exactly
