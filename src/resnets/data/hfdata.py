@@ -231,30 +231,27 @@ class HfSource:
 
     def _read_labels(self, files: list[Path]) -> _Table:
         table = _Table()
+        arrow = self.format == "hf-arrow"
         for path in files:
             where = printable(str(path))
             try:
-                if self.format == "hf-arrow":
-                    data = _read_arrow(path)
-                    schema, groups = data.schema, [data]
-                else:
-                    parquet = pq.ParquetFile(path)
-                    schema, groups = parquet.schema_arrow, None
+                data = _read_arrow(path) if arrow else pq.ParquetFile(path)
+                schema = data.schema if arrow else data.schema_arrow
             except _ARROW_ERRORS as error:
                 raise ResnetsError(f"cannot read {where}: {first_line(error)}") from None
             columns = self._columns_of(schema, where)
-            if groups is not None:
+            if arrow:
                 table.parts.append(("arrow", path, 0))
                 table.part_rows.append(data.num_rows)
                 table.labels.extend(data.column(columns[1]).to_pylist())
                 continue
-            for group in range(parquet.metadata.num_row_groups):
-                meta = parquet.metadata.row_group(group)
+            for group in range(data.metadata.num_row_groups):
+                meta = data.metadata.row_group(group)
                 if meta.total_byte_size > MAX_ROW_GROUP_BYTES:
                     raise ResnetsError(f"{where}: row group {group} holds {meta.total_byte_size} bytes, more than "
                                        f"the {MAX_ROW_GROUP_BYTES} read at once; rewrite it with smaller row groups")
                 try:
-                    labels = parquet.read_row_group(group, columns=[columns[1]]).column(0).to_pylist()
+                    labels = data.read_row_group(group, columns=[columns[1]]).column(0).to_pylist()
                 except _ARROW_ERRORS as error:
                     raise ResnetsError(f"cannot read {where}: {first_line(error)}") from None
                 table.parts.append(("parquet", path, group))

@@ -21,6 +21,7 @@ splits, and classes are named by their numbers.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import re
@@ -68,11 +69,8 @@ def is_wds(path: Path) -> bool:
     """A ``.tar`` file, or a folder holding a manifest or ``.tar`` files (and nothing that makes it an image tree)."""
     if path.is_file():
         return path.suffix.lower() == ".tar"
-    if not path.is_dir():
-        return False
-    if (path / MANIFEST).is_file():
-        return True
-    return any(child.suffix.lower() == ".tar" and child.is_file() for child in path.iterdir())
+    return path.is_dir() and ((path / MANIFEST).is_file()
+                              or any(child.suffix.lower() == ".tar" and child.is_file() for child in path.iterdir()))
 
 
 class WdsDataset(EncodedImageDataset):
@@ -273,15 +271,11 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 
 
 def _manifest_splits(folder: Path, manifest: dict[str, Any]) -> dict[str, list[Path]]:
-    splits = {}
-    for split, files in manifest["splits"].items():
-        paths = [folder / file for file in files]
-        for path, file in zip(paths, files):
-            if Path(file).is_absolute() or ".." in Path(file).parts or not path.is_file():
-                raise ResnetsError(f"shard {printable(file)} named in {printable(str(folder / MANIFEST))} "
-                                   f"is missing (or not inside the folder)")
-        splits[split] = paths
-    return splits
+    for file in itertools.chain.from_iterable(manifest["splits"].values()):
+        if Path(file).is_absolute() or ".." in Path(file).parts or not (folder / file).is_file():
+            raise ResnetsError(f"shard {printable(file)} named in {printable(str(folder / MANIFEST))} "
+                               f"is missing (or not inside the folder)")
+    return {split: [folder / file for file in files] for split, files in manifest["splits"].items()}
 
 
 def _named_splits(path: Path) -> dict[str, list[Path]]:

@@ -147,11 +147,8 @@ def _keras_layer_order(stored: dict[str, list[np.ndarray]]) -> list[tuple[str, s
             p = f"conv{stage}_block{b}_"
             head = [(p + "preact_bn", bn)] if v2 else []
             body = [(p + "1_conv", conv), (p + "1_bn", bn), (p + "2_conv", conv), (p + "2_bn", bn)]
-            if b == 1:
-                tail = [(p + "0_conv", conv), (p + "3_conv", conv)]
-                tail += [] if v2 else [(p + "0_bn", bn), (p + "3_bn", bn)]
-            else:
-                tail = [(p + "3_conv", conv)] + ([] if v2 else [(p + "3_bn", bn)])
+            ends = ("0", "3") if b == 1 else ("3",)  # the first block's shortcut conv, then the last conv
+            tail = [(f"{p}{i}_conv", conv) for i in ends] + ([] if v2 else [(f"{p}{i}_bn", bn) for i in ends])
             order += head + body + tail
     order += ([("post_bn", bn)] if v2 else []) + [("predictions", "Dense")]
     return order
