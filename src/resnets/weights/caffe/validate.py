@@ -11,7 +11,7 @@ the net is planned on the meta device (:mod:`.net`).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 from ...errors import ResnetsError
 from .prototxt import Message
@@ -99,33 +99,26 @@ def check_layer(message: Message, kind: str, name: str) -> None:
 
 
 def _check_param(param_name: str, param: Message, where: str) -> None:
+    def check(field: str, ok: Callable[[Any], bool], wanted: str) -> None:
+        for value in param.get(field, []):
+            if not ok(value):
+                raise ResnetsError(f"{where}: {param_name}.{field} must be {wanted}, got {value!r}")
+
     for field, minimum in _INTS.get(param_name, {}).items():
-        values = param.get(field, [])
-        if field in _SPATIAL and len(values) > 2:
-            raise ResnetsError(f"{where}: {len(values)} values of {field}; only 2-d layers run here")
-        for value in values:
-            if not is_int(value) or not minimum <= value <= MAX_DIM:
-                raise ResnetsError(f"{where}: {param_name}.{field} must be an integer from {minimum} "
-                                   f"to {MAX_DIM}, got {value!r}")
+        if field in _SPATIAL and len(param.get(field, [])) > 2:
+            raise ResnetsError(f"{where}: {len(param[field])} values of {field}; only 2-d layers run here")
+        check(field, lambda v: is_int(v) and minimum <= v <= MAX_DIM, f"an integer from {minimum} to {MAX_DIM}")
     for field in _AXES.get(param_name, ()):
-        for value in param.get(field, []):
-            if not is_int(value) or not -4 <= value <= 3:
-                raise ResnetsError(f"{where}: {param_name}.{field} must be an axis from -4 to 3, got {value!r}")
+        check(field, lambda v: is_int(v) and -4 <= v <= 3, "an axis from -4 to 3")
     for field, (low, high) in _FLOATS.get(param_name, {}).items():
-        for value in param.get(field, []):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-                raise ResnetsError(f"{where}: {param_name}.{field} must be a number from {low:g} to {high:g}, "
-                                   f"got {value!r}")
+        check(field, lambda v: not isinstance(v, bool) and isinstance(v, (int, float)) and low <= v <= high,
+              f"a number from {low:g} to {high:g}")
     for field in _BOOLS.get(param_name, ()):
-        for value in param.get(field, []):
-            if not isinstance(value, bool):
-                raise ResnetsError(f"{where}: {param_name}.{field} must be true or false, got {value!r}")
+        check(field, lambda v: isinstance(v, bool), "true or false")
     for (message_name, field), allowed in _ENUMS.items():
         if message_name == param_name:
-            for value in param.get(field, []):
-                if str(value) not in allowed or isinstance(value, (bool, float)):
-                    raise ResnetsError(f"{where}: {param_name}.{field} must be one of "
-                                       f"{', '.join(allowed[:3])}, got {value!r}")
+            check(field, lambda v: str(v) in allowed and not isinstance(v, (bool, float)),
+                  f"one of {', '.join(allowed[:3])}")
 
 
 def _check_arity(kind: str, message: Message, where: str) -> None:
