@@ -25,6 +25,7 @@ import errno
 import importlib
 import os
 import sys
+import time
 import warnings
 from typing import Sequence
 
@@ -87,9 +88,11 @@ def _no_progress_monitor_thread() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns (and exits with) the status."""
+    started = time.time()  # budgets (train --minutes) count from here
     _no_progress_monitor_thread()
     try:
         args = build_parser().parse_args(argv)
+        args.started = started
         warnings.showwarning = _show_warning
         status = args.handler(args)
     except ResnetsError as error:

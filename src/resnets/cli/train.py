@@ -9,6 +9,7 @@ settings are layered once, in :func:`settings_from_args`: declared defaults, the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Any
 
@@ -17,7 +18,7 @@ from ..train.config import TrainConfig
 from ..train.recipes import list_recipes, read_recipe, recipe_yaml
 
 # Parsed arguments that are about the command, not the run's settings.
-_NOT_SETTINGS = ("handler", "command", "config", "print_config")
+_NOT_SETTINGS = ("handler", "command", "config", "print_config", "started")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,12 +51,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run(args: argparse.Namespace) -> int:
     from ..train import train
+    from ..train.run import preview_plan
 
     config = config_from_args(args)  # checked before printing: a printed recipe runs
     if args.print_config:
+        plan = preview_plan(config, args.started) if config.minutes is not None else None
+        if plan is not None:
+            sys.stdout.write(f"# --minutes {config.minutes:g} plans {plan.describe()}\n")
+            config = dataclasses.replace(config, epochs=plan.epochs)
         sys.stdout.write(recipe_yaml(config.to_dict()))
         return 0
-    result = train(config)
+    result = train(config, started=args.started)
     score = "mAP" if result.history and "val_map" in result.history[-1] else "top-1"
     best = f", best val {score} {result.best_top1:.2f}%" if result.best_top1 is not None else ""
     cached = " (head trained on cached features)" if result.used_feature_cache else ""

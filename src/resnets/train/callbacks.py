@@ -7,8 +7,6 @@ epoch lines, unfreezing, and the session's limits (epochs, minutes).
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import sys
 import time
@@ -32,6 +30,8 @@ from .freeze import set_requires_grad
 # joined, while the interpreter finalises: an intermittent "Fatal Python error: PyThreadState_Get
 # ... the GIL is released" (exit -6) after a Ctrl-C had saved everything.
 tqdm.monitor_interval = 0
+
+OVERRUN_FRACTION, OVERRUN_SECONDS = 0.10, 10.0  # what a --minutes run may overrun before it is stopped
 
 
 def all_finite(model: nn.Module) -> bool:
@@ -242,6 +242,22 @@ class EpochLimit(Callback):
             trainer.should_stop = True
 
 
+class RunClock(Callback):
+    """Each epoch's row records the minutes since the command started (earlier sessions of a resumed
+    run included) and, for a planned run, the minutes its plan foresaw."""
+
+    def __init__(self, started: float, planned_minutes: float | None):
+        self.started, self.planned_minutes, self.before = started, planned_minutes, 0.0
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.before = trainer.history[-1].get("minutes", 0.0) if trainer.history else 0.0
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        row["minutes"] = self.before + (time.time() - self.started) / 60
+        if self.planned_minutes is not None:
+            row["planned_minutes"] = self.planned_minutes
+
+
 class TimeBudget(Callback):
     """``--max-minutes M``: stop (resumable) before an epoch that would end more than M minutes
     after ``started``, judged from this session's mean epoch time. Rank 0 decides for all ranks,
@@ -253,6 +269,8 @@ class TimeBudget(Callback):
 
     def on_fit_start(self, trainer: Trainer) -> None:
         self.epochs_began = time.time()
+        if trainer.history:  # a resumed run: what earlier sessions spent is off the budget
+            self.started -= 60 * trainer.history[-1].get("minutes", 0.0)
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
         if trainer.should_stop or trainer.epoch + 1 >= trainer.config.epochs:
@@ -268,16 +286,22 @@ class TimeBudget(Callback):
                        f"(--max-minutes {self.minutes:g}); --resume {self.run_dir} continues", file=sys.stderr)
 
 
-def standard_callbacks(config: TrainConfig, run_dir: Path, started: float, ema: bool) -> list[Callback]:
+def standard_callbacks(config: TrainConfig, run_dir: Path, started: float, ema: bool,
+                       planned_minutes: float | None = None) -> list[Callback]:
     """A training run's callbacks, in the order they run: divergence before the checkpoint it
     guards (and before the progress bar shows a loss), the epoch line after the checkpoint, the
     session's limits last."""
     callbacks: list[Callback] = [Unfreezer(), InterruptHandler(run_dir)]
     if ema:
         callbacks.append(EmaUpdater())
-    callbacks += [DivergenceGuard(run_dir), Checkpointer(run_dir), ProgressLogger()]
+    callbacks += [RunClock(started, planned_minutes), DivergenceGuard(run_dir), Checkpointer(run_dir),
+                  ProgressLogger()]
     if config.stop_after is not None:
         callbacks.append(EpochLimit(config.stop_after))
-    if config.max_minutes is not None:
-        callbacks.append(TimeBudget(config.max_minutes, started, run_dir))
+    # A planned run ends inside its budget; the guard, there for a machine slower than measured,
+    # tolerates a documented overrun so that a passing slowdown does not cut the schedule short.
+    planned_limit = None if config.minutes is None else config.minutes * (1 + OVERRUN_FRACTION) + OVERRUN_SECONDS / 60
+    limit = min(m for m in (config.max_minutes, planned_limit, math.inf) if m is not None)
+    if limit < math.inf:
+        callbacks.append(TimeBudget(limit, started, run_dir))
     return callbacks

@@ -114,6 +114,9 @@ class TrainConfig:
                          rule=Bound(int, 1, 1024), metavar="N")
     max_minutes: float | None = setting(None, "stop (resumable) before an epoch that would end more than M minutes "
                                         "after the start", rule=POSITIVE, metavar="M")
+    minutes: float | None = setting(None, "plan the run to end within M minutes of the command's start: its epochs "
+                                    "and schedule from the step rate measured on this machine (replaces --epochs)",
+                                    rule=POSITIVE, metavar="M")
     resume: str | None = setting(None, "continue an interrupted run (its settings are kept)", metavar="RUN_DIR")
     overwrite: bool = setting(False, "start a new run in a --out folder that holds an older run (its files are "
                               "deleted once the new run's first checkpoint is written); without it such a folder "

@@ -17,17 +17,21 @@ import contextlib
 import dataclasses
 import json
 import os
+import sys
 import time
 from pathlib import Path
+
+import torch
 
 from ..errors import ResnetsError, first_line
 from . import checkpoint as ckpt
 from .callbacks import standard_callbacks
 from .config import NUMBER_RULES, RunResult, TrainConfig
-from .distributed import in_launched_group, init_from_env, launch, local_device, shutdown
+from .distributed import DistContext, in_launched_group, init_from_env, launch, local_device, shutdown
 from .engine import Trainer
 from .inputs import InMemoryData
-from .setup import prepare
+from .plan import Plan, make_plan
+from .setup import TrainingSetup, prepare_model_and_data, prepare_optimization
 
 # Settings a resumed run may change; everything else comes from the run's config.json.
 RESUME_OVERRIDES = ("device", "progress", "workers", "log_interval", "val_every", "max_minutes", "stop_after",
@@ -35,7 +39,7 @@ RESUME_OVERRIDES = ("device", "progress", "workers", "log_interval", "val_every"
 
 
 def train(config: TrainConfig, data: InMemoryData | None = None, stop_after: int | None = None,
-          overwrite: bool = False) -> RunResult:
+          overwrite: bool = False, started: float | None = None) -> RunResult:
     """Train (or fine-tune, or resume) a model as ``config`` says.
 
     Args:
@@ -46,13 +50,15 @@ def train(config: TrainConfig, data: InMemoryData | None = None, stop_after: int
             (``config.stop_after`` otherwise).
         overwrite: start a new run in ``config.out`` even if it holds an older run's files (they
             are deleted once this run has its first checkpoint); otherwise such a folder is refused.
+        started: when the command started (``time.time()``), from which ``minutes`` and
+            ``max_minutes`` count; default: now.
 
     The run directory is locked for the whole call (a second run into it is refused). With
     ``config.procs > 1`` the run happens in that many new processes (DDP), and the result of
     rank 0 is returned; ``config.max_minutes`` counts from this call. A run whose loss stops
     being finite ends with a :class:`ResnetsError` and publishes none of its non-finite weights.
     """
-    started = time.time()
+    started = time.time() if started is None else started
     if stop_after is not None:
         problem = NUMBER_RULES["stop_after"].problem(stop_after)
         if problem is not None:
@@ -81,14 +87,38 @@ def _train_in_group(config: TrainConfig, data: InMemoryData | None, started: flo
     device = local_device(config.device)
     ctx = init_from_env(device)
     try:
-        setup = prepare(config, data, device, ctx)
+        setup, plan = planned_setup(config, data, device, ctx, started)
         run_dir = Path(config.out or "runs/train")
-        trainer = Trainer(setup, standard_callbacks(config, run_dir, started, ema=setup.ema is not None))
+        callbacks = standard_callbacks(setup.config, run_dir, started, ema=setup.ema is not None,
+                                       planned_minutes=plan.planned_minutes if plan else None)
+        trainer = Trainer(setup, callbacks)
         trainer.fit()
         return RunResult(run_dir, run_dir / ckpt.WEIGHTS, trainer.history, trainer.best_score,
                          setup.data.class_names, setup.use_feature_cache)
     finally:
         shutdown(ctx)
+
+
+def planned_setup(config: TrainConfig, data: InMemoryData | None, device: torch.device, ctx: DistContext,
+                  started: float) -> tuple[TrainingSetup, Plan | None]:
+    """The run's set-up; with ``--minutes`` (and not resuming: a run keeps its plan), the epochs are
+    planned from the measured step rate before the schedule is built for them."""
+    setup = prepare_model_and_data(config, data, device, ctx)
+    plan = None
+    if config.minutes is not None and not config.resume:
+        plan = make_plan(setup, config.minutes, started)
+        setup.config = dataclasses.replace(setup.config, epochs=plan.epochs)
+        if config.progress and ctx.is_main:
+            print(f"plan: {plan.describe()}", file=sys.stderr)
+    prepare_optimization(setup)
+    return setup, plan
+
+
+def preview_plan(config: TrainConfig, started: float) -> Plan:
+    """The plan ``--minutes`` would make (``--print-config``): data read and steps timed, nothing written."""
+    device = local_device(config.device)
+    setup = prepare_model_and_data(config, None, device, DistContext())
+    return make_plan(setup, config.minutes, started)
 
 
 def _resumed_config(requested: TrainConfig) -> TrainConfig:
@@ -104,6 +134,8 @@ def _resumed_config(requested: TrainConfig) -> TrainConfig:
     except ValueError as error:  # not JSON, not UTF-8
         raise ResnetsError(f"cannot resume {run_dir}: {config_path} is damaged ({first_line(error)})") from None
     stored.update({k: getattr(requested, k) for k in RESUME_OVERRIDES})
+    if requested.minutes is not None:  # a fresh budget for the rest of a planned run (its plan is kept)
+        stored["minutes"] = requested.minutes
     stored.update(resume=str(run_dir), out=str(run_dir))
     try:
         return TrainConfig.from_dict(stored)

@@ -84,6 +84,14 @@ class TrainingSetup:
 
 def prepare(config: TrainConfig, data: InMemoryData | None, device: torch.device, ctx: DistContext) -> TrainingSetup:
     """Build everything a run trains with, in the one order that makes runs reproducible."""
+    setup = prepare_model_and_data(config, data, device, ctx)
+    prepare_optimization(setup)
+    return setup
+
+
+def prepare_model_and_data(config: TrainConfig, data: InMemoryData | None, device: torch.device,
+                           ctx: DistContext) -> TrainingSetup:
+    """The first half of :func:`prepare`: model, record, data and loaders (what a plan measures)."""
     torch.manual_seed(config.seed)
     setup = TrainingSetup(config, device, ctx, data=data)
     setup.model = build_model(config)
@@ -99,10 +107,27 @@ def prepare(config: TrainConfig, data: InMemoryData | None, device: torch.device
         if setup.use_feature_cache else setup.model
     setup.forward = setup.trainee if not config.compile else torch.compile(setup.trainee)
     setup.wrap()
-    _build_optimizer(setup)
+    return setup
+
+
+def prepare_optimization(setup: TrainingSetup) -> None:
+    """The second half of :func:`prepare`: optimizer and schedule for ``setup.config.epochs``, EMA, MixUp."""
+    config = setup.config
+    setup.optimizer = build_run_optimizer(config, setup.trainee, setup.model.get_classifier(), setup.device)
+    setup.steps_per_epoch = -(-len(setup.train_loader) // config.accum_steps)
+    setup.scheduler = build_scheduler(setup.optimizer, config.sched, setup.steps_per_epoch * config.epochs,
+                                      round(config.warmup_epochs * setup.steps_per_epoch))
     setup.ema = build_ema(setup.trainee, config.ema) if config.ema > 0 and not setup.use_feature_cache else None
     setup.batch_mix = build_batch_mix(config.mixup, config.cutmix, setup.data.num_classes)
-    return setup
+
+
+def build_run_optimizer(config: TrainConfig, trainee: nn.Module, classifier: nn.Module,
+                        device: torch.device) -> torch.optim.Optimizer:
+    """The run's optimizer over ``trainee``: its kind, default rate and decay, parameter groups."""
+    lr = config.lr or default_lr(config.opt, config.batch_size)
+    wd = DEFAULT_WEIGHT_DECAY[config.opt] if config.weight_decay is None else config.weight_decay
+    groups = param_groups(trainee, lr, wd, config.head_lr, classifier, norm_bias_lr_scale=config.norm_bias_lr_scale)
+    return build_optimizer(config.opt, groups, config.momentum, device)
 
 
 def build_model(config: TrainConfig) -> ResNet:
@@ -244,18 +269,6 @@ def resize_schedule(setup: TrainingSetup) -> ResizeSchedule:
         raise ResnetsError("--progressive-resize needs images, but this head-only run trains on cached "
                            "features; drop it or pass --no-feature-cache")
     return schedule
-
-
-def _build_optimizer(setup: TrainingSetup) -> None:
-    config = setup.config
-    lr = config.lr or default_lr(config.opt, config.batch_size)
-    wd = DEFAULT_WEIGHT_DECAY[config.opt] if config.weight_decay is None else config.weight_decay
-    groups = param_groups(setup.trainee, lr, wd, config.head_lr, setup.model.get_classifier(),
-                          norm_bias_lr_scale=config.norm_bias_lr_scale)
-    setup.optimizer = build_optimizer(config.opt, groups, config.momentum, setup.device)
-    setup.steps_per_epoch = -(-len(setup.train_loader) // config.accum_steps)
-    setup.scheduler = build_scheduler(setup.optimizer, config.sched, setup.steps_per_epoch * config.epochs,
-                                      round(config.warmup_epochs * setup.steps_per_epoch))
 
 
 # -- loaders --------------------------------------------------------------------------------------
