@@ -63,8 +63,7 @@ def layout_tree(paths: list[str], where: str) -> tuple[Layout, list[str]]:
     if not layout:
         raise ResnetsError(f"no images found in {printable(where)}: expected class folders "
                            f"(root/<class>/*.jpg or root/train/<class>/*.jpg)")
-    classes = sorted({cls for items in layout.values() for _, cls in items})
-    return layout, classes
+    return layout, sorted({cls for items in layout.values() for _, cls in items})
 
 
 def walk_files(root: Path) -> list[str]:

@@ -96,8 +96,7 @@ def _open_env(path: Path) -> lmdb.Environment:
     with _ENVIRONMENTS_LOCK:
         env = _ENVIRONMENTS.get(key)
         if env is None:
-            # a stale file's, or one inherited through fork (lmdb refuses a second open of
-            # a file in a process, and a parent's handle must not be used in a child)
+            # a stale file's environment, or one inherited through fork (see above)
             for stale in [k for k in _ENVIRONMENTS if k[1] == key[1]]:
                 _ENVIRONMENTS.pop(stale).close()
             check_complete(path / "data.mdb" if path.is_dir() else path)

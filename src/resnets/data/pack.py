@@ -62,8 +62,7 @@ def pack_lmdb(src: str | os.PathLike, dst: str | os.PathLike, size: int | None =
     ``size`` pixels (re-encoded as JPEG); without it the original file bytes are stored.
     Returns ``{"classes", "splits": {name: count}, "skipped": [file, ...], "path"}``.
     """
-    source = open_source(src)
-    dst = Path(dst)
+    source, dst = open_source(src), Path(dst)
     if size is not None and size < 1:
         raise ResnetsError(f"size must be positive, got {size}")
     _check_destination(dst)

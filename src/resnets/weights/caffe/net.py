@@ -326,7 +326,7 @@ def _crop(layer: CaffeLayer, shapes: list[Shape]) -> tuple[nn.Module, list[Shape
                                "which is too small")
     out = list(shapes[0])
     out[axis - 1:] = shapes[1][axis - 1:]
-    return Crop(axis, [int(o) for o in p.get("offset", [])]), [tuple(out)]
+    return Crop(axis, offsets), [tuple(out)]
 
 
 def _same_shape(module: Callable[[CaffeLayer], nn.Module]) -> Builder:
