@@ -82,3 +82,38 @@ def test_bad_flags_are_one_line(data, tmp_path, capsys, flags, expected):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("resnets: error: ") and expected in err, err
     assert not (tmp_path / "lr.png").exists()
+
+
+def _fastai_valley(lrs, losses):
+    """fastai's published valley rule, written out independently of resnets.lr_find."""
+    n = len(losses)
+    lds, max_start, max_end = [1] * n, 0, 0
+    for i in range(1, n):
+        for j in range(0, i):
+            if losses[i] < losses[j] and lds[i] < lds[j] + 1:
+                lds[i] = lds[j] + 1
+            if lds[max_end] < lds[i]:
+                max_end = i
+                max_start = max_end - lds[max_end]
+    sections = (max_end - max_start) / 3
+    return lrs[max_start + int(sections) + int(sections / 2)]
+
+
+def test_suggestions_stay_before_a_rise_that_never_reaches_the_stop_rule():
+    """The review's case: the smoothed loss doubled (below the 4x stop) and the steepest point was
+    read past the blow-up. Suggestions now come from the falling part only, and match fastai's rules."""
+    from resnets.lr_find import _result
+
+    steps = 100
+    lrs = list(np.logspace(-6, 1, steps))
+    log_lr = np.log10(lrs)
+    falling = 2.0 - 0.8 / (1 + np.exp(-(log_lr + 3) * 3))         # drops around 1e-3
+    rising = np.where(log_lr > -1, (log_lr + 1) ** 2 * 0.9, 0.0)    # climbs to about 2x past 0.1
+    noise = np.where(log_lr > 0, 0.6 * np.sin(40 * log_lr), 0.0)   # a steep noisy wiggle past 1
+    smoothed = list(falling + rising + noise)
+    result = _result(lrs, smoothed, smoothed, None, steps)
+    lowest = lrs[10:-5][int(np.argmin(smoothed[10:-5]))]
+    assert result.steepest < lowest and result.valley < lowest and result.minimum_over_10 < lowest
+    assert result.valley == pytest.approx(_fastai_valley(lrs[10:-5], smoothed[10:-5]))
+    assert math.log10(result.steepest) == pytest.approx(-3, abs=0.3)
+    assert result.final_over_minimum > 1.5

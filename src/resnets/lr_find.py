@@ -5,19 +5,21 @@ normal training set-up (the same model, data, loaders, augmentation, optimizer a
 ``resnets train``: :func:`resnets.train.setup.prepare` and the engine's
 :class:`~resnets.train.engine.Trainer`, with the :class:`LRFinder` callback replacing the schedule), the
 loss is smoothed (exponential average, debiased) and the sweep stops once it exceeds 4x its
-minimum. Suggested: the rate of steepest descent of the smoothed loss, and the rate of its
-minimum divided by 10. The model's weights are thrown away.
+minimum. Suggested, read only where the smoothed loss still falls (up to its minimum): the rate
+of its steepest descent, the rate of its minimum divided by 10, and fastai's "valley". The model's weights are thrown away.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from .errors import ResnetsError
 from .fileio import save_figure
@@ -41,9 +43,11 @@ class LRFindResult:
     lrs: list[float]
     losses: list[float]           # smoothed, debiased
     raw_losses: list[float]
-    steepest: float               # rate where the smoothed loss falls fastest (per log-rate)
+    steepest: float               # rate where the smoothed loss falls fastest (per log-rate), before its minimum
     minimum_over_10: float        # rate of the smoothed loss's minimum, / 10
+    valley: float                 # fastai's valley rule
     diverged_at: float | None     # rate at which the sweep stopped (None: it reached ``end``)
+    final_over_minimum: float     # the last smoothed loss / its minimum (the stop rule is 4)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,7 +71,11 @@ def lr_find(config: TrainConfig, start: float = 1e-7, end: float = 10.0, steps: 
     if len(setup.train_loader) == 0:
         raise ResnetsError("the training data yields no batch; lower --batch-size")
     sweep = LRFinder(start, end, steps)
-    Trainer(setup, [sweep]).fit(last_epoch=-(-steps // len(setup.train_loader)))
+    try:
+        Trainer(setup, [sweep]).fit(last_epoch=-(-steps // len(setup.train_loader)))
+    finally:
+        if sweep.bar is not None:
+            sweep.bar.close()
     return _result(sweep.lrs, sweep.smoothed, sweep.raw, sweep.diverged_at, steps)
 
 
@@ -84,8 +92,11 @@ class LRFinder(Callback):
         self.smoothed: list[float] = []
         self.average, self.best = 0.0, math.inf
         self.diverged_at: float | None = None
+        self.bar: tqdm | None = None
 
     def on_fit_start(self, trainer: Trainer) -> None:
+        self.bar = tqdm(total=self.steps, desc="lr-find", unit="step", file=sys.stderr, leave=False,
+                        disable=not trainer.config.progress)
         optimizer = trainer.setup.optimizer
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] = self.start
@@ -94,6 +105,7 @@ class LRFinder(Callback):
     def on_step_end(self, trainer: Trainer, loss: torch.Tensor) -> None:
         lr = self.start * self.growth ** len(self.lrs)  # the rate this step used (LambdaLR's own product)
         value = loss.detach().float().item()
+        self.bar.update(1)
         self.average = SMOOTHING * self.average + (1 - SMOOTHING) * value
         smooth = self.average / (1 - SMOOTHING ** (len(self.lrs) + 1))
         if not math.isfinite(smooth) or (self.lrs and smooth > DIVERGENCE * self.best):
@@ -110,20 +122,40 @@ class LRFinder(Callback):
 def _result(lrs: list[float], smoothed: list[float], raw: list[float], diverged_at: float | None,
             steps: int) -> LRFindResult:
     """The suggestions, read as fastai does past the first 10 % of the sweep (the smoothed loss
-    is still settling there) and before its last 5 steps (already climbing)."""
+    is still settling there) and before its last 5 steps (already climbing), and only up to the
+    smoothed loss's minimum: past it the loss rises, whether or not it reached the stop rule."""
     first, last = steps // 10, len(lrs) - 5
     if last - first < 3:
         raise ResnetsError(f"the loss diverged after {len(lrs)} of {steps} steps, at lr {diverged_at:g}; "
                            "lower --start or --end, or raise --steps")
     lrs_read, losses_read = lrs[first:last], smoothed[first:last]
-    return LRFindResult(lrs, smoothed, raw, steepest_descent(lrs_read, losses_read),
-                        lrs_read[int(np.argmin(losses_read))] / 10, diverged_at)
+    lowest = int(np.argmin(losses_read))
+    descent = slice(0, max(lowest, 2) + 1)
+    return LRFindResult(lrs, smoothed, raw, steepest_descent(lrs_read[descent], losses_read[descent]),
+                        lrs_read[lowest] / 10, valley(lrs_read, losses_read), diverged_at,
+                        smoothed[-1] / min(smoothed))
 
 
 def steepest_descent(lrs: list[float], losses: list[float]) -> float:
     """The rate where ``losses`` fall fastest against log(rate)."""
     slope = np.gradient(np.asarray(losses), np.log10(np.asarray(lrs)))
     return float(lrs[int(np.argmin(slope))])
+
+
+def valley(lrs: list[float], losses: list[float]) -> float:
+    """fastai's default suggestion: the longest run of decreasing losses (longest decreasing
+    subsequence), and the rate a third plus a sixth of the way into it."""
+    longest = [1] * len(losses)
+    end = 0
+    for i in range(1, len(losses)):
+        for j in range(i):
+            if losses[i] < losses[j] and longest[i] < longest[j] + 1:
+                longest[i] = longest[j] + 1
+        if longest[i] > longest[end]:
+            end = i
+    start = end - longest[end]
+    third = (end - start) / 3
+    return float(lrs[start + int(third) + int(third / 2)])
 
 
 def plot_lr_find(result: LRFindResult, path: str | Path) -> Path:
@@ -136,8 +168,10 @@ def plot_lr_find(result: LRFindResult, path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(result.lrs, result.raw_losses, color="0.8", linewidth=0.8, label="loss")
     ax.plot(result.lrs, result.losses, label="smoothed loss")
-    for lr, style, name in ((result.steepest, "--", "steepest"), (result.minimum_over_10, ":", "minimum / 10")):
-        ax.axvline(lr, linestyle=style, color="C1" if name == "steepest" else "C2", label=f"{name}: {lr:.2g}")
+    marks = ((result.valley, "-.", "valley", "C3"), (result.steepest, "--", "steepest", "C1"),
+             (result.minimum_over_10, ":", "minimum / 10", "C2"))
+    for lr, style, name, colour in marks:
+        ax.axvline(lr, linestyle=style, color=colour, label=f"{name}: {lr:.2g}")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")

@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..lr_find import check_sweep, lr_find, plot_lr_find
+    from ..lr_find import DIVERGENCE, check_sweep, lr_find, plot_lr_find
 
     check_sweep(args.start, args.end, args.steps)
     config = TrainConfig.from_dict({k: v for k, v in vars(args).items() if k not in SWEEP_OPTIONS})
@@ -47,10 +47,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**result.to_dict(), "plot": args.out}))
         return 0
-    stop = f"stopped at {result.diverged_at:.3g} (the loss diverged)" if result.diverged_at is not None \
-        else "the loss did not diverge"
-    print(f"suggested learning rate: {result.steepest:.3g} (steepest descent of the smoothed loss), "
-          f"{result.minimum_over_10:.3g} (its minimum / 10)")
+    stop = f"stopped at {result.diverged_at:.3g} (the smoothed loss passed {DIVERGENCE:g}x its minimum)" \
+        if result.diverged_at is not None else \
+        f"the smoothed loss ended at {result.final_over_minimum:.2f}x its minimum"
+    print(f"suggested learning rate: {result.valley:.3g} (fastai's valley), {result.steepest:.3g} (steepest "
+          f"descent of the smoothed loss), {result.minimum_over_10:.3g} (its minimum / 10)")
     print(f"swept {args.start:g} .. {args.end:g} in {len(result.lrs)} steps, {stop}; plot: {args.out}",
           file=sys.stderr)
     return 0

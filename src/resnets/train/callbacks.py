@@ -31,6 +31,7 @@ from .freeze import set_requires_grad
 # ... the GIL is released" (exit -6) after a Ctrl-C had saved everything.
 tqdm.monitor_interval = 0
 
+MAX_WEIGHT = 1e6  # a parameter this large is a run that blew up, even where BatchNorm hides it from the loss
 OVERRUN_FRACTION, OVERRUN_SECONDS = 0.10, 10.0  # what a --minutes run may overrun before it is stopped
 
 
@@ -38,6 +39,12 @@ def all_finite(model: nn.Module) -> bool:
     """Whether every floating-point parameter and buffer of ``model`` is finite (one sync)."""
     values = [t.detach() for t in model.state_dict().values() if t.is_floating_point()]
     return bool(torch.stack([torch.isfinite(t).all() for t in values]).all()) if values else True
+
+
+def largest_weight(model: nn.Module) -> float:
+    """The largest magnitude among ``model``'s trainable parameters (BatchNorm statistics aside)."""
+    values = [p.detach().abs().max() for p in model.parameters() if p.numel()]
+    return float(torch.stack(values).max()) if values else 0.0
 
 
 def _published(trainer: Trainer) -> nn.Module:
@@ -159,11 +166,17 @@ class DivergenceGuard(Callback):
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
         setup = trainer.setup
-        if not math.isfinite(row["train_loss"]):
-            raise self.diverged(trainer, f"the loss is {row['train_loss']}")
-        if setup.ctx.is_main and (not all_finite(setup.model) or
-                                  (setup.ema is not None and not all_finite(setup.ema.module))):
+        for key, what in (("train_loss", "the loss"), ("val_loss", "the validation loss")):
+            if key in row and not math.isfinite(row[key]):
+                raise self.diverged(trainer, f"{what} is {row[key]}")
+        if not setup.ctx.is_main:
+            return
+        models = [setup.model] + ([setup.ema.module] if setup.ema is not None else [])
+        if not all(all_finite(model) for model in models):
             raise self.diverged(trainer, "the weights are no longer finite")
+        largest = max(largest_weight(model) for model in models)
+        if largest > MAX_WEIGHT:
+            raise self.diverged(trainer, f"the weights reach {largest:.3g}")
 
     def diverged(self, trainer: Trainer, what: str) -> ResnetsError:
         """The one-line error that ends a diverged run (exit status 2: the settings need changing)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -137,7 +138,13 @@ def write_config(run_dir: Path, config: dict[str, Any]) -> None:
 
 def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     """Rewrite metrics.jsonl (one JSON line per epoch) whole, so a resumed run never duplicates lines."""
-    atomic_write_text(run_dir / METRICS, "".join(json.dumps(row) + "\n" for row in history))
+    atomic_write_text(run_dir / METRICS, "".join(json.dumps(strict_json(row), allow_nan=False) + "\n"
+                                                  for row in history))
+
+
+def strict_json(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with non-finite numbers as null: strict JSON parsers reject a bare NaN."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
 
 
 def plot_curves(run_dir: Path, history: list[dict[str, Any]]) -> None:
