@@ -199,3 +199,40 @@ def test_lock_file_released_after_failure(folder_data, tmp_path, run_cli):
     assert run_cli(*train_args(tmp_path / "missing", run))[0] == 2
     with open(run / LOCK, "a") as handle:  # nobody holds it any more
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_a_blown_up_run_with_a_nan_validation_is_not_published(tmp_path):
+    """The review's case: --lr 1e9 made the validation loss NaN and the weights 5.7e8, and the run
+    was published with 'best val top-1 33.33 %'."""
+    with pytest.raises(ResnetsError, match="diverged in epoch 1: the (validation loss is nan|weights reach|loss is)"):
+        train(tiny_config(tmp_path / "run", epochs=1, lr=1e9), data=tensor_data())
+    assert not (tmp_path / "run" / "weights.safetensors").exists()
+
+
+def test_exploding_weights_end_the_run_even_with_finite_losses(tmp_path, monkeypatch):
+    from resnets.train.engine import Trainer
+
+    original = Trainer.train_epoch
+
+    def inflated(self, epoch):
+        row = original(self, epoch)
+        with torch.no_grad():
+            next(self.setup.model.parameters()).mul_(0).add_(5.7e8)  # BatchNorm keeps the loss finite
+        return row
+
+    monkeypatch.setattr(Trainer, "train_epoch", inflated)
+    with pytest.raises(ResnetsError, match="the weights reach 5.7e\\+08"):
+        train(tiny_config(tmp_path / "run", epochs=1), data=tensor_data())
+    assert not (tmp_path / "run" / "weights.safetensors").exists()
+
+
+def test_metrics_are_strict_json(tmp_path):
+    from resnets.train.checkpoint import METRICS, write_metrics
+
+    write_metrics(tmp_path, [{"epoch": 1, "val_loss": float("nan"), "train_loss": float("inf"), "lr": 0.1}])
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    row = json.loads((tmp_path / METRICS).read_text(), parse_constant=refuse)
+    assert row == {"epoch": 1, "val_loss": None, "train_loss": None, "lr": 0.1}

@@ -166,17 +166,17 @@ class DivergenceGuard(Callback):
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
         setup = trainer.setup
-        for key, what in (("train_loss", "the loss"), ("val_loss", "the validation loss")):
-            if key in row and not math.isfinite(row[key]):
-                raise self.diverged(trainer, f"{what} is {row[key]}")
-        if not setup.ctx.is_main:
-            return
-        models = [setup.model] + ([setup.ema.module] if setup.ema is not None else [])
-        if not all(all_finite(model) for model in models):
-            raise self.diverged(trainer, "the weights are no longer finite")
-        largest = max(largest_weight(model) for model in models)
-        if largest > MAX_WEIGHT:
-            raise self.diverged(trainer, f"the weights reach {largest:.3g}")
+        if not math.isfinite(row["train_loss"]):
+            raise self.diverged(trainer, f"the loss is {row['train_loss']}")
+        if setup.ctx.is_main:  # rank 0 validates and saves
+            models = [setup.model] + ([setup.ema.module] if setup.ema is not None else [])
+            if not all(all_finite(model) for model in models):
+                raise self.diverged(trainer, "the weights are no longer finite")
+            largest = max(largest_weight(model) for model in models)
+            if largest > MAX_WEIGHT:
+                raise self.diverged(trainer, f"the weights reach {largest:.3g}")
+            if not math.isfinite(row.get("val_loss", 0.0)):
+                raise self.diverged(trainer, f"the validation loss is {row['val_loss']}")
 
     def diverged(self, trainer: Trainer, what: str) -> ResnetsError:
         """The one-line error that ends a diverged run (exit status 2: the settings need changing)."""
