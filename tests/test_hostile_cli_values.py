@@ -20,13 +20,13 @@ REFUSED = {
     "cutmix": ["nan", "-0.5", "inf"], "ema": ["1", "nan", "-0.1"], "accum-steps": ["0"],
     "img-size": ["1", "-32", "0", "100000"], "progressive-resize": ["0", "1.5", "nan"],
     "progressive-delay": ["-0.1", "2", "nan"], "progressive-finetune": ["nan", "1.1"],
-    "val-split": ["0", "1", "nan"], "num-classes": ["0", "-3"], "unfreeze-after": ["-1"],
+    "val-split": ["-0.1", "1", "nan"], "num-classes": ["0", "-3"], "unfreeze-after": ["-1"],
     "procs": ["0", "-2"], "max-minutes": ["0", "-1", "nan", "inf"], "val-every": ["0"], "stop-after": ["0"],
     "seed": ["-1", str(2 ** 64), "1.0"], "workers": ["-1"], "in-chans": ["0", "65", "2", "x"],
     "effective-beta": ["0", "1", "nan"], "random-erasing": ["-0.1", "1.5", "nan"],
     "color-jitter": ["-1", "nan", "11"], "aug-repeats": ["0", "-1", "1.5"],
     "norm-bias-lr-scale": ["0", "-1", "inf", "1e5"], "translate": ["-1", "65", "1.5"],
-    "grad-clip": ["0", "-1", "nan", "inf"],
+    "grad-clip": ["0", "-1", "nan", "inf"], "minutes": ["0", "-1", "nan", "inf"],
 }
 
 

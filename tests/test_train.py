@@ -244,3 +244,25 @@ def test_grad_clip_bounds_each_step_and_is_a_flag_and_recipe_key(folder_data, tm
     with pytest.raises(SystemExit):
         main(["train", "--config", str(recipe), "--model", "resnet20", "--print-config"])
     assert "grad-clip: 0.5" in capsys.readouterr().out
+
+
+def test_data_without_a_validation_split_gets_one_by_default(tmp_path, capsys):
+    data = write_folder_dataset(tmp_path / "flat", {"train": 10})  # three class folders, no val/
+    out = tmp_path / "run"
+    args = ["train", "--model", "resnet20", "--data", str(data / "train"), "--out", str(out), "--epochs", "1",
+            "--batch-size", "8"]
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    assert done.value.code == 0
+    assert "no validation split: holding out 10% of each class (--val-split 0 trains on everything)" \
+        in capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["val_split"] == 0.1  # evaluate reproduces it
+    assert "val_top1" in json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    with pytest.raises(SystemExit):
+        main([*args[:6], str(tmp_path / "all"), *args[7:], "--val-split", "0"])
+    assert "val_top1" not in json.loads((tmp_path / "all" / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+def test_a_batch_size_that_leaves_many_images_out_is_said(tmp_path):
+    with pytest.warns(UserWarning, match="each epoch leaves out 7 of 15 training images"):
+        train(tiny_config(tmp_path / "run", epochs=1, batch_size=8), data=tensor_data(n_train=15))

@@ -92,8 +92,8 @@ class TrainConfig:
                                     "patches (Page; airbench)", both_ways=True)
     norm_bias_lr_scale: float = setting(1.0, "BatchNorm biases train at X times the learning rate (Page: 64)",
                                         rule=Bound(float, 0, 1e4, low_open=True), metavar="X")
-    val_split: float | None = setting(None, "hold out this fraction when the data has no val/test split",
-                                      rule=FRACTION_OPEN)
+    val_split: float | None = setting(None, "hold out this fraction of each class when the data has no val/test "
+                                      "split (default: 0.1; 0 trains on everything)", rule=Bound(float, 0, 1, high_open=True))
     stream: bool | None = setting(None, "decode images from disk every epoch in --workers processes instead of "
                                   "once into memory (default: stream only when the decoded set would exceed 4 GiB)",
                                   both_ways=True)

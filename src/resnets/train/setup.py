@@ -8,6 +8,9 @@ loaders' seeds...): the same order gives bitwise the same run.
 
 from __future__ import annotations
 
+import dataclasses
+import sys
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +20,10 @@ from torch import nn
 
 from ..data import BatchAugment, TensorLoader
 from ..data.augment import default_preset, training_preprocessing
+from ..data.base import VAL_SPLITS
 from ..data.policy import AugmentPolicy
 from ..data.sampling import EpochPlan
+from ..data.sources import open_source
 from ..errors import ResnetsError
 from ..metrics import extract_features
 from ..factory import create_model
@@ -26,6 +31,7 @@ from ..models import ResNet
 from ..models.whitening import fit_patch_whitening
 from ..multilabel import is_multi_label, mark_multi_label
 from ..preprocessing import Preprocessing
+from ..terminal import printable
 from ..factory import load_model, weights_path
 from .class_weights import class_weights
 from .config import TrainConfig
@@ -38,6 +44,8 @@ from .optim import DEFAULT_WEIGHT_DECAY, build_optimizer, default_lr, param_grou
 from .resize import ResizeSchedule
 from .schedule import build_scheduler
 
+DEFAULT_VAL_SPLIT = 0.1  # held out of a data set that has no validation split, unless --val-split 0
+DROPPED_WARNING = 0.05  # warn when drop_last leaves out more than this fraction of the images
 WHITENING_IMAGES = 5000  # training images whose patches --patch-whitening fits (airbench uses 5,000)
 
 
@@ -151,8 +159,15 @@ def _prepare_data(setup: TrainingSetup) -> None:
     if setup.data is None:
         if not config.data:
             raise ResnetsError("no training data: pass --data PATH")
-        setup.data = open_training_data(config.data, setup.img_size, config.val_split, config.seed, config.workers,
-                                        config.stream, config.progress, val_preprocessing=setup.preprocessing)
+        held_out = any(name in open_source(config.data).splits for name in VAL_SPLITS)
+        if config.val_split is None and not held_out:  # recorded, so that evaluate finds the same split
+            setup.config = config = dataclasses.replace(config, val_split=DEFAULT_VAL_SPLIT)
+            if config.progress and setup.ctx.is_main:
+                print(f"{printable(config.data)} has no validation split: holding out {DEFAULT_VAL_SPLIT:.0%} of "
+                      "each class (--val-split 0 trains on everything)", file=sys.stderr)
+        setup.data = open_training_data(config.data, setup.img_size, config.val_split or None, config.seed,
+                                        config.workers, config.stream, config.progress,
+                                        val_preprocessing=setup.preprocessing)
     elif config.img_size is None:
         setup.preset, setup.preprocessing = training_record(setup, int(setup.data.train_images.shape[-1]))
         check_input_size(setup.model, setup.img_size)
@@ -303,6 +318,10 @@ def _image_loader(setup: TrainingSetup, images: torch.Tensor, labels: torch.Tens
                   sharded: bool) -> TensorLoader:
     config, ctx = setup.config, setup.ctx
     batch = config.batch_size // ctx.world_size if sharded else config.batch_size
+    dropped = len(labels) % batch if train and len(labels) > batch else 0
+    if dropped > DROPPED_WARNING * len(labels) and ctx.is_main:
+        warnings.warn(f"each epoch leaves out {dropped} of {len(labels)} training images (a batch of {batch} "
+                      f"is never cut short); a --batch-size that divides {len(labels)} uses them all")
     return TensorLoader(images, labels, batch, shuffle=train,
                         drop_last=train and len(labels) > batch, augment=augmentation(setup, train),
                         seed=config.seed, device=setup.device,
