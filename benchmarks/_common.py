@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import torch
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# The real data sets: $RESNETS_SHARED_DATA, else ../shared/data beside the repository.
+SHARED_DATA = Path(os.environ.get("RESNETS_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
 def subset(images: torch.Tensor, labels: torch.Tensor, count: int | None, seed: int = 0):

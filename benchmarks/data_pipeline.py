@@ -22,7 +22,8 @@ import torch
 from resnets.data import (BatchAugment, TensorLoader, decode_to_memory, load_splits, make_dataloader,
                           preset_for_model)
 
-DEFAULT_ZIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.zip"
+SHARED_DATA = os.environ.get("RESNETS_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_ZIP = Path(SHARED_DATA) / "cifar10-jpeg.zip"
 
 
 def images_per_second(batches, limit: int) -> float:

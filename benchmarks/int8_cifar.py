@@ -2,6 +2,7 @@
 
 With ``--weights PATH`` (a resnets weights file, e.g. from ``resnets train``) that model is used;
 otherwise a ResNet-20 is trained here for a short while on ``../shared/data/cifar10-jpeg.zip``
+($RESNETS_SHARED_DATA names another folder)
 (a subset, a few epochs: enough for well-formed activations, not for a state-of-the-art score).
 Calibration uses training images; accuracy is measured on test images. Prints one JSON document.
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
@@ -29,7 +31,8 @@ from resnets.bench import time_interleaved
 from resnets.inference import INT8_BACKENDS, onnxruntime_available, openvino_available, optimize_for_inference
 from resnets.models.registry import CIFAR_MEAN, CIFAR_STD
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.zip"
+SHARED_DATA = os.environ.get("RESNETS_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(SHARED_DATA) / "cifar10-jpeg.zip"
 TARGETS = {"speedup": 2.0, "top1_points_lost": 1.0}
 
 

@@ -36,7 +36,8 @@ import zipfile
 import zlib
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette-224-train.zip"
+SHARED_DATA = os.environ.get("RESNETS_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(SHARED_DATA) / "imagenette-224-train.zip"
 TARGETS = {"fraction_of_bench": 0.85, "speedup_over_max_batch_1": 2.0}
 
 

@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import zipfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# The real data sets some tests read (cifar10-jpeg.zip, imagenette-224-train.zip): the folder
+# $RESNETS_SHARED_DATA names, else ../shared/data beside the repository. Absent files skip.
+SHARED_DATA = Path(os.environ.get("RESNETS_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+
+
+def shared_file(name: str, purpose: str = "") -> Path:
+    """``SHARED_DATA / name``, or skip saying what to set to find it."""
+    path = SHARED_DATA / name
+    if not path.is_file():
+        why = f" ({purpose})" if purpose else ""
+        pytest.skip(f"{path} is absent{why}: set RESNETS_SHARED_DATA to the folder holding {name} "
+                    "(default: ../shared/data beside the repository)")
+    return path
 
 
 def random_rgb(rng: np.random.Generator, height: int = 12, width: int = 10) -> np.ndarray:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from _data_helpers import SHARED_DATA, make_tree, write_cifar10, zip_tree
+from _data_helpers import make_tree, shared_file, write_cifar10, zip_tree
 from resnets.data import decode_to_memory, inspect_source, load_splits, open_dataset, open_source, pack_lmdb
 from resnets.errors import ResnetsError
 
@@ -274,9 +274,7 @@ def test_inspect_reports_counts(tmp_path):
 
 @pytest.mark.shared_data
 def test_real_cifar10_zip_read_in_place():
-    archive = SHARED_DATA / "cifar10-jpeg.zip"
-    if not archive.exists():
-        pytest.skip(f"{archive} not present")
+    archive = shared_file("cifar10-jpeg.zip")
     train, test = load_splits(archive)
     assert len(train) == 50000 and len(test) == 10000
     assert train.classes == [

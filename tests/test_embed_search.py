@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from _data_helpers import SHARED_DATA
+from _data_helpers import shared_file
 from resnets.factory import create_model
 from resnets.preprocessing import Preprocessing
 from resnets.weights.format import save_weights
@@ -21,17 +21,15 @@ pytest.importorskip("pyarrow")
 
 from resnets.embed import embed_dataset, embed_images, load_index, search  # noqa: E402
 
-IMAGENETTE = SHARED_DATA / "imagenette-224-train.zip"
 CLASSES, PER_CLASS = 4, 8
 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
     """32 real photos (4 Imagenette classes x 8) as an image-folder tree."""
-    if not IMAGENETTE.is_file():
-        pytest.skip(f"{IMAGENETTE} is absent (real photos for the near-duplicate test)")
+    imagenette = shared_file("imagenette-224-train.zip", "real photos for the near-duplicate test")
     root = tmp_path_factory.mktemp("photos")
-    with zipfile.ZipFile(IMAGENETTE) as archive:
+    with zipfile.ZipFile(imagenette) as archive:
         names = sorted(n for n in archive.namelist() if n.endswith(".JPEG"))
         classes = sorted({n.split("/")[1] for n in names})[:CLASSES]
         for cls in classes:

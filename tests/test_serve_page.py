@@ -20,11 +20,12 @@ httpx = pytest.importorskip("httpx")
 
 from PIL import Image  # noqa: E402
 
+from _data_helpers import SHARED_DATA  # noqa: E402
 from test_serve import NAME, RunningServer, save_tiny_model, write_images  # noqa: E402
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 DRIVERS = ("chromedriver", "chromium-driver")
-PHOTOS = Path("/work/shared/data/imagenette-224-train.zip")
+PHOTOS = SHARED_DATA / "imagenette-224-train.zip"
 README_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "img" / "serve_page.png"
 MAX_SCREENSHOT_BYTES = 300_000
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import io
 import zipfile
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from _data_helpers import shared_file
+
 
 
 def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -32,10 +32,7 @@ def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 def real_photo() -> Image.Image:
     """One 224x224 Imagenette photo (a tench), or skip when the shared data is absent."""
-    archive = DATA / "imagenette-224-train.zip"
-    if not archive.is_file():
-        pytest.skip("../shared/data/imagenette-224-train.zip is absent")
-    with zipfile.ZipFile(archive) as zf:
+    with zipfile.ZipFile(shared_file("imagenette-224-train.zip", "a real photo")) as zf:
         name = next(n for n in sorted(zf.namelist()) if n.startswith("train/n01440764/") and n.endswith(".JPEG"))
         return Image.open(io.BytesIO(zf.read(name))).convert("RGB")
 
