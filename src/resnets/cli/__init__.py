@@ -3,6 +3,10 @@
 Each command lives in its own module here (``resnets.cli.<command>``) exposing
 ``register(subparsers)``, which adds its parser and sets ``handler`` to a function taking the
 parsed arguments and returning an exit status. The work itself is done by the library API.
+The top-level parser is built from :data:`COMMANDS` (names and one-line helps), and only the
+module of the command being run is imported, so ``resnets --help`` and ``--version`` load
+neither the other commands nor torch. A misspelt command, choice or flag is answered with the
+nearest one (``--batchsize (did you mean --batch-size?)``); every help shows the defaults.
 
 Exit status: 0 done, 2 user error (one line ``resnets: error: ...`` on stderr), 1 internal
 failure, 130 interrupted.
@@ -21,6 +25,7 @@ closed pipe (``resnets predict ... | head``) ends quietly with 141, as a shell t
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
 import importlib
 import os
@@ -31,16 +36,105 @@ from typing import Sequence
 
 from ..errors import ResnetsError, first_line
 
-# Command modules, in the order `resnets --help` lists them.
-COMMANDS: tuple[str, ...] = ("models", "summary", "data", "train", "lr_find", "evaluate", "predict", "demo",
-                            "convert", "export", "bench", "compare", "explain", "embed", "serve", "weights")
+# Every command, in the order `resnets --help` lists them: name -> (module, one-line help). The
+# top-level parser is built from this table alone, so `resnets --help` imports no command (nor
+# torch); a command's module, which registers its full parser, is imported only for the command
+# that runs. tests/test_cli_startup.py checks these helps against the ones the modules register.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "models": ("models", "list the models with parameters and GMACs"),
+    "summary": ("summary", "per-layer table: shapes, parameters, mult-adds"),
+    "data": ("data", "inspect data sets, pack them into LMDB or WebDataset shards"),
+    "train": ("train", "train or fine-tune a model on an image data set"),
+    "lr-find": ("lr_find", "find a learning rate: sweep it over a few hundred training steps"),
+    "evaluate": ("evaluate", "evaluate a trained model on a data set"),
+    "predict": ("predict", "classify image files with a trained model"),
+    "demo": ("demo", "train a ResNet on built-in handwritten digits, end to end"),
+    "convert": ("convert", "convert foreign weights to a self-describing safetensors file"),
+    "export": ("export", "export a model to ONNX, TorchScript, safetensors or prototxt"),
+    "bench": ("bench", "measure inference (and training) speed on this machine"),
+    "compare": ("compare", "compare CNNs: size, MACs, speed, published accuracy"),
+    "explain": ("explain", "class-activation maps (Grad-CAM...) of a model's predictions"),
+    "embed": ("embed", "embed a data set's images (pooled pre-logit features) into an index"),
+    "search": ("embed", "nearest indexed images to query images (cosine, FAISS)"),
+    "serve": ("serve", "serve a model over HTTP (TorchServe-style, KServe v2, web page, metrics)"),
+    "weights": ("weights", "list or download pretrained weights"),
+}
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help that shows an option's default, as ``ArgumentDefaultsHelpFormatter`` does, unless its
+    text already says it (train's generated options do) or it is None, suppressed or an on/off
+    switch's False/True."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or not _shows_default(action):
+            return action.help
+        return f"{text} (default: %(default)s)".strip()
+
+
+def _shows_default(action: argparse.Action) -> bool:
+    if action.default is None or action.default is argparse.SUPPRESS or action.help is argparse.SUPPRESS:
+        return False
+    if action.nargs == 0 and isinstance(action.default, bool):  # --flag: False means "not given"
+        return False
+    return bool(action.option_strings) or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE)
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports usage errors with the project's one-line format and status 2."""
+    """argparse that reports usage errors with the project's one-line format and status 2, shows
+    defaults in its help, and suggests the nearest command, choice or flag for a misspelt one."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs) -> argparse.Action:  # noqa: ANN002, ANN003
+        action = super().add_argument(*args, **kwargs)
+        if action.help is None and _shows_default(action):  # else argparse prints no help for it
+            action.help = "(default: %(default)s)"
+        return action
 
     def error(self, message: str) -> None:  # type: ignore[override]
         _fail(message)
+
+    def parse_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            _fail(f"unrecognized arguments: {_with_suggestions(extras, _chosen_parser(self, parsed))}")
+        return parsed
+
+    def _check_value(self, action: argparse.Action, value: object) -> None:
+        try:
+            super()._check_value(action, value)
+        except argparse.ArgumentError as error:
+            close = difflib.get_close_matches(str(value), [str(c) for c in action.choices or ()], n=1)
+            if not close:
+                raise
+            raise argparse.ArgumentError(action, f"invalid choice: {value!r} (did you mean {close[0]}?)") from None
+
+
+def _chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost (sub)parser that ``args`` went through: ``data pack``'s for ``resnets data pack ...``."""
+    for action in parser._actions:  # noqa: SLF001 - argparse keeps no public list
+        if isinstance(action, argparse._SubParsersAction) and getattr(args, action.dest, None) in action.choices:
+            return _chosen_parser(action.choices[getattr(args, action.dest)], args)
+    return parser
+
+
+def _with_suggestions(extras: list[str], parser: argparse.ArgumentParser) -> str:
+    """``--batchsize (did you mean --batch-size?)``: each unknown flag with its nearest option; a
+    word right after an unknown flag is taken for its value and left out."""
+    options = list(parser._option_string_actions)  # noqa: SLF001
+    words = []
+    for index, extra in enumerate(extras):
+        if not extra.startswith("-"):
+            if index == 0 or not extras[index - 1].startswith("-") or "=" in extras[index - 1]:
+                words.append(extra)
+            continue
+        close = difflib.get_close_matches(extra.split("=", 1)[0], options, n=1)
+        words.append(f"{extra} (did you mean {close[0]}?)" if close else extra)
+    return " ".join(words)
 
 
 def add_model_argument(parser: argparse.ArgumentParser, dest: str = "model", pretrained: bool = True) -> None:
@@ -57,7 +151,9 @@ def _fail(message: str, status: int = 2) -> None:
     raise SystemExit(status)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``resnets`` parser. With ``argv``, only the command it names gets its full parser (its
+    module imported); the others are names and one-line helps. Without, every command's is built."""
     parser = _Parser(prog="resnets", description="The ResNet family: build, inspect, train, "
                      "convert, export, benchmark.")
     from .. import __version__
@@ -65,9 +161,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"resnets {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
-    for name in COMMANDS:
-        importlib.import_module(f"{__name__}.{name}").register(subparsers)
+    wanted = {module for module, _ in COMMANDS.values()} if argv is None else _named_modules(argv)
+    registered = set()
+    for name, (module, help_line) in COMMANDS.items():
+        if module not in wanted:
+            subparsers.add_parser(name, help=help_line)
+        elif module not in registered:  # registers every command the module declares (embed, search)
+            importlib.import_module(f"{__name__}.{module}").register(subparsers)
+            registered.add(module)
     return parser
+
+
+def _named_modules(argv: Sequence[str]) -> set[str]:
+    """The module of the command ``argv`` names (its first word not an option), if any."""
+    name = next((word for word in argv if not word.startswith("-")), None)
+    return {COMMANDS[name][0]} if name in COMMANDS else set()
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
@@ -89,10 +197,11 @@ def _no_progress_monitor_thread() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns (and exits with) the status."""
     started = time.time()  # budgets (train --minutes) count from here
-    _no_progress_monitor_thread()
     try:
-        args = build_parser().parse_args(argv)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        args = build_parser(argv).parse_args(argv)
         args.started = started
+        _no_progress_monitor_thread()
         warnings.showwarning = _show_warning
         status = args.handler(args)
     except ResnetsError as error:
