@@ -14,6 +14,7 @@ Typical use::
 
 from .augment import PRESETS, BatchAugment, preset_for_model, storage_size
 from .base import DataSource
+from .collection import ImageCollection, is_collection, open_collection
 from .dataset import ImageDataset, stratified_split
 from .images import IMAGE_EXTENSIONS, BadImageError, BadImageWarning, decode_image
 from .loader import TensorLoader, make_dataloader, torchvision_transform
@@ -23,9 +24,9 @@ from .sampling import shard_indices
 from .sources import inspect_source, load_splits, open_dataset, open_source
 
 __all__ = [
-    "BadImageError", "BadImageWarning", "BatchAugment", "DataSource", "IMAGE_EXTENSIONS", "ImageDataset",
-    "MEMORY_LIMIT_BYTES", "PRESETS", "TensorLoader", "decode_image", "decode_to_memory", "fits_in_memory",
-    "inspect_source", "load_splits", "make_dataloader", "memory_bytes", "open_dataset", "open_source",
-    "pack_lmdb", "preset_for_model", "shard_indices", "storage_size", "stratified_split",
-    "torchvision_transform",
+    "BadImageError", "BadImageWarning", "BatchAugment", "DataSource", "IMAGE_EXTENSIONS", "ImageCollection",
+    "ImageDataset", "MEMORY_LIMIT_BYTES", "PRESETS", "TensorLoader", "decode_image", "decode_to_memory",
+    "fits_in_memory", "inspect_source", "is_collection", "load_splits", "make_dataloader", "memory_bytes",
+    "open_collection", "open_dataset", "open_source", "pack_lmdb", "preset_for_model", "shard_indices",
+    "storage_size", "stratified_split", "torchvision_transform",
 ]
