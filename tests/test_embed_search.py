@@ -198,3 +198,37 @@ def test_missing_faiss_names_the_extra(photos, extractor, tmp_path, run_cli, mon
     monkeypatch.setitem(sys.modules, "faiss", None)  # import fails as if not installed
     status, _, err = run_cli("search", index_path, next(photos.rglob("*.JPEG")))
     assert status == 2 and "pip install 'resnets[search]'" in err and err.count("\n") == 1
+
+
+@pytest.mark.shared_data
+def test_a_flat_folder_of_photos_through_predict_embed_and_search(photos, extractor, tmp_path, run_cli, one_thread):
+    """The user's path: 12 photos in one folder, no class folders. predict names each, embed indexes
+    them without labels (the map in one colour), and a mirrored, recompressed copy finds its original."""
+    flat = tmp_path / "holiday"
+    flat.mkdir()
+    for folder in sorted(p for p in photos.iterdir() if p.is_dir()):
+        for original in sorted(folder.glob("*.JPEG"))[:3]:
+            (flat / original.name).write_bytes(original.read_bytes())
+    shot = sorted(flat.iterdir())
+    assert len(shot) == 12
+    status, out, err = run_cli("predict", extractor, flat, "--json", "--topk", "2")
+    assert status == 0, err
+    assert [r["path"] for r in json.loads(out)] == [str(p) for p in shot]
+    assert all(len(r["top"]) == 2 for r in json.loads(out))
+    index_path, map_png = tmp_path / "holiday.parquet", tmp_path / "map.png"
+    status, out, err = run_cli("embed", extractor, flat, "--out", index_path, "--map", map_png, "--json")
+    assert status == 0, err
+    assert json.loads(out)["count"] == 12 and json.loads(out)["classes"] == 0
+    index = load_index(index_path)
+    assert index.paths == [str(p) for p in shot] and index.labels == [""] * 12
+    assert index.meta["labelled"] is False and index.meta["classes"] == []
+    with Image.open(map_png) as image:
+        assert image.size[0] > 400
+    pairs = near_duplicates(flat, tmp_path / "queries", every=4)
+    status, out, err = run_cli("search", index_path, *[q for q, _ in pairs], "--topk", "3", "--json")
+    assert status == 0, err
+    for result, (query, original) in zip(json.loads(out), pairs):
+        assert result["hits"][0]["path"] == str(original), (query, result["hits"])
+        assert result["hits"][0]["label"] == ""
+    status, out, _ = run_cli("search", index_path, pairs[0][0], "--topk", "1")
+    assert status == 0 and out.splitlines()[1].split()[2] == str(pairs[0][1])

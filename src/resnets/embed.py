@@ -1,8 +1,10 @@
 """Image embeddings and similarity search: a trained ResNet as a feature extractor.
 
-:func:`embed_dataset` runs a model over a data set (any format :mod:`resnets.data` reads) and
-keeps each image's pooled pre-logit features (``model.forward_head(model.forward_features(x),
-pre_logits=True)``), L2-normalised, with its path and label, in an *index file*: Parquet
+:func:`embed_dataset` runs a model over a data set (any format :mod:`resnets.data` reads) or a
+collection of images without classes (a folder, zip or list file of photos:
+:mod:`resnets.data.collection`) and keeps each image's pooled pre-logit features
+(``model.forward_head(model.forward_features(x), pre_logits=True)``), L2-normalised, with its
+path and label (empty for a collection), in an *index file*: Parquet
 (``.parquet``, the vectors a fixed-size list column) or NumPy (``.npy`` + a ``.json`` sidecar
 with the rows). Either way the file records which model made it (the reference as given,
 made absolute for files, its record and a fingerprint of its weights), so :func:`search`
@@ -18,7 +20,9 @@ import hashlib
 import io
 import json
 import os
+import posixpath
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,13 +32,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.images import SkippedImages, decode_image, read_image_file
+from .data.collection import is_collection, open_collection
+from .data.dataset import ImageDataset
+from .data.images import BadImageWarning, SkippedImages, decode_image, read_image_file
 from .device import resolve_device
 from .errors import ResnetsError, first_line
 from .evaluate import evaluation_data
 from .explain import check_topk, label_font
 from .fileio import atomic_path, atomic_paths, atomic_write_bytes, save_figure
-from .predict import expand_inputs, read_image
+from .terminal import printable
 from .factory import load_model
 
 INDEX_FORMAT = "resnets-embeddings"
@@ -109,8 +115,12 @@ def embed_dataset(model: str | os.PathLike, data: str | os.PathLike, out: str | 
                   map_png: str | os.PathLike | None = None, progress: bool = True) -> EmbeddingIndex:
     """Embed every image of ``data`` with ``model`` (any reference the resolver takes).
 
-    ``out``: the index file (``.parquet`` or ``.npy``), written atomically; ``map_png``: a 2-D
-    t-SNE map of the embeddings coloured by class. Unreadable images are skipped with a warning.
+    ``data``: a data set with classes (every split), or a collection of images without classes
+    (:func:`resnets.data.collection.is_collection`: a list file, or a folder or zip of images not
+    all in class folders), whose rows get an empty label. ``out``: the index file (``.parquet`` or
+    ``.npy``), written atomically; ``map_png``: a 2-D t-SNE map of the embeddings coloured by
+    class, or for a collection by folder (one colour when all share one). Unreadable images are
+    skipped with a warning.
     """
     from tqdm.auto import tqdm
 
@@ -121,7 +131,7 @@ def embed_dataset(model: str | os.PathLike, data: str | os.PathLike, out: str | 
     if map_png is not None:
         _require("sklearn.manifold", "the t-SNE map")
     extractor = load_extractor(model, device)
-    dataset = evaluation_data(data, "all")[0].dataset
+    dataset = open_images(data)
     vectors, rows = [], []
     started = time.perf_counter()
     bar = tqdm(total=len(dataset), desc="embedding", unit="img", disable=not progress, leave=False)
@@ -136,19 +146,25 @@ def embed_dataset(model: str | os.PathLike, data: str | os.PathLike, out: str | 
             bar.update(len(indices))
     if not rows:
         raise ResnetsError(f"no readable images in {data}")
-    classes = list(dataset.classes)
+    labelled = getattr(dataset, "labelled", True)
     meta = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "model": model_reference(model),
             "model_name": getattr(extractor, "model_name", None), "fingerprint": fingerprint(extractor),
             "preprocessing": extractor.preprocessing.to_dict(), "data": model_reference(data),
-            "data_count": len(dataset), "classes": classes, "dim": int(vectors[0].shape[1]),
-            "seconds": round(time.perf_counter() - started, 2)}
+            "data_count": len(dataset), "labelled": labelled, "classes": list(dataset.classes) if labelled else [],
+            "dim": int(vectors[0].shape[1]), "seconds": round(time.perf_counter() - started, 2)}
     index = EmbeddingIndex(np.concatenate(vectors), [dataset.describe(i) for i in rows],
-                           [classes[int(dataset.targets[i])] for i in rows], rows, meta)
+                           [dataset.classes[int(dataset.targets[i])] for i in rows], rows, meta)
     if out is not None:
         save_index(index, out)
     if map_png is not None:
         tsne_map(index, map_png)
     return index
+
+
+def open_images(data: str | os.PathLike) -> ImageDataset:
+    """The images ``embed`` reads at ``data``: every split of a data set with classes, or the
+    collection of images without classes (:func:`~resnets.data.collection.open_collection`)."""
+    return open_collection([data]) if is_collection(data) else evaluation_data(data, "all")[0].dataset
 
 
 def _load_item(dataset: Any, index: int, preprocessing: Any) -> torch.Tensor | None:
@@ -264,6 +280,8 @@ def search(index: str | os.PathLike | EmbeddingIndex, queries: Iterable[str | os
            device: str = "cpu", out_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """The ``topk`` most similar indexed images of each query image, by cosine similarity.
 
+    ``queries``: image files, folders (recursive), zips and list files of images
+    (:func:`resnets.data.collection.open_collection`); a missing or unreadable one is an error.
     Queries are embedded by the model the index records (refused if its weights changed).
     ``out_dir``: one PNG strip per query (the query, then its hits with score and label).
     Returns ``[{"query": path, "hits": [{"rank", "path", "label", "score", "item"}]}]``.
@@ -271,35 +289,41 @@ def search(index: str | os.PathLike | EmbeddingIndex, queries: Iterable[str | os
     check_topk(topk)
     faiss = _require("faiss", "search")
     index = index if isinstance(index, EmbeddingIndex) else load_index(index)
-    paths = expand_inputs(queries)
-    if not paths:
+    queries = [Path(query) for query in queries]
+    missing = next((query for query in queries if not query.exists()), None)
+    if missing is not None:
+        raise ResnetsError(f"no such query image: {printable(str(missing))}")
+    collection = open_collection(queries)
+    if not len(collection):
         raise ResnetsError("no query image given")
     extractor = load_extractor(index.meta["model"], device)
     if fingerprint(extractor) != index.meta.get("fingerprint"):
         raise ResnetsError(f"the model {index.meta['model']} has changed since this index was made; embed again")
-    images = [read_image(path, extractor.preprocessing) for path in paths]  # any unreadable query: one error
+    paths = [collection.describe(k) for k in range(len(collection))]
+    images = [extractor.preprocessing.to_uint8(collection[k][0]) for k in range(len(collection))]  # unreadable: error
     query_vectors = np.concatenate([embed_images(extractor, torch.stack(images[i:i + 64]))
                                     for i in range(0, len(images), 64)])
     flat = faiss.IndexFlatIP(index.vectors.shape[1])
     flat.add(np.ascontiguousarray(index.vectors, dtype=np.float32))
     scores, found = flat.search(np.ascontiguousarray(query_vectors, dtype=np.float32), min(topk, len(index)))
-    results = [{"query": str(path), "hits": [
+    results = [{"query": path, "hits": [
         {"rank": r + 1, "path": index.paths[i], "label": index.labels[i], "score": round(float(s), 6),
          "item": index.items[i]} for r, (s, i) in enumerate(zip(row_scores, row_ids)) if i >= 0]}
         for path, row_scores, row_ids in zip(paths, scores, found)]
     if out_dir is not None:
-        _write_strips(index, results, out_dir)
+        _write_strips(index, results, out_dir, collection)
     return results
 
 
-def _write_strips(index: EmbeddingIndex, results: list[dict[str, Any]], out_dir: str | os.PathLike) -> None:
+def _write_strips(index: EmbeddingIndex, results: list[dict[str, Any]], out_dir: str | os.PathLike,
+                  queries: ImageDataset) -> None:
     dataset = _reopen(index)
     used: set[str] = set()
-    for result in results:
+    for k, result in enumerate(results):
         query = Path(result["query"])
-        tiles = [(_open_or_none(lambda: decode_image(read_image_file(query), str(query))), "query", query.name)]
-        tiles += [(_hit_image(dataset, hit), f"#{hit['rank']}  {hit['score']:.3f}", hit["label"])
-                  for hit in result["hits"]]
+        tiles = [(_open_or_none(lambda: queries[k][0]), "query", query.name)]
+        tiles += [(_hit_image(dataset, hit), f"#{hit['rank']}  {hit['score']:.3f}",
+                   hit["label"] or Path(hit["path"]).name) for hit in result["hits"]]
         name = f"{query.stem or 'query'}.search.png"
         while name in used:
             name = f"{query.stem}-{len(used)}.search.png"
@@ -312,7 +336,9 @@ def _write_strips(index: EmbeddingIndex, results: list[dict[str, Any]], out_dir:
 def _reopen(index: EmbeddingIndex) -> Any:
     """The indexed data set, if it is still there as it was (same image count), else None."""
     try:
-        dataset = evaluation_data(index.meta["data"], "all")[0].dataset
+        with warnings.catch_warnings():  # embed named what it skipped
+            warnings.simplefilter("ignore", BadImageWarning)
+            dataset = open_images(index.meta["data"])
     except (ResnetsError, OSError, KeyError):
         return None
     return dataset if len(dataset) == index.meta.get("data_count") else None
@@ -368,7 +394,8 @@ def _fit(draw: Any, text: str, font: Any, width: int) -> str:
 
 # -- the map ---------------------------------------------------------------------------------------
 def tsne_map(index: EmbeddingIndex, path: str | os.PathLike, seed: int = 0) -> Path:
-    """A 2-D t-SNE of the embeddings (cosine distance), one colour per class, as a PNG."""
+    """A 2-D t-SNE of the embeddings (cosine distance) as a PNG: one colour per class, or, for
+    images without labels, per folder (:func:`map_groups`); one colour and no legend for one group."""
     manifold = _require("sklearn.manifold", "the t-SNE map")
     import matplotlib
 
@@ -381,18 +408,36 @@ def tsne_map(index: EmbeddingIndex, path: str | os.PathLike, seed: int = 0) -> P
     perplexity = float(min(30, (count - 1) / 3))
     points = manifold.TSNE(n_components=2, perplexity=perplexity, init="pca", metric="cosine",
                            random_state=seed).fit_transform(index.vectors)
-    classes = sorted(set(index.labels))
+    groups = map_groups(index)
+    classes = sorted(set(groups))
+    legend = 1 < len(classes) <= 20
     cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
-    fig, ax = plt.subplots(figsize=(8.5 if len(classes) <= 20 else 7, 7))
-    labels = np.array(index.labels)
+    fig, ax = plt.subplots(figsize=(8.5 if legend else 7, 7))
+    labels = np.array(groups)
     for k, name in enumerate(classes):
         chosen = labels == name
         ax.scatter(points[chosen, 0], points[chosen, 1], s=max(8, min(30, 4000 / count)), alpha=0.75,
-                   color=cmap(k % cmap.N), label=name if len(classes) <= 20 else None, linewidths=0)
-    if len(classes) <= 20:
+                   color=cmap(k % cmap.N), label=name if legend else None, linewidths=0)
+    if legend:
         ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, markerscale=2)
     ax.set_xticks([])
     ax.set_yticks([])
     model = index.meta.get("model_name") or Path(str(index.meta.get("model", ""))).name
     ax.set_title(f"t-SNE of {count} embeddings ({model}, {index.vectors.shape[1]}-d)")
     return save_figure(fig, path)
+
+
+def map_groups(index: EmbeddingIndex) -> list[str]:
+    """What colours each point of the map: its label, or for images without labels its folder,
+    named from the folder all share (``photos``, ``photos/2023``)."""
+    if any(index.labels):
+        return list(index.labels)
+    folders = [posixpath.dirname(path) for path in index.paths]
+    if len(set(folders)) < 2:
+        return folders
+    try:
+        common = posixpath.commonpath(folders)
+    except ValueError:  # absolute and relative paths mixed
+        return folders
+    top = posixpath.dirname(common)
+    return [(posixpath.relpath(folder, top) if top else folder) or "." for folder in folders]

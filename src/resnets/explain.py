@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.images import decode_image, read_image_file, to_rgb
+from .data.collection import open_collection
+from .data.images import BadImageError, to_rgb
 from .errors import ResnetsError
 from .fileio import atomic_write_bytes, atomic_write_text
 from .metrics import probabilities, top_classes
-from .predict import expand_inputs
 
 METHODS: dict[str, str] = {  # our name -> the grad-cam class
     "gradcam": "GradCAM",
@@ -275,27 +275,31 @@ def label_font(size: int) -> Any:
 def explain_files(predictor: Any, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                   method: str = "gradcam", target: int | str | None = None, layer: str | None = None,
                   topk: int = 5) -> tuple[list[dict[str, Any]], list[str]]:
-    """Explain image files (folders expanded) into ``out_dir``: one PNG each and ``explanations.json``.
+    """Explain images into ``out_dir``: one PNG each and ``explanations.json``.
 
-    Returns (one record per explained image, the one-line reasons of the images that could not
-    be read). The records are also written to ``out_dir/explanations.json``.
+    ``inputs``: image files, folders (recursive), zips and list files of images
+    (:func:`resnets.data.collection.open_collection`). Returns (one record per explained image,
+    the one-line reasons of the images that could not be read). The records are also written to
+    ``out_dir/explanations.json``.
     """
     check_method(method)
     check_topk(topk)
     find_layer(predictor.plain, layer or default_layer(predictor.plain))
     resolve_target(target, predictor.class_names)
+    collection = open_collection(inputs)
     out = Path(out_dir)
     records, failures, used = [], [], set()
-    for path in expand_inputs(inputs):
+    for index in range(len(collection)):
+        name = collection.describe(index)
         try:
-            photo = decode_image(read_image_file(path), str(path))
-        except ResnetsError as error:
+            photo = collection[index][0]
+        except BadImageError as error:
             failures.append(str(error))
             continue
         explanation = explain_image(predictor, photo, method, target, layer, topk)
-        png = out / _unique_name(path, method, used)
+        png = out / _unique_name(Path(name), method, used)
         atomic_write_bytes(png, explanation.overlay_png)
-        records.append({"path": str(path), "png": str(png), "width": photo.size[0], "height": photo.size[1],
+        records.append({"path": name, "png": str(png), "width": photo.size[0], "height": photo.size[1],
                         **explanation.to_dict()})
     if records:
         atomic_write_text(out / "explanations.json", json.dumps(records, indent=1) + "\n")

@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import os
-import sys
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 
-from .data.images import BadImageWarning, decode_image, is_image_name, read_image_file
-from .data.imagetree import walk_files
+from .data.collection import open_collection
+from .data.dataset import ImageDataset
+from .data.images import BadImageError, SkippedImages, decode_image, read_image_file
 from .device import resolve_device
 from .errors import ResnetsError
 from .inference import check_backend, optimize_for_inference
 from .metrics import probabilities, top_classes
 from .multilabel import check_threshold, is_multi_label, labels_above, threshold_of
 from .preprocessing import Preprocessing
-from .terminal import printable
 from .factory import load_model
 
 
@@ -78,22 +76,14 @@ def load_for_inference(checkpoint: str | os.PathLike, device: str | torch.device
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files as given; directories replaced by the image files under them (sorted).
+    """The image files ``inputs`` name on disk: files as given, folders and list files expanded.
 
-    Directories are walked as image folders are (:func:`resnets.data.imagetree.walk_files`:
-    symbolic links to folders not followed, regular files only). A given path that exists but
-    is not a folder or a regular file (a FIFO would block the read, a device never end) is
-    skipped with a warning; a missing one is kept, for the reader to report.
+    The files of :func:`resnets.data.collection.open_collection` (folders walked without
+    following symbolic links to folders; FIFOs, devices and missing paths skipped with a
+    warning); the members of a zip are not files and are left out: read them with
+    ``open_collection``.
     """
-    paths: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            paths.extend(item / name for name in walk_files(item) if is_image_name(name))
-        elif item.exists() and not item.is_file():
-            warnings.warn(f"skipped {printable(str(item))}: not a regular file", BadImageWarning, stacklevel=2)
-        else:
-            paths.append(item)
-    return paths
+    return open_collection(inputs).files()
 
 
 def read_image(path: Path, preprocessing: Preprocessing) -> torch.Tensor:
@@ -101,29 +91,47 @@ def read_image(path: Path, preprocessing: Preprocessing) -> torch.Tensor:
     return preprocessing.to_uint8(decode_image(read_image_file(path), str(path)))
 
 
+def read_items(dataset: ImageDataset, indices: Iterable[int], preprocessing: Preprocessing,
+               on_error: Callable[[str, str], None] | None = None) -> list[tuple[str, torch.Tensor]]:
+    """(name, uint8 model input) of the readable items of ``dataset`` at ``indices``.
+
+    Unreadable ones are skipped with one warning each (:class:`~resnets.data.images.SkippedImages`),
+    or passed to ``on_error(name, message)`` when given.
+    """
+    skipped, loaded = SkippedImages(), []
+    for index in indices:
+        name = dataset.describe(index)
+        try:
+            loaded.append((name, preprocessing.to_uint8(dataset[index][0])))
+        except BadImageError as error:
+            if on_error is None:
+                skipped.add(name)
+            else:
+                on_error(name, str(error))
+    return loaded
+
+
 @torch.inference_mode()
 def predict_files(predictor: InferenceModel, inputs: Iterable[str | os.PathLike], topk: int = 5,
-                  batch_size: int = 64, on_error=None, threshold: float | None = None) -> list[dict[str, Any]]:
+                  batch_size: int = 64, on_error: Callable[[str, str], None] | None = None,
+                  threshold: float | None = None) -> list[dict[str, Any]]:
     """Top-k (class, probability) for each readable image, like Keras' ``decode_predictions``.
 
-    A multi-label model gives instead every class whose sigmoid probability is at or above
-    ``threshold`` (default: the model's recorded one), most probable first (``"labels"``).
-
-    Unreadable files are passed to ``on_error(path, message)`` (default: one line on stderr)
-    and skipped.
+    ``inputs``: image files, folders (recursive), zips and list files of images
+    (:func:`resnets.data.collection.open_collection`). A multi-label model gives instead every
+    class whose sigmoid probability is at or above ``threshold`` (default: the model's recorded
+    one), most probable first (``"labels"``). Unreadable images are skipped with one warning each,
+    or passed to ``on_error(name, message)``. Images are read one batch at a time.
     """
-    on_error = on_error or (lambda path, message: print(f"resnets: skipped {message}", file=sys.stderr))
-    readable: list[tuple[Path, torch.Tensor]] = []
-    for path in expand_inputs(inputs):
-        try:
-            readable.append((path, read_image(path, predictor.preprocessing)))
-        except ResnetsError as error:
-            on_error(path, str(error))
     label_threshold = _multi_label_threshold(predictor, threshold)
+    collection = open_collection(inputs)
     results = []
-    for start in range(0, len(readable), batch_size):
-        chunk = readable[start:start + batch_size]
-        paths = [str(path) for path, _ in chunk]
+    for start in range(0, len(collection), batch_size):
+        chunk = read_items(collection, range(start, min(start + batch_size, len(collection))),
+                           predictor.preprocessing, on_error)
+        if not chunk:
+            continue
+        paths = [name for name, _ in chunk]
         batch = predictor.normalise(torch.stack([image for _, image in chunk]))
         probs = probabilities(predictor.model(batch), multi_label=label_threshold is not None)
         if label_threshold is not None:

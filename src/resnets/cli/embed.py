@@ -11,13 +11,15 @@ from . import add_model_argument
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("embed", help="embed a data set's images (pooled pre-logit features) into an index",
                               description="Pooled pre-logit features of every image, L2-normalised, with file "
-                              "paths and labels, written to FILE: Parquet (.parquet) or NumPy (.npy + a .json "
-                              "sidecar). The file records the model, so `resnets search` embeds queries the same "
-                              "way. Needs pip install 'resnets[search]'.")
+                              "paths and labels (none for images without classes), written to FILE: Parquet "
+                              "(.parquet) or NumPy (.npy + a .json sidecar). The file records the model, so "
+                              "`resnets search` embeds queries the same way. Needs pip install 'resnets[search]'.")
     add_model_argument(p, "model")
-    p.add_argument("data", help="image folder, zip, CIFAR pickle folder or LMDB (every split)")
+    p.add_argument("data", help="data set (class folders, zip, CIFAR pickles, LMDB...; every split), or images "
+                   "without classes: a folder (recursive), a zip, or a list file (.txt/.lst: one image path per line)")
     p.add_argument("--out", required=True, metavar="FILE", help="index file: .parquet or .npy")
-    p.add_argument("--map", metavar="PNG", help="also draw a 2-D t-SNE map of the embeddings, coloured by class")
+    p.add_argument("--map", metavar="PNG", help="also draw a 2-D t-SNE map of the embeddings, coloured by class "
+                   "(images without classes: by folder)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2, help="decoding threads")
     p.add_argument("--device", default="cpu")
@@ -29,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "its nearest indexed images by cosine similarity; --out writes a PNG strip per "
                               "query.")
     s.add_argument("index", help="index file made by `resnets embed`")
-    s.add_argument("queries", nargs="+", metavar="IMAGE_OR_DIR")
+    s.add_argument("queries", nargs="+", metavar="INPUT",
+                   help="image file, folder (recursive), zip, or list file of images")
     s.add_argument("--topk", type=int, default=5)
     s.add_argument("--out", metavar="DIR", help="folder for one PNG strip per query")
     s.add_argument("--device", default="cpu")
@@ -43,12 +46,13 @@ def run_embed(args: argparse.Namespace) -> int:
     index = embed_dataset(args.model, args.data, args.out, batch_size=args.batch_size, device=args.device,
                           workers=args.workers, map_png=args.map)
     summary = {"out": args.out, "count": len(index), "dim": int(index.vectors.shape[1]),
-               "classes": len(set(index.labels)), "model": index.meta["model"], "map": args.map,
+               "classes": len(index.meta["classes"]), "model": index.meta["model"], "map": args.map,
                "seconds": index.meta["seconds"]}
     if args.json:
         print(json.dumps(summary))
         return 0
-    print(f"{summary['count']} images, {summary['dim']}-d embeddings ({summary['classes']} classes) -> {args.out} "
+    classes = f"{summary['classes']} classes" if index.meta["labelled"] else "no classes"
+    print(f"{summary['count']} images, {summary['dim']}-d embeddings ({classes}) -> {args.out} "
           f"in {summary['seconds']:.1f} s")
     if args.map:
         print(f"t-SNE map: {args.map}", file=sys.stderr)
@@ -67,5 +71,6 @@ def run_search(args: argparse.Namespace) -> int:
         strip = f"  (strip: {printable(result['png'])})" if "png" in result else ""
         print(f"{printable(result['query'])}:{strip}")
         for hit in result["hits"]:
-            print(f"  {hit['rank']:>2}. {hit['score']:.3f}  {printable(hit['label']):<16}  {printable(hit['path'])}")
+            label = f"{printable(hit['label']):<16}  " if hit["label"] else ""
+            print(f"  {hit['rank']:>2}. {hit['score']:.3f}  {label}{printable(hit['path'])}")
     return 0

@@ -11,10 +11,12 @@ from . import add_model_argument
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("predict", help="classify image files with a trained model",
-                              description="Top-k class names and probabilities per image. Unreadable files "
-                              "are reported on stderr and skipped.")
+                              description="Top-k class names and probabilities per image. Inputs are image "
+                              "files, folders of images (recursive), zips of images and list files (.txt/.lst: one "
+                              "image path per line). Unreadable files are named in a warning on stderr and skipped.")
     add_model_argument(p, "checkpoint")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image file, folder (recursive), zip, or list file of images")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--threshold", type=float, metavar="P",
                    help="multi-label models: print every label with probability >= P (default: the model's, 0.5)")
