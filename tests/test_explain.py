@@ -187,3 +187,95 @@ def test_missing_grad_cam_names_the_extra(patch_model, tmp_path, run_cli, monkey
     Image.new("RGB", (32, 32)).save(good)
     status, _, stderr = run_cli("explain", patch_model, good, "--out", tmp_path / "out")
     assert status == 2 and "pip install 'resnets[explain]'" in stderr and stderr.count("\n") == 1
+
+
+# -- multi-label models: the map of one class's sigmoid --------------------------------------------
+def multi_label_images(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dim noise with 1-3 squares of different colours in different quadrants; multi-hot targets."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 90, (count, 3, SIZE, SIZE), generator=generator, dtype=torch.uint8)
+    targets = torch.zeros(count, len(CLASSES))
+    for i in range(count):
+        present = torch.randperm(len(CLASSES), generator=generator)[:int(torch.randint(1, 4, (1,),
+                                                                                     generator=generator))]
+        quadrants = torch.randperm(4, generator=generator)
+        for label, quadrant in zip(present.tolist(), quadrants.tolist()):
+            paint(images[i], label, quadrant, generator)
+            targets[i, label] = 1
+    return images, targets
+
+
+@pytest.fixture(scope="module")
+def multi_label_model(tmp_path_factory) -> Path:
+    """A tiny ResNet trained with one sigmoid per colour (BCE) to say which squares an image holds."""
+    from resnets.multilabel import mark_multi_label
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=3, layers=(1, 1, 1), widths=(8, 16, 16), stem_width=8)
+    model.preprocessing = Preprocessing.for_input_size(SIZE)
+    images, targets = multi_label_images(768, seed=1)
+    x = model.preprocessing.normalize(images)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    model.train()
+    for step in range(100):
+        batch = torch.randint(0, len(x), (32,), generator=torch.Generator().manual_seed(step))
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x[batch]), targets[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    test_images, test_targets = multi_label_images(64, seed=2)
+    with torch.no_grad():
+        correct = (model(model.preprocessing.normalize(test_images)) > 0).float() == test_targets
+    torch.set_num_threads(threads)
+    assert correct.float().mean() >= 0.95, f"the model did not learn its task ({correct.float().mean():.2f})"
+    path = tmp_path_factory.mktemp("explain") / "multi.safetensors"
+    save_weights(path, mark_multi_label(model), class_names=list(CLASSES))
+    return path
+
+
+def test_multi_label_explain_maps_the_named_class(multi_label_model, tmp_path, run_cli, one_thread):
+    """Red top left, blue bottom right: both present (sigmoids, not a softmax over the two), and
+    `--class` moves the map onto its own square; an unknown class is one line."""
+    generator = torch.Generator().manual_seed(4)
+    image = torch.randint(0, 90, (3, SIZE, SIZE), generator=generator, dtype=torch.uint8)
+    paint(image, CLASSES.index("red"), 0, generator)
+    paint(image, CLASSES.index("blue"), 3, generator)
+    photo = tmp_path / "two.png"
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(photo)
+    records = {}
+    for name in ("red", "blue"):
+        status, stdout, stderr = run_cli("explain", multi_label_model, photo, "--class", name, "--json",
+                                         "--out", tmp_path / name, "--topk", "3")
+        assert status == 0, stderr
+        records[name] = json.loads(stdout)["images"][0]
+        assert records[name]["target_class"] == name
+    red, blue = records["red"], records["blue"]
+    probability = {row["class"]: row["probability"] for row in red["top"]}
+    assert probability["red"] > 0.5 and probability["blue"] > 0.5 and probability["green"] < 0.5
+    assert sum(probability.values()) > 1  # independent sigmoids
+    assert quadrant_of(red["peak"]["x"], red["peak"]["y"], SIZE, SIZE) == 0
+    assert quadrant_of(blue["peak"]["x"], blue["peak"]["y"], SIZE, SIZE) == 3
+    status, _, stderr = run_cli("explain", multi_label_model, photo, "--class", "purple", "--out", tmp_path / "x")
+    assert status == 2 and stderr.count("\n") == 1 and "Traceback" not in stderr
+    assert stderr.startswith("resnets: error: unknown target class 'purple'")
+    predictor = load_for_inference(multi_label_model)
+    maps = {name: explain_image(predictor, Image.open(photo), target=name).cam for name in ("red", "blue")}
+    assert np.abs(maps["red"] - maps["blue"]).mean() > 0.1
+    for method in ("scorecam", "gradcam++"):  # every method maps the named class's sigmoid
+        cam = explain_image(predictor, Image.open(photo), method=method, target="blue").cam
+        assert quadrant_of(*np.unravel_index(cam.argmax(), cam.shape)[::-1], SIZE, SIZE) == 3, method
+
+
+def test_sigmoid_target_keeps_a_confident_class_map():
+    """A class present with near certainty still has a gradient (sigmoid(z)(1 - sigmoid(z)) is 0 in float32)."""
+    from resnets.explain import SigmoidTarget
+
+    logits = torch.tensor([[30.0, -2.0]], requires_grad=True)
+    SigmoidTarget(0)(logits).sum().backward()
+    assert logits.grad[0, 0] > 0
+    plain = torch.tensor(30.0, requires_grad=True)
+    torch.sigmoid(plain).backward()
+    assert plain.grad == 0  # what a bare sigmoid target would give: no map at all

@@ -10,6 +10,10 @@ never on the inference-optimised copy) and draws the result over the whole photo
 
 A model's default layer is the last block of its last stage (``model.default_target_layer()``,
 e.g. ``layer4.1``); any module name of ``model.named_modules()`` can be given instead.
+
+The map is of one class's score: its logit for a single-label model (a softmax would mix in
+every other class), its sigmoid for a multi-label model (:func:`resnets.multilabel.is_multi_label`),
+where classes are independent and the probabilities shown are sigmoids too.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from .data.images import BadImageError, to_rgb
 from .errors import ResnetsError
 from .fileio import atomic_write_bytes, atomic_write_text
 from .metrics import probabilities, top_classes
+from .multilabel import is_multi_label
 
 METHODS: dict[str, str] = {  # our name -> the grad-cam class
     "gradcam": "GradCAM",
@@ -118,6 +123,23 @@ def resolve_target(target: int | str | None, class_names: Sequence[str]) -> int 
     raise ResnetsError(f"unknown target class {target!r}{hint}")
 
 
+class SigmoidTarget:
+    """A multi-label class's score for grad-cam: its sigmoid probability, taken as ``log sigmoid``.
+
+    The log orders images and masks as the probability does and is the same map up to a
+    positive factor for the gradient methods, but its gradient ``sigmoid(-z)`` stays non-zero
+    for a confidently present class, where ``sigmoid(z)(1 - sigmoid(z))`` rounds to zero in
+    float32 and the map would vanish; ScoreCAM's softmax over masks then weighs each mask by the
+    class's probability.
+    """
+
+    def __init__(self, category: int):
+        self.category = int(category)
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.logsigmoid(model_output[..., self.category].double())
+
+
 def cam_class(method: str) -> type:
     try:
         import pytorch_grad_cam
@@ -133,10 +155,13 @@ def class_activation_maps(model: nn.Module, inputs: torch.Tensor, targets: Seque
     """Maps (B, H, W) float32 in [0, 1] at the input's size for normalised ``inputs`` (B, 3, H, W).
 
     ``model`` is a plain eval-mode network (gradients flow through it); its parameters are
-    left as they were (no ``.grad`` is allocated: only the input asks for gradients).
+    left as they were (no ``.grad`` is allocated: only the input asks for gradients). Each map
+    is of its target class's logit, or of its sigmoid for a multi-label model (:class:`SigmoidTarget`).
     """
     maker = cam_class(method)
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    target_of = SigmoidTarget if is_multi_label(model) else ClassifierOutputTarget
 
     module = find_layer(model, layer or default_layer(model))
     was_training = model.training
@@ -149,7 +174,7 @@ def class_activation_maps(model: nn.Module, inputs: torch.Tensor, targets: Seque
             maps = None
             with maker(model=model, target_layers=[module]) as cam:
                 cam.batch_size = 64  # ScoreCAM's masked copies per forward pass
-                maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
+                maps = cam(input_tensor=x, targets=[target_of(int(t)) for t in targets])
         finally:
             for p, flag in zip(model.parameters(), flags):
                 p.requires_grad_(flag)
@@ -171,7 +196,8 @@ def explain_image(predictor: Any, image: Any, method: str = "gradcam", target: i
 
     ``target``: the class to map (index or name); default the top prediction. ``layer``: a
     module name of the model (default ``model.default_target_layer()``). The top-k come from
-    the predictor's inference model, the map from its plain model (``predictor.plain``).
+    the predictor's inference model (sigmoid probabilities for a multi-label model), the map
+    from its plain model (``predictor.plain``).
     """
     check_method(method)
     check_topk(topk)
@@ -181,7 +207,7 @@ def explain_image(predictor: Any, image: Any, method: str = "gradcam", target: i
     photo = to_rgb(image)
     batch = predictor.normalise(predictor.preprocessing.to_uint8(photo)[None])
     with torch.inference_mode():
-        probs = probabilities(predictor.model(batch))
+        probs = probabilities(predictor.model(batch), multi_label=is_multi_label(plain))
     top = [{**row, "probability": round(row["probability"], 6)}
            for row in top_classes(probs, predictor.class_names, topk)[0]]
     chosen = resolve_target(target, predictor.class_names)

@@ -19,9 +19,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "peaks in DIR/explanations.json. Maps come from the grad-cam package "
                               "(pip install 'resnets[explain]').")
     add_model_argument(p, "model")
-    p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("images", nargs="+", metavar="INPUT",
+                   help="image file, folder of images (recursive), zip of images, or list file (.txt/.lst: one "
+                   "image path per line)")
     p.add_argument("--method", default="gradcam", help=f"one of {', '.join(METHODS)} (default gradcam)")
-    p.add_argument("--target", help="class to map, by name or index (default: each image's top prediction)")
+    p.add_argument("--class", "--target", dest="target", metavar="CLASS",
+                   help="class to map, by name or index (default: each image's top prediction); a multi-label "
+                   "model's map is of that class's sigmoid")
     p.add_argument("--layer", help="module to take the map from (default: the last block of the last stage, "
                    "e.g. layer4.1)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs and explanations.json")
