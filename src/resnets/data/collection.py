@@ -36,7 +36,8 @@ from . import sources  # noqa: F401 - every format registered before FORMATS is 
 from .base import FORMATS
 from .dataset import ConcatDataset, EncodedImageDataset
 from .images import BadImageWarning, is_image_name, printable, read_image_file
-from .imagetree import FolderDataset, FolderSource, ZipDataset, ZipSource, is_zip, layout_tree, walk_files
+from .imagetree import (FolderDataset, FolderSource, ZipDataset, ZipSource, hidden, is_zip, layout_tree,
+                        unsafe_member, walk_files)
 
 LIST_SUFFIXES = (".txt", ".lst")
 NO_CLASS = ""  # the one "class" of a collection: its images carry no label
@@ -152,7 +153,7 @@ def _list_part(path: Path) -> FolderDataset:
 
 def _tree_images(root: Path) -> list[str]:
     """The image files under ``root`` (relative "/"-separated paths, sorted), hidden ones left out."""
-    return [name for name in walk_files(root) if is_image_name(name) and not _hidden(name)]
+    return [name for name in walk_files(root) if is_image_name(name) and not hidden(name)]
 
 
 def _zip_images(archive: Path) -> list[str]:
@@ -162,20 +163,10 @@ def _zip_images(archive: Path) -> list[str]:
             names = [info.filename for info in handle.infolist() if not info.is_dir()]
     except (zipfile.BadZipFile, OSError) as error:
         raise ResnetsError(f"cannot read zip archive {printable(str(archive))}: {error}") from None
-    for name in [name for name in names if _unsafe_member(name) and is_image_name(name)]:
+    for name in [name for name in names if unsafe_member(name) and is_image_name(name)]:
         warnings.warn(f"skipped {printable(f'{archive}:{name}')}: zip member with an absolute path or a '.', "
                       f"'..' or empty part", BadImageWarning, stacklevel=3)
-    return sorted(name for name in names if is_image_name(name) and not _hidden(name) and not _unsafe_member(name))
-
-
-# The class-tree reader's rules (data/imagetree.py), which it keeps private: the same tests here.
-def _unsafe_member(name: str) -> bool:
-    """A zip member name that is absolute, or has an empty, ``.`` or ``..`` part."""
-    return name.startswith("/") or any(part in ("", ".", "..") for part in name.split("/"))
-
-
-def _hidden(path: str) -> bool:
-    return "/." in f"/{path}" or "__MACOSX/" in path
+    return sorted(name for name in names if is_image_name(name) and not hidden(name) and not unsafe_member(name))
 
 
 __all__ = ["ImageCollection", "LIST_SUFFIXES", "NO_CLASS", "is_collection", "is_list_file", "open_collection"]

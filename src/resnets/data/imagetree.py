@@ -49,7 +49,7 @@ def layout_tree(paths: list[str], where: str) -> tuple[Layout, list[str]]:
 
     The paths in the layout are the given ones, unchanged (wrapper folders included).
     """
-    named = [(p, p.split("/")) for p in sorted(paths) if is_image_name(p) and not _hidden(p)]
+    named = [(p, p.split("/")) for p in sorted(paths) if is_image_name(p) and not hidden(p)]
     depth = _wrapper_depth([parts for _, parts in named])
     named = [(p, parts[depth:]) for p, parts in named]
     tops = {parts[0] for _, parts in named if len(parts) >= 3}
@@ -110,12 +110,13 @@ def _skip(path: Path | str, why: str) -> None:
     warnings.warn(f"skipped {printable(str(path))}: {why}", BadImageWarning, stacklevel=3)
 
 
-def _unsafe_member(name: str) -> bool:
+def unsafe_member(name: str) -> bool:
     """A zip member name that is absolute, or has an empty, ``.`` or ``..`` part."""
     return name.startswith("/") or any(part in ("", ".", "..") for part in name.split("/"))
 
 
-def _hidden(path: str) -> bool:
+def hidden(path: str) -> bool:
+    """A dot-file or dot-folder, or macOS's ``__MACOSX`` resource folder in a zip: never an image."""
     return "/." in f"/{path}" or "__MACOSX/" in path
 
 
@@ -229,9 +230,9 @@ class ZipSource:
         handle, lock = _open_zip(archive)
         with lock:
             names = [info.filename for info in handle.infolist() if not info.is_dir()]
-        for name in [n for n in names if _unsafe_member(n) and is_image_name(n)]:
+        for name in [n for n in names if unsafe_member(n) and is_image_name(n)]:
             _skip(f"{archive}:{name}", "zip member with an absolute path or a '.', '..' or empty part")
-        names = [name for name in names if not _unsafe_member(name)]
+        names = [name for name in names if not unsafe_member(name)]
         self.layout, self.classes = layout_tree(names, str(archive))
 
     @property
