@@ -78,9 +78,10 @@ def png_header(width: int, height: int) -> bytes:
 class RunningServer:
     """`resnets serve` in a child process, bound to 127.0.0.1 on a free port."""
 
-    def __init__(self, model: Path, *args: str) -> None:
+    def __init__(self, model: Path, *args: str, name: str | None = NAME) -> None:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        command = [sys.executable, "-m", "resnets", "serve", str(model), "--port", "0", "--name", NAME, *args]
+        named = ["--name", name] if name else []  # None: the model's architecture names it
+        command = [sys.executable, "-m", "resnets", "serve", str(model), "--port", "0", *named, *args]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         self.url = self._read_url()
         self.wait_ready()
@@ -210,6 +211,25 @@ def test_v2_fp32_tensor_input(server, assets, expected):
     assert labels["data"] == [t["class"] for p in images[:2] for t in expected[p.name][:3]]
 
 
+@pytest.mark.parametrize("content_type", [None, "application/x-www-form-urlencoded", "application/octet-stream",
+                                          "image/png", "text/plain"])
+def test_an_image_body_is_an_image_whatever_its_declared_type(server, assets, expected, content_type):
+    """As TorchServe: the bytes decide (curl --data-binary declares a form; a JPEG may be labelled PNG)."""
+    _, images = assets
+    path = images[1]  # a JPEG
+    headers = {"Content-Type": content_type} if content_type else {}
+    for url in (f"/predictions/{NAME}", f"/explain/{NAME}"):
+        request = httpx.Request("POST", f"{server.url}{url}", content=path.read_bytes(), headers=headers)
+        assert request.headers.get("content-type") == content_type  # sent as declared, nothing added
+        with httpx.Client(timeout=60) as client:
+            response = client.send(request)
+        assert response.status_code == 200, f"{url} {content_type}: {response.text}"
+        if url.startswith("/predictions"):
+            assert_same_top(list(response.json().items()), expected[path.name])
+        else:
+            assert response.headers["content-type"] == "image/png"
+
+
 def metric(text: str, name: str) -> float:
     match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
@@ -252,8 +272,13 @@ def bad_requests(images: list[Path]) -> list[tuple[str, dict, int, str]]:
         ("just over PIL's pixel limit (PIL only warns)", {"url": predictions, "content": png_header(10_000, 10_000)},
          413, "pixels"),
         ("empty body", {"url": predictions, "content": b""}, 400, "empty"),
-        ("wrong content type", {"url": predictions, "content": jpeg, "headers": {"Content-Type": "text/plain"}},
-         415, "content type"),
+        ("text declared as text", {"url": predictions, "content": b"a caption, not a photo",
+                                   "headers": {"Content-Type": "text/plain"}}, 415, "content type"),
+        ("form fields, not an image", {"url": predictions, "content": b"a=1&b=2",
+                                       "headers": {"Content-Type": "application/x-www-form-urlencoded"}},
+         415, "not an image"),
+        ("text declared as an image", {"url": predictions, "content": b"a caption, not a photo",
+                                       "headers": {"Content-Type": "image/jpeg"}}, 400, "not an image"),
         ("multipart without 'data'", {"url": predictions, "files": {"image": ("a.jpg", jpeg)}}, 400, "'data'"),
         ("unknown model", {"url": "/predictions/resnet9000", "content": jpeg}, 404, "unknown model"),
         ("unknown v2 model", {"url": "/v2/models/resnet9000/infer", "json": {"inputs": [tensor]}}, 404,

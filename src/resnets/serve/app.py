@@ -4,7 +4,9 @@ Endpoints (``{model}`` is the served model's name; any other name is a 404):
 
 - ``POST /predictions/{model}``: TorchServe's form. The body is the image's bytes (or a
   multipart form with the file in field ``data``); the answer is ``{class name: probability}``
-  for the top k, most probable first.
+  for the top k, most probable first. As in TorchServe, a raw
+  body is recognised by its bytes: an image is an image whatever the declared content type
+  (``curl --data-binary`` declares ``application/x-www-form-urlencoded``).
 - Open Inference Protocol (KServe v2): ``GET /v2``, ``GET /v2/health/live``,
   ``GET /v2/health/ready``, ``GET /v2/models/{model}`` (metadata), ``GET /v2/models/{model}/ready``,
   ``POST /v2/models/{model}/infer`` (see :mod:`resnets.serve.v2`).
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import io
 import logging
 import time
 from importlib import resources
@@ -29,6 +32,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ResnetsError, first_line
@@ -41,7 +45,9 @@ from .v2 import add_v2_routes
 log = logging.getLogger("resnets.serve")
 
 OPEN_PATHS = ("/", "/favicon.ico", "/v2/health/live", "/v2/health/ready")
-IMAGE_CONTENT_TYPES = ("", "application/octet-stream", "multipart/form-data")
+# Raw bodies declared as these are decoded as an image without a look at their bytes first; any
+# other declared type is taken when the bytes are an image (see read_image_body).
+RAW_IMAGE_TYPES = ("", "application/octet-stream")
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -148,13 +154,35 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 async def read_image_body(request: Request) -> bytes:
-    """The image of a TorchServe-style request: the raw body, or multipart field ``data``."""
+    """The image of a TorchServe-style request: multipart field ``data``, or the raw body.
+
+    A raw body is judged by its bytes, as TorchServe does: whatever its declared type (curl's
+    ``application/x-www-form-urlencoded``, ``application/octet-stream``, none, ``image/*``), bytes
+    that are an image are taken. Bytes that are not are a 400 where the type allows an image and a
+    415 where it names something else (``text/plain``, ``application/json``...).
+    """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type not in IMAGE_CONTENT_TYPES and not content_type.startswith("image/"):
-        raise ServeError(415, f"unsupported content type {content_type!r}: send the image's bytes "
-                              f"(image/*, application/octet-stream) or a multipart form with field 'data'")
-    if content_type != "multipart/form-data":
-        return await request.body()
+    if content_type == "multipart/form-data":
+        return await _form_image(request)
+    body = await request.body()
+    if not body or content_type in RAW_IMAGE_TYPES or content_type.startswith("image/") or is_image(body):
+        return body  # the decoder names what is wrong with an empty or broken image
+    raise ServeError(415, f"the body is not an image and its content type {content_type!r} is not one the server "
+                          f"takes: send the image's bytes or a multipart form with field 'data'")
+
+
+def is_image(data: bytes) -> bool:
+    """Whether ``data`` starts as an image file PIL knows (a header sniff; nothing is decoded)."""
+    try:
+        with Image.open(io.BytesIO(data)):
+            return True
+    except Image.UnidentifiedImageError:
+        return False
+    except Exception:  # noqa: BLE001 - a format recognised but refused (a bomb, a bad header) is an image
+        return True
+
+
+async def _form_image(request: Request) -> bytes:
     limit = request.app.state.server.config.max_body_bytes
     try:
         form = await request.form(max_files=4, max_fields=16, max_part_size=limit)

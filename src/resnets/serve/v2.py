@@ -32,7 +32,8 @@ from .server import Server, ServeError
 
 BINARY_HEADER = "inference-header-content-length"
 OUTPUTS = ("probabilities", "labels")
-JSON_TYPES = ("", "application/json", "application/octet-stream")
+# curl -d without -H declares application/x-www-form-urlencoded; the body is parsed as JSON either way
+JSON_TYPES = ("", "application/json", "application/octet-stream", "application/x-www-form-urlencoded")
 
 
 def model_metadata(server: Server) -> dict[str, Any]:
