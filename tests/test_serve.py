@@ -230,6 +230,89 @@ def test_an_image_body_is_an_image_whatever_its_declared_type(server, assets, ex
             assert response.headers["content-type"] == "image/png"
 
 
+# -- multi-label --------------------------------------------------------------------------------
+def _sigmoid_probs(model, images: list[Path]):
+    """The model's own sigmoid probabilities on the images, through its preprocessing record."""
+    import torch
+
+    from resnets.data.images import decode_image
+
+    batch = torch.stack([model.preprocessing.transform()(decode_image(p.read_bytes(), p.name)) for p in images])
+    with torch.no_grad():
+        return model.eval()(batch).sigmoid().numpy()
+
+
+def _uneven_threshold(probs: np.ndarray) -> float:
+    """A threshold far from every probability that gives the images different numbers of labels."""
+    values = np.unique(probs)
+    middles = (values[1:] + values[:-1]) / 2
+    uneven = [(gap, t) for gap, t in zip(np.diff(values) / 2, middles)
+              if len({int((row >= t).sum()) for row in probs}) > 1 and 0 < t < 1]
+    gap, threshold = max(uneven)
+    assert gap > 1e-4, "no threshold clear of the probabilities"
+    return float(threshold)
+
+
+@pytest.fixture(scope="module")
+def multi_label(tmp_path_factory, assets):
+    """A multi-label model saved with a recorded threshold, and per image its labels at or above it
+    (class, probability; most probable first), computed from the reloaded model's own logits."""
+    import torch
+
+    from resnets.factory import create_model, load_model
+    from resnets.multilabel import mark_multi_label
+    from resnets.weights.format import save_weights
+
+    _, images = assets
+    torch.manual_seed(3)
+    model = randomize_batchnorm(create_model("resnet20", num_classes=len(CLASSES)), seed=4)
+    threshold = _uneven_threshold(_sigmoid_probs(model, images))
+    path = save_weights(tmp_path_factory.mktemp("multi") / "multi.safetensors",
+                        mark_multi_label(model, threshold), class_names=CLASSES)
+    probs = _sigmoid_probs(load_model(path), images)
+    labels = {p.name: sorted(((CLASSES[c], float(q)) for c, q in enumerate(row) if q >= threshold),
+                             key=lambda pair: -pair[1]) for p, row in zip(images, probs)}
+    return path, threshold, probs, labels
+
+
+def test_multi_label_model_answers_its_labels_at_or_above_its_threshold(multi_label, assets):
+    from fastapi.testclient import TestClient
+
+    from resnets.predict import load_for_inference
+    from resnets.serve import ServeConfig, create_app
+
+    path, threshold, probs, labels = multi_label
+    _, images = assets
+    assert len({len(v) for v in labels.values()}) > 1  # not a fixed k: the images carry different numbers
+    app = create_app(load_for_inference(path, backend="eager"), ServeConfig(name=NAME, topk=2))
+    with TestClient(app) as client:
+        card = client.get("/card").json()
+        assert card["multi_label"] is True and card["threshold"] == pytest.approx(threshold)
+        for image in images:  # TorchServe style: {label: probability}, topk does not apply
+            for url in (f"/predictions/{NAME}", f"/predictions/{NAME}?topk=1"):
+                answer = client.post(url, content=image.read_bytes())
+                assert answer.status_code == 200, answer.text
+                assert [n for n, _ in labels[image.name]] == list(answer.json())
+                np.testing.assert_allclose(list(answer.json().values()), [q for _, q in labels[image.name]],
+                                           atol=1e-4)
+        assert client.get(f"/v2/models/{NAME}").json()["outputs"][1] == {"name": "labels", "datatype": "BYTES",
+                                                                         "shape": [-1, -1]}
+        payload = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [len(images)],
+                               "data": [base64.b64encode(p.read_bytes()).decode() for p in images]}]}
+        response = client.post(f"/v2/models/{NAME}/infer", json=payload)
+    assert response.status_code == 200, response.text
+    outputs = {o["name"]: o for o in response.json()["outputs"]}
+    got = np.asarray(outputs["probabilities"]["data"]).reshape(outputs["probabilities"]["shape"])
+    np.testing.assert_allclose(got, probs, atol=1e-4)  # independent sigmoids, not a softmax
+    width = max(len(v) for v in labels.values())
+    assert outputs["labels"]["shape"] == [len(images), width]
+    assert outputs["labels"]["parameters"]["threshold"] == pytest.approx(threshold)
+    rows = np.asarray(outputs["labels"]["data"]).reshape(len(images), width).tolist()
+    for image, row in zip(images, rows):
+        assert [n for n in row if n] == [n for n, _ in labels[image.name]]
+        assert row[len(labels[image.name]):] == [""] * (width - len(labels[image.name]))
+
+
 def metric(text: str, name: str) -> float:
     match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0

@@ -21,7 +21,7 @@ httpx = pytest.importorskip("httpx")
 from PIL import Image  # noqa: E402
 
 from _data_helpers import SHARED_DATA  # noqa: E402
-from test_serve import NAME, RunningServer, save_tiny_model, write_images  # noqa: E402
+from test_serve import CLASSES, NAME, RunningServer, save_tiny_model, write_images  # noqa: E402
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 DRIVERS = ("chromedriver", "chromium-driver")
@@ -96,6 +96,39 @@ def test_page_classifies_an_uploaded_photo(browser, tmp_path):
         if os.environ.get("RESNETS_UPDATE_SCREENSHOT") == "1":
             README_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(shot, README_SCREENSHOT)
+    finally:
+        server.stop()
+
+
+def test_page_shows_a_multi_label_models_labels_at_or_above_its_threshold(browser, tmp_path):
+    """Every label the API answers (not a fixed top k), under a heading naming the threshold."""
+    import torch
+
+    from resnets.factory import create_model
+    from resnets.multilabel import mark_multi_label
+    from resnets.weights.format import save_weights
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    torch.manual_seed(5)
+    model = mark_multi_label(create_model("resnet20", num_classes=len(CLASSES)), threshold=0.45)
+    path = save_weights(tmp_path / "multi.safetensors", model, class_names=CLASSES)
+    photo = a_photo(tmp_path)
+    server = RunningServer(path, "--backend", "eager")
+    try:
+        api = list(httpx.post(f"{server.url}/predictions/{NAME}", content=photo.read_bytes(), timeout=30).json())
+        browser.get(server.url + "/")
+        WebDriverWait(browser, 20).until(lambda d: "45.0%" in d.find_element(By.ID, "bars-title").text)
+        upload = browser.find_element(By.ID, "file")
+        browser.execute_script("arguments[0].hidden = false;", upload)
+        upload.send_keys(str(photo))
+        WebDriverWait(browser, 30).until(lambda d: "Classifying" not in d.find_element(By.ID, "bars").text)
+        shown = [bar.find_element(By.CLASS_NAME, "name").text
+                 for bar in browser.find_elements(By.CSS_SELECTOR, "#bars .bar")]
+        assert shown == api
+        if not api:
+            assert "No label at or above 45.0%" in browser.find_element(By.ID, "bars").text
+        assert not browser.find_element(By.ID, "error").text
     finally:
         server.stop()
 

@@ -4,7 +4,8 @@ Endpoints (``{model}`` is the served model's name; any other name is a 404):
 
 - ``POST /predictions/{model}``: TorchServe's form. The body is the image's bytes (or a
   multipart form with the file in field ``data``); the answer is ``{class name: probability}``
-  for the top k, most probable first. As in TorchServe, a raw
+  for the top k, most probable first; for a multi-label model, every class whose probability is
+  at or above the model's recorded threshold (``topk`` does not apply). As in TorchServe, a raw
   body is recognised by its bytes: an image is an image whatever the declared content type
   (``curl --data-binary`` declares ``application/x-www-form-urlencoded``).
 - Open Inference Protocol (KServe v2): ``GET /v2``, ``GET /v2/health/live``,
@@ -217,7 +218,7 @@ def _add_routes(app: FastAPI, server: Server) -> None:
         server.check_model(model)
         k = _checked_topk(topk, server.config.topk)
         probs = await server.classify([(await read_image_body(request), "request body")])
-        return JSONResponse(dict(server.top(probs, k)[0]))
+        return JSONResponse(dict(server.labels(probs, k)[0]))
 
     @app.post("/explain/{model}")
     async def explain(model: str, request: Request, method: str = "gradcam", target: str | None = None,

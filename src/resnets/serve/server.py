@@ -17,7 +17,7 @@ from PIL import Image
 from ..data.images import decode_image
 from ..errors import ResnetsError, first_line
 from ..metrics import top_classes
-from ..multilabel import is_multi_label
+from ..multilabel import is_multi_label, labels_above, threshold_of
 from ..predict import InferenceModel
 from ..summarize import summary
 from .batcher import DynamicBatcher
@@ -96,9 +96,11 @@ class Server:
         self.config = config
         self.metrics = ServeMetrics()
         self.pool = ThreadPoolExecutor(max(1, config.workers), thread_name_prefix="resnets-decode")
+        # a multi-label model answers every label at or above its recorded threshold (resnets.multilabel)
+        self.threshold = threshold_of(predictor.plain) if is_multi_label(predictor.plain) else None
         self.batcher = DynamicBatcher(predictor.model, config.max_batch, config.max_wait_ms,
                                       on_batch=self.metrics.batch_size.observe,
-                                      multi_label=is_multi_label(predictor.plain))
+                                      multi_label=self.threshold is not None)
         self.explain_lock = threading.Lock()  # Grad-CAM hooks the one plain model: one at a time
         self.card = model_card(predictor, config)
         self.ready = False
@@ -129,10 +131,13 @@ class Server:
     async def infer(self, batch: torch.Tensor) -> torch.Tensor:
         return await asyncio.wrap_future(self.batcher.submit(batch))
 
-    def top(self, probs: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
-        """Per image, its ``k`` most probable (class name, probability), most probable first."""
-        return [[(row["class"], row["probability"]) for row in top]
-                for top in top_classes(probs, self.predictor.class_names, k)]
+    def labels(self, probs: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
+        """Per image, its answer as (class name, probability), most probable first: the ``k`` most
+        probable classes, or for a multi-label model every class at or above its threshold."""
+        names = self.predictor.class_names
+        rows = (top_classes(probs, names, k) if self.threshold is None
+                else labels_above(probs, names, self.threshold))
+        return [[(row["class"], row["probability"]) for row in answer] for answer in rows]
 
 
 def model_card(predictor: InferenceModel, config: ServeConfig) -> dict[str, Any]:
@@ -145,4 +150,5 @@ def model_card(predictor: InferenceModel, config: ServeConfig) -> dict[str, Any]
             "preprocessing": predictor.preprocessing.describe(),
             "preprocessing_record": predictor.preprocessing.to_dict(), "backend": predictor.backend,
             "device": str(predictor.device), "topk": config.topk, "max_batch": config.max_batch,
-            "max_body_mb": config.max_body_mb}
+            "max_body_mb": config.max_body_mb, "multi_label": is_multi_label(plain),
+            "threshold": threshold_of(plain) if is_multi_label(plain) else None}

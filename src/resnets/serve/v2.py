@@ -11,7 +11,10 @@ The model declares two inputs; an inference request sends exactly one of them:
 
 Outputs (all unless the request lists some): ``probabilities`` ``FP32 [N, classes]`` and
 ``labels`` ``BYTES [N, k]``, the top-k class names, most probable first (``k`` from the
-request's ``parameters.topk``, else the server's ``--topk``).
+request's ``parameters.topk``, else the server's ``--topk``). A multi-label model's
+probabilities are independent sigmoids, and its ``labels`` are, per image, every class at or
+above the model's recorded threshold (the output's ``parameters.threshold``), most probable
+first: ``[N, L]`` with ``L`` the most any image has, shorter rows padded with ``""``.
 """
 
 from __future__ import annotations
@@ -38,11 +41,12 @@ JSON_TYPES = ("", "application/json", "application/octet-stream", "application/x
 
 def model_metadata(server: Server) -> dict[str, Any]:
     size, classes = server.predictor.img_size, len(server.predictor.class_names)
+    labels = -1 if server.threshold is not None else min(server.config.topk, classes)  # multi-label: varies
     return {"name": server.config.name, "versions": ["1"], "platform": f"pytorch_{server.predictor.backend}",
             "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]},
                        {"name": "input", "datatype": "FP32", "shape": [-1, 3, size, size]}],
             "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]},
-                        {"name": "labels", "datatype": "BYTES", "shape": [-1, min(server.config.topk, classes)]}]}
+                        {"name": "labels", "datatype": "BYTES", "shape": [-1, labels]}]}
 
 
 def add_v2_routes(app: FastAPI, server: Server) -> None:
@@ -214,13 +218,22 @@ def response(server: Server, header: dict, probs: torch.Tensor) -> dict[str, Any
         outputs.append({"name": "probabilities", "datatype": "FP32", "shape": list(probs.shape),
                         "data": probs.reshape(-1).tolist()})
     if "labels" in wanted:
-        top = server.top(probs, k)
-        outputs.append({"name": "labels", "datatype": "BYTES", "shape": [len(top), len(top[0])],
-                        "data": [name for row in top for name, _ in row]})
+        outputs.append(labels_output(server, probs, k))
     answer: dict[str, Any] = {"model_name": server.config.name, "model_version": "1", "outputs": outputs}
     if isinstance(header.get("id"), str):
         answer["id"] = header["id"]
     return answer
+
+
+def labels_output(server: Server, probs: torch.Tensor, k: int) -> dict[str, Any]:
+    """The ``labels`` output: per image its top k, or a multi-label model's labels padded with ``""``."""
+    rows = [[name for name, _ in row] for row in server.labels(probs, k)]
+    width = max(map(len, rows), default=0)
+    output: dict[str, Any] = {"name": "labels", "datatype": "BYTES", "shape": [len(rows), width],
+                              "data": [name for row in rows for name in row + [""] * (width - len(row))]}
+    if server.threshold is not None:
+        output["parameters"] = {"threshold": server.threshold}
+    return output
 
 
 def _requested_outputs(header: dict) -> tuple[str, ...]:
