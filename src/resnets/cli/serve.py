@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import socket
 import warnings
@@ -27,10 +26,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "openvino")
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-batch", type=int, default=32, help="most images per forward pass")
-    p.add_argument("--max-wait-ms", type=float, default=5.0,
-                   help="longest a request waits for others to share its batch")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                   help="threads decoding images in parallel")
+    p.add_argument("--max-wait-ms", type=float, default=0.0,
+                   help="longest a request waits for others to share its batch (default 0: no timer; a "
+                   "request finding the model idle runs at once, those arriving during a batch form the next)")
+    p.add_argument("--workers", type=int, help="threads decoding images in parallel (default: the cores this "
+                   "process may use)")
+    p.add_argument("--threads", type=int, help="torch threads running the model (default: the cores this "
+                   "process may use)")
     p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (not on / and /v2/health/*)")
     p.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body accepted")
     p.add_argument("--topk", type=int, default=5, help="classes in each answer")
@@ -42,8 +44,9 @@ def check_args(args: argparse.Namespace) -> None:
     """Every argument checked before the model is loaded (one line each, exit 2)."""
     if not 0 <= args.port <= 65535:
         raise ResnetsError(f"--port must be in 0..65535, got {args.port}")
-    for flag, value in (("--max-batch", args.max_batch), ("--workers", args.workers), ("--topk", args.topk)):
-        if value < 1:
+    for flag, value in (("--max-batch", args.max_batch), ("--workers", args.workers), ("--threads", args.threads),
+                        ("--topk", args.topk)):
+        if value is not None and value < 1:
             raise ResnetsError(f"{flag} must be >= 1, got {value}")
     if not 0 <= args.max_wait_ms <= 10_000:
         raise ResnetsError(f"--max-wait-ms must be in 0..10000, got {args.max_wait_ms}")
@@ -78,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
 
         from ..serve import ServeConfig, create_app
+        from ..serve.server import process_cores
     except ImportError as error:
         raise ResnetsError(f"serve needs the 'serve' extra ({error.name} is missing): "
                            f"pip install 'resnets[serve]'") from None
@@ -88,8 +92,10 @@ def run(args: argparse.Namespace) -> int:
     sock = bind(args.host, args.port)
     predictor = load_for_inference(args.model, args.device, backend=args.backend)
     name = args.name or getattr(predictor.plain, "model_name", None) or "model"
-    config = ServeConfig(name=name, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, workers=args.workers,
-                         token=args.token, max_body_mb=args.max_body_mb, topk=args.topk)
+    cores = process_cores()
+    config = ServeConfig(name=name, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                         workers=args.workers or cores, threads=args.threads or cores, token=args.token,
+                         max_body_mb=args.max_body_mb, topk=args.topk)
     # The whole process is the server: an image between one and two times PIL's pixel limit is
     # refused, not decoded with a warning.
     warnings.filterwarnings("error", category=Image.DecompressionBombWarning)

@@ -1,12 +1,17 @@
 """Dynamic batching: requests that arrive close together run through the model as one batch.
 
 Request handlers decode their images in a thread pool (in parallel) and hand the normalised
-float batch to :meth:`DynamicBatcher.submit`. One worker thread owns the model: it takes the
-first waiting request, then keeps collecting until ``max_batch`` images are queued or
-``max_wait_ms`` has passed since that first request, runs them as one forward pass and hands
-each request its rows of probabilities. A single thread owning the model keeps backends that
-are not thread-safe safe and lets the backend use every core for one large batch, which is
-where the throughput of a CPU server comes from.
+float batch to :meth:`DynamicBatcher.submit`. One worker thread owns the model. When it is idle,
+the first request runs at once (no timer): batching costs a lone request nothing. While a batch
+runs, new requests queue; when it ends, the worker takes everything queued (up to ``max_batch``
+images) as the next batch. Under load batches grow by themselves to what arrives during one
+forward pass, the throughput a timer would buy, without the timer's wait when the server is quiet.
+``max_wait_ms`` > 0 adds the timer back: the first request of a batch then waits up to that long
+for others to share it.
+
+A single thread owning the model keeps backends that are not thread-safe safe and lets the
+backend use every core for one large batch, which is where the throughput of a CPU server
+comes from.
 """
 
 from __future__ import annotations
@@ -35,13 +40,15 @@ class DynamicBatcher:
     """Runs ``model`` on batches gathered from concurrent :meth:`submit` calls.
 
     ``on_batch(size)`` is called with the number of images of each forward pass (metrics).
-    A request carrying more than ``max_batch`` images runs as a batch of its own.
+    A request carrying more than ``max_batch`` images runs as a batch of its own. ``threads``:
+    torch's intra-op threads for the forward passes (None: leave torch's setting).
     """
 
     def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], max_batch: int = 32,
-                 max_wait_ms: float = 5.0, on_batch: Callable[[int], None] | None = None,
-                 multi_label: bool = False) -> None:
+                 max_wait_ms: float = 0.0, on_batch: Callable[[int], None] | None = None,
+                 multi_label: bool = False, threads: int | None = None) -> None:
         self.model = model
+        self.threads = threads
         self.multi_label = multi_label  # independent sigmoids instead of a softmax (resnets.multilabel)
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
@@ -67,6 +74,8 @@ class DynamicBatcher:
 
     # -- worker ----------------------------------------------------------------------------
     def _run(self) -> None:
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
         while True:
             items, stop = self._gather()
             if items:
@@ -75,7 +84,8 @@ class DynamicBatcher:
                 return
 
     def _gather(self) -> tuple[list[_Item], bool]:
-        """The next batch's items (at least one unless stopping), and whether to stop after it."""
+        """The next batch's items (at least one unless stopping), and whether to stop after it:
+        what is queued now, and with a timer what arrives until it runs out."""
         first = self._carry if self._carry is not None else self._queue.get()
         self._carry = None
         if first is _STOP:

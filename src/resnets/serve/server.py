@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,14 +25,28 @@ from .batcher import DynamicBatcher
 from .metrics import ServeMetrics
 
 
+def process_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity masks on this platform (macOS, Windows)
+        return os.cpu_count() or 1
+
+
 @dataclass(frozen=True)
 class ServeConfig:
-    """What ``resnets serve`` was asked for (see its --help)."""
+    """What ``resnets serve`` was asked for (see its --help).
+
+    ``max_wait_ms`` 0: no timer; a request finding the model idle runs at once, and the requests
+    that arrive while a batch runs form the next one. ``workers``: threads decoding images (default
+    the cores this process has); ``threads``: torch's threads for the model (None: as torch chose).
+    """
 
     name: str
     max_batch: int = 32
-    max_wait_ms: float = 5.0
-    workers: int = 4
+    max_wait_ms: float = 0.0
+    workers: int = field(default_factory=process_cores)
+    threads: int | None = None
     token: str | None = None
     max_body_mb: float = 20.0
     topk: int = 5
@@ -100,7 +115,7 @@ class Server:
         self.threshold = threshold_of(predictor.plain) if is_multi_label(predictor.plain) else None
         self.batcher = DynamicBatcher(predictor.model, config.max_batch, config.max_wait_ms,
                                       on_batch=self.metrics.batch_size.observe,
-                                      multi_label=self.threshold is not None)
+                                      multi_label=self.threshold is not None, threads=config.threads)
         self.explain_lock = threading.Lock()  # Grad-CAM hooks the one plain model: one at a time
         self.card = model_card(predictor, config)
         self.ready = False
