@@ -152,7 +152,7 @@ def embed_dataset(model: str | os.PathLike, data: str | os.PathLike, out: str | 
             "preprocessing": extractor.preprocessing.to_dict(), "data": model_reference(data),
             "data_count": len(dataset), "labelled": labelled, "classes": list(dataset.classes) if labelled else [],
             "dim": int(vectors[0].shape[1]), "seconds": round(time.perf_counter() - started, 2)}
-    index = EmbeddingIndex(np.concatenate(vectors), [dataset.describe(i) for i in rows],
+    index = EmbeddingIndex(np.concatenate(vectors), [dataset.item_name(i) for i in rows],
                            [dataset.classes[int(dataset.targets[i])] for i in rows], rows, meta)
     if out is not None:
         save_index(index, out)
@@ -299,7 +299,7 @@ def search(index: str | os.PathLike | EmbeddingIndex, queries: Iterable[str | os
     extractor = load_extractor(index.meta["model"], device)
     if fingerprint(extractor) != index.meta.get("fingerprint"):
         raise ResnetsError(f"the model {index.meta['model']} has changed since this index was made; embed again")
-    paths = [collection.describe(k) for k in range(len(collection))]
+    paths = [collection.item_name(k) for k in range(len(collection))]
     images = [extractor.preprocessing.to_uint8(collection[k][0]) for k in range(len(collection))]  # unreadable: error
     query_vectors = np.concatenate([embed_images(extractor, torch.stack(images[i:i + 64]))
                                     for i in range(0, len(images), 64)])

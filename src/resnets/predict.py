@@ -93,19 +93,19 @@ def read_image(path: Path, preprocessing: Preprocessing) -> torch.Tensor:
 
 def read_items(dataset: ImageDataset, indices: Iterable[int], preprocessing: Preprocessing,
                on_error: Callable[[str, str], None] | None = None) -> list[tuple[str, torch.Tensor]]:
-    """(name, uint8 model input) of the readable items of ``dataset`` at ``indices``.
+    """(exact name, uint8 model input) of the readable items of ``dataset`` at ``indices``.
 
     Unreadable ones are skipped with one warning each (:class:`~resnets.data.images.SkippedImages`),
     or passed to ``on_error(name, message)`` when given.
     """
     skipped, loaded = SkippedImages(), []
     for index in indices:
-        name = dataset.describe(index)
+        name = dataset.item_name(index)
         try:
             loaded.append((name, preprocessing.to_uint8(dataset[index][0])))
         except BadImageError as error:
             if on_error is None:
-                skipped.add(name)
+                skipped.add(dataset.describe(index))
             else:
                 on_error(name, str(error))
     return loaded

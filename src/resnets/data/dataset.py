@@ -43,6 +43,11 @@ class ImageDataset(torch.utils.data.Dataset):
         """A name for item ``index`` that a user can find (file name, archive member, key)."""
         raise NotImplementedError
 
+    def item_name(self, index: int) -> str:
+        """Item ``index``'s exact name (a path, ``archive:member``), for machine output; ``describe``
+        is the same made safe for a terminal. Formats named by a key keep ``describe``'s."""
+        return self.describe(index)
+
     def encoded(self, index: int) -> bytes:
         """The item as an image file's bytes (the original file where there is one)."""
         buffer = io.BytesIO()
@@ -89,6 +94,9 @@ class SubsetDataset(ImageDataset):
 
     def describe(self, index: int) -> str:
         return self.parent.describe(self.indices[index])
+
+    def item_name(self, index: int) -> str:
+        return self.parent.item_name(self.indices[index])
 
     def encoded(self, index: int) -> bytes:
         return self.parent.encoded(self.indices[index])
@@ -144,6 +152,10 @@ class ConcatDataset(ImageDataset):
     def describe(self, index: int) -> str:
         part, local = self._locate(index)
         return part.describe(local)
+
+    def item_name(self, index: int) -> str:
+        part, local = self._locate(index)
+        return part.item_name(local)
 
     def encoded(self, index: int) -> bytes:
         part, local = self._locate(index)

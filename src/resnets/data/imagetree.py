@@ -145,8 +145,11 @@ class FolderDataset(EncodedImageDataset):
     def encoded(self, index: int) -> bytes:
         return read_image_file(self.root / self.files[index])
 
+    def item_name(self, index: int) -> str:
+        return str(self.root / self.files[index])
+
     def describe(self, index: int) -> str:
-        return printable(str(self.root / self.files[index]))
+        return printable(self.item_name(index))
 
 
 # One open archive per file and process (reading the central directory of a 60,000-file
@@ -196,8 +199,11 @@ class ZipDataset(EncodedImageDataset):
             # bad CRC, encrypted member, unknown compression method, truncated data
             raise BadImageError(f"cannot read image {self.describe(index)}: {first_line(error)}") from None
 
+    def item_name(self, index: int) -> str:
+        return f"{self.archive}:{self.members[index]}"
+
     def describe(self, index: int) -> str:
-        return printable(f"{self.archive}:{self.members[index]}")
+        return printable(self.item_name(index))
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_handle": None}
