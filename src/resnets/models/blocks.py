@@ -226,17 +226,46 @@ class PreActBottleneck(nn.Module):
 
 class ConvPool(nn.Module):
     """A ResNet-9 stage's entry: 3x3 conv, BN, ReLU, then a 2x2 max-pool that halves the size
-    (David Page, "How to train your ResNet", 2018: the "prep"/"layer" units of his ResNet-9)."""
+    (David Page, "How to train your ResNet", 2018: the "prep"/"layer" units of his ResNet-9).
 
-    def __init__(self, in_ch: int, out_ch: int, norm: NormFactory = nn.BatchNorm2d) -> None:
+    ``pool_before_norm`` pools right after the conv (conv, pool, BN, act), as Keller Jordan's
+    airbench does, so the BN and activation run on a quarter of the pixels.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, norm: NormFactory = nn.BatchNorm2d,
+                 pool_before_norm: bool = False) -> None:
         super().__init__()
         self.conv = conv3x3(in_ch, out_ch)
         self.bn = norm(out_ch)
         self.relu = nn.ReLU(inplace=True)
         self.pool = nn.MaxPool2d(2)
+        self.pool_before_norm = pool_before_norm
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.pool_before_norm:
+            return self.relu(self.bn(self.pool(self.conv(x))))
         return self.pool(self.relu(self.bn(self.conv(x))))
+
+
+class PlainConv(nn.Module):
+    """conv-BN-ReLU without a shortcut: airbench's second conv of a group, which replaced the
+    residual pair of Page's ResNet-9 (a ``conv_pool`` stage's block when ``residual=False``).
+    It has no ``last_norm``: zeroing its BN would cut the signal, not make an identity."""
+
+    expansion = 1
+
+    def __init__(self, in_ch: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
+                 groups: int = 1, base_width: int = 64, norm: NormFactory = nn.BatchNorm2d,
+                 drop_path_rate: float = 0.0, stride_in_1x1: bool = False) -> None:
+        super().__init__()
+        if stride != 1 or downsample is not None or groups != 1 or drop_path_rate > 0:
+            raise ValueError("PlainConv is a stride-1 conv (no shortcut, groups=1, no stochastic depth)")
+        self.conv = conv3x3(in_ch, planes)
+        self.bn = norm(planes)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.relu(self.bn(self.conv(x)))
 
 
 class ResidualPair(nn.Module):

@@ -15,9 +15,10 @@ from torch import Tensor, nn
 
 from ..errors import ResnetsError
 from ..preprocessing import Preprocessing
-from .blocks import BLOCKS, ConvPool, ShortcutKind, SubsampleShortcut, conv3x3, make_shortcut, zero_init_last
+from .blocks import BLOCKS, ConvPool, PlainConv, ShortcutKind, SubsampleShortcut, conv3x3, make_shortcut, zero_init_last
 
-StemKind = Literal["imagenet", "deep", "cifar"]
+StemKind = Literal["imagenet", "deep", "cifar", "patch"]
+STEMS = ("imagenet", "deep", "cifar", "patch")
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,9 @@ class ResNetConfig:
     layers: blocks per stage.
     widths: the ``planes`` of each stage (a bottleneck stage outputs 4x that).
     stem: ``imagenet`` (7x7/2 conv + 3x3/2 max-pool), ``deep`` (three 3x3 convs, ResNet-C/D,
-        + max-pool) or ``cifar`` (one 3x3/1 conv, no pool).
+        + max-pool), ``cifar`` (one 3x3/1 conv, no pool) or ``patch`` (airbench's whitening layer:
+        one 2x2 conv without padding but with a bias, then the activation, no norm, no pool;
+        32 px in, 31 out; ``--patch-whitening`` sets its filters).
     stem_width: output channels of the stem.
     shortcut: ``projection`` (1x1 conv + BN, option B), ``avg_down`` (ResNet-D) or
         ``zero_pad`` (parameter-free option A of the CIFAR nets).
@@ -48,6 +51,20 @@ class ResNetConfig:
     head_pool: ``avg`` (global average, the default) or ``max`` (global max, Page's ResNet-9).
     head_scale: the logits are multiplied by this (Page's ResNet-9: 0.125).
     head_bias: the classifier has a bias (Page's ResNet-9 has none).
+    head_init_std: rescale the classifier's initial weight to this standard deviation (airbench: 1,
+        with a small ``head_scale``); None keeps PyTorch's initialisation.
+    residual: a ``conv_pool`` stage's ``layers[i]`` blocks are residual pairs; False makes each one a
+        plain conv-BN-act unit without a shortcut (airbench's net: ResNet-9 with the shortcuts removed).
+    pool_before_norm: a ``conv_pool`` stage's entry is conv, pool, BN, act (airbench) instead of
+        conv, BN, act, pool (Page).
+    activation: ``relu`` or ``gelu`` (airbench), everywhere the net has an activation.
+    norm_momentum, norm_eps: every BatchNorm's running-statistics momentum (PyTorch's convention:
+        the weight of the new batch; airbench's 0.6 is 0.4 here) and epsilon.
+    freeze_norm_scale: every BatchNorm's scale stays 1 (``requires_grad=False``; still saved),
+        as in airbench, where only the shifts train.
+    dirac_init: convolutions keep PyTorch's default initialisation instead of Kaiming's, and every
+        3x3 one starts by passing its input through on its first ``in_channels`` filters
+        (``torch.nn.init.dirac_``, airbench), so a deep plain net starts near the identity.
     """
 
     block: str
@@ -67,6 +84,14 @@ class ResNetConfig:
     head_pool: str = "avg"
     head_scale: float = 1.0
     head_bias: bool = True
+    head_init_std: float | None = None
+    residual: bool = True
+    pool_before_norm: bool = False
+    activation: str = "relu"
+    norm_momentum: float = 0.1
+    norm_eps: float = 1e-5
+    freeze_norm_scale: bool = False
+    dirac_init: bool = False
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> "ResNetConfig":
@@ -117,10 +142,17 @@ class FeatureInfo:
 # Bounds on a configuration, checked before anything is built (a file's record is untrusted).
 MAX_BLOCKS = 2000
 MAX_WIDTH = 1 << 14
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_number(label: str, value: Any, low: float, high: float) -> None:
+    """``value`` is a real number in (low, high]; NaN, booleans and strings are refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value <= high:
+        raise ResnetsError(f"{label} must be a number in ({low:g}, {high:g}], got {value!r}")
 
 
 def _validate(config: ResNetConfig, num_classes: int, in_chans: int, drop_path_rate: float,
@@ -145,13 +177,21 @@ def _validate(config: ResNetConfig, num_classes: int, in_chans: int, drop_path_r
         raise ResnetsError("stride_in_last_block needs pre-activation blocks (the Keras ResNetV2 layout)")
     if config.stem_pool_zero_pad and config.stem_pool_caffe:
         raise ResnetsError("stem_pool_zero_pad and stem_pool_caffe are two different stem pools; pick one")
-    if config.stem not in ("imagenet", "deep", "cifar"):
-        raise ResnetsError(f"unknown stem {config.stem!r}; use imagenet, deep or cifar")
+    if config.stem not in STEMS:
+        raise ResnetsError(f"unknown stem {config.stem!r}; use {', '.join(STEMS)}")
     if config.head_pool not in ("avg", "max"):
         raise ResnetsError(f"unknown head_pool {config.head_pool!r}; use avg or max")
-    if isinstance(config.head_scale, bool) or not isinstance(config.head_scale, (int, float)) or \
-            not 0 < config.head_scale <= 1e3:
-        raise ResnetsError(f"head_scale must be a number in (0, 1000], got {config.head_scale!r}")
+    _check_number("head_scale", config.head_scale, 0, 1e3)
+    if config.head_init_std is not None:
+        _check_number("head_init_std", config.head_init_std, 0, 1e3)
+    _check_number("norm_eps", config.norm_eps, 0, 1)
+    _check_number("norm_momentum", config.norm_momentum, 0, 1)
+    if not isinstance(config.activation, str) or config.activation not in ACTIVATIONS:
+        raise ResnetsError(f"unknown activation {config.activation!r}; use {' or '.join(ACTIVATIONS)}")
+    if config.block != "conv_pool" and (config.pool_before_norm or not config.residual):
+        raise ResnetsError("pool_before_norm and residual=False apply to conv_pool stages only")
+    if not config.residual and drop_path_rate:
+        raise ResnetsError("drop_path_rate needs residual blocks (a plain unit has no shortcut to keep)")
     if not isinstance(num_classes, int) or num_classes < 0:
         raise ResnetsError(f"num_classes must be a non-negative integer (0: no head), got {num_classes!r}")
     if not isinstance(in_chans, int) or in_chans < 1:
@@ -181,7 +221,7 @@ class ResNet(nn.Module):
         self.config = config
         self.in_chans = in_chans
         self.drop_rate = drop_rate
-        block = BLOCKS[config.block]
+        block = BLOCKS[config.block] if config.residual else PlainConv
         self._build_stem(config, in_chans)
         self.feature_info: list[FeatureInfo] = []
         self._build_stages(config, block, drop_path_rate)
@@ -193,13 +233,14 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveMaxPool2d(1) if config.head_pool == "max" else nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
         self.num_classes = num_classes
+        self._set_layer_options(config)
         self.fc: nn.Module = self._new_classifier(num_classes)
         self._init_weights(zero_init_residual)
         # What the model is and how to feed it: saved with its weights, read by every command.
         self.model_name: str | None = None
         self.class_names: list[str] | None = None
         self.preprocessing: Preprocessing = Preprocessing.for_input_size(
-            32 if config.stem == "cifar" else 224, crop_fraction=None if config.stem == "cifar" else 0.875)
+            32 if self._stem_reduction == 1 else 224, crop_fraction=None if self._stem_reduction == 1 else 0.875)
 
     # -- construction -------------------------------------------------------------------------
     def _build_stem(self, config: ResNetConfig, in_chans: int) -> None:
@@ -212,13 +253,15 @@ class ResNet(nn.Module):
                 conv3x3(mid, width))
         elif config.stem == "cifar":
             self.conv1 = conv3x3(in_chans, width)
+        elif config.stem == "patch":
+            self.conv1 = nn.Conv2d(in_chans, width, 2, padding=0, bias=True)
         else:
             self.conv1 = nn.Conv2d(in_chans, width, 7, stride=2, padding=3, bias=config.stem_bias)
         # A pre-activation net normalises the stem's output inside its first block instead.
         if not config.preact:
-            self.bn1 = nn.BatchNorm2d(width)
+            self.bn1: nn.Module = nn.Identity() if config.stem == "patch" else nn.BatchNorm2d(width)
             self.relu = nn.ReLU(inplace=True)
-        if config.stem == "cifar":
+        if config.stem in ("cifar", "patch"):
             self.maxpool: nn.Module = nn.Identity()
         elif config.stem_pool_zero_pad:
             self.maxpool = nn.Sequential(nn.ZeroPad2d(1), nn.MaxPool2d(3, 2))
@@ -226,7 +269,7 @@ class ResNet(nn.Module):
             self.maxpool = nn.MaxPool2d(3, 2, padding=0, ceil_mode=True)
         else:
             self.maxpool = nn.MaxPool2d(3, 2, padding=1)
-        self._stem_reduction = 1 if config.stem == "cifar" else 4
+        self._stem_reduction = 1 if config.stem in ("cifar", "patch") else 4
 
     def _build_stages(self, config: ResNetConfig, block: type[nn.Module], drop_path_rate: float) -> None:
         total_blocks = sum(config.layers)
@@ -237,7 +280,7 @@ class ResNet(nn.Module):
             out_ch = planes * block.expansion
             blocks: list[nn.Module] = []
             if config.block == "conv_pool":  # ResNet-9: the stage enters by conv + pool
-                blocks.append(ConvPool(in_ch, planes))
+                blocks.append(ConvPool(in_ch, planes, pool_before_norm=config.pool_before_norm))
                 in_ch, reduction = planes, reduction * 2
             for i in range(depth):
                 rate = drop_path_rate * index / max(total_blocks - 1, 1)
@@ -262,11 +305,27 @@ class ResNet(nn.Module):
         is_last = index == depth - 1 and stage + 1 < len(strides)
         return strides[stage + 1] if is_last else 1
 
+    def _set_layer_options(self, config: ResNetConfig) -> None:
+        """The options that apply to every layer of a kind (activation, BatchNorm settings), set
+        on the built modules so that no block needs them as arguments. Module names stay
+        torchvision's (a GELU is still ``relu``), so state-dict keys do not change."""
+        for module in list(self.modules()):
+            for name, child in list(module.named_children()):
+                if isinstance(child, nn.ReLU) and config.activation != "relu":
+                    setattr(module, name, ACTIVATIONS[config.activation]())
+            if isinstance(module, nn.BatchNorm2d):
+                module.eps, module.momentum = config.norm_eps, config.norm_momentum
+                module.weight.requires_grad_(not config.freeze_norm_scale)
+
     def _init_weights(self, zero_init_residual: bool) -> None:
         if next(self.parameters()).is_meta:  # shapes only (e.g. for counting): nothing to fill
             return
         for module in self.modules():
-            if isinstance(module, nn.Conv2d):
+            if isinstance(module, nn.Conv2d) and self.config.dirac_init:
+                if module.kernel_size == (3, 3) and module.groups == 1:
+                    with torch.no_grad():  # PyTorch's init stays on the other filters
+                        nn.init.dirac_(module.weight[:module.in_channels])
+            elif isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
@@ -282,8 +341,9 @@ class ResNet(nn.Module):
 
     @property
     def min_input_size(self) -> int:
-        """The smallest input side for which the last stage still sees a whole pixel."""
-        return self.feature_info[-1].reduction
+        """The smallest input side for which the last stage still sees a whole pixel (the
+        unpadded 2x2 ``patch`` stem costs one)."""
+        return self.feature_info[-1].reduction + (self.config.stem == "patch")
 
     def default_target_layer(self) -> str:
         """The module class-activation maps are taken from by default: the last block of the last
@@ -306,7 +366,11 @@ class ResNet(nn.Module):
     def _new_classifier(self, num_classes: int) -> nn.Module:
         if not num_classes:
             return nn.Identity()
-        return nn.Linear(self.num_features, num_classes, bias=self.config.head_bias)
+        fc = nn.Linear(self.num_features, num_classes, bias=self.config.head_bias)
+        if self.config.head_init_std is not None and fc.weight.numel() > 1 and not fc.weight.is_meta:
+            with torch.no_grad():
+                fc.weight.mul_(self.config.head_init_std / fc.weight.std())
+        return fc
 
     # -- forward ------------------------------------------------------------------------------
     def forward_stem(self, x: Tensor) -> Tensor:
