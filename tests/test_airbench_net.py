@@ -177,3 +177,18 @@ def test_plain_units_and_pool_order_belong_to_conv_pool_stages():
         create_model("resnet20", pool_before_norm=True)
     with pytest.raises(ResnetsError, match="drop_path_rate"):
         create_model("airbench94", drop_path_rate=0.1)
+
+
+def test_unfreezing_after_transfer_keeps_the_models_own_frozen_scales():
+    """--freeze then --unfreeze-after give gradients back to what freeze took, not to the BatchNorm
+    scales airbench keeps frozen itself."""
+    from resnets.train.freeze import freeze, parse_freeze, unfreeze
+
+    model = create_model("airbench94")
+    parts = parse_freeze("backbone", model)
+    freeze(model, parts)
+    assert not any(p.requires_grad for name, p in model.named_parameters() if not name.startswith("fc"))
+    unfreeze(model, parts)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(not m.weight.requires_grad and m.bias.requires_grad for m in norms)
+    assert all(p.requires_grad for name, p in model.named_parameters() if "conv" in name and name.endswith("weight"))

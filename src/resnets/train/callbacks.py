@@ -23,7 +23,7 @@ from . import checkpoint as ckpt
 from .config import TrainConfig
 from .distributed import DeferredInterrupt, all_reduce_sum, barrier
 from .engine import Callback, LogStats, Trainer
-from .freeze import set_requires_grad
+from .freeze import unfreeze
 
 # No tqdm monitor thread in a training process (its bars, tqdm.auto's too, read this class
 # attribute). tqdm starts the thread even for a disabled bar, and its atexit hook wakes it, never
@@ -201,7 +201,7 @@ class Unfreezer(Callback):
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
         setup, after = trainer.setup, trainer.config.unfreeze_after
         if setup.frozen_parts and after is not None and epoch >= after:
-            set_requires_grad(setup.model, setup.frozen_parts, True)
+            unfreeze(setup.model, setup.frozen_parts)
             setup.frozen_parts = []
             setup.wrap()
 

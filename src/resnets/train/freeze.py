@@ -39,16 +39,25 @@ def part_modules(model: nn.Module, part: str) -> list[nn.Module]:
     return modules
 
 
-def set_requires_grad(model: nn.Module, parts: list[str], requires_grad: bool) -> None:
-    for part in parts:
-        for module in part_modules(model, part):
-            for param in module.parameters():
-                param.requires_grad_(requires_grad)
+def _part_parameters(model: nn.Module, parts: list[str]) -> list[nn.Parameter]:
+    return [param for part in parts for module in part_modules(model, part) for param in module.parameters()]
 
 
 def freeze(model: nn.Module, parts: list[str]) -> None:
-    """Stop gradients into ``parts``; call :func:`keep_frozen_in_eval` after every ``model.train()``."""
-    set_requires_grad(model, parts, False)
+    """Stop gradients into ``parts``; call :func:`keep_frozen_in_eval` after every ``model.train()``.
+    Parameters the model keeps frozen itself (airbench's BatchNorm scales) are left as they are."""
+    for param in _part_parameters(model, parts):
+        if param.requires_grad:
+            param.requires_grad_(False)
+            param.frozen_for_transfer = True  # what unfreeze() may give gradients back to
+
+
+def unfreeze(model: nn.Module, parts: list[str]) -> None:
+    """Undo :func:`freeze`: gradients back into what it froze, and only that."""
+    for param in _part_parameters(model, parts):
+        if getattr(param, "frozen_for_transfer", False):
+            param.requires_grad_(True)
+            del param.frozen_for_transfer
 
 
 def keep_frozen_in_eval(model: nn.Module, parts: list[str]) -> None:
