@@ -29,14 +29,17 @@ def reflect_pad_1(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def test_multicrop_is_the_mean_of_six_views_built_by_hand():
+def test_multicrop_is_airbenchs_weighting_of_six_views_built_by_hand():
     model, x = tiny_model(), batch()
     padded = reflect_pad_1(x)
     up_left, down_right = padded[..., 0:6, 0:6], padded[..., 2:8, 2:8]
     assert torch.equal(up_left[..., 1:, 1:], x[..., :-1, :-1])  # the content moved one pixel down-right
     views = [x, x.flip(-1), up_left, up_left.flip(-1), down_right, down_right.flip(-1)]
-    expected = torch.stack([model(v) for v in views]).mean(0)
+    logits = [model(v) for v in views]
+    # airbench's level 2: 0.5 * mirror-mean(identity) + 0.5 * mean(mirror-mean(up-left), mirror-mean(down-right))
+    expected = 0.5 * (logits[0] + logits[1]) / 2 + 0.5 * ((logits[2] + logits[3]) / 2 + (logits[4] + logits[5]) / 2) / 2
     torch.testing.assert_close(tta_logits(model, x, "multicrop"), expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(expected, torch.stack(logits).mean(0), atol=1e-4)  # not a plain mean
     assert not torch.allclose(expected, tta_logits(model, x, "flip"), atol=1e-4)  # translation mattered
     assert sorted(tta_views("multicrop")) == sorted(
         [(0, 0, False), (0, 0, True), (-1, -1, False), (-1, -1, True), (1, 1, False), (1, 1, True)])

@@ -15,8 +15,8 @@ output pixel ``(r, c)`` is input pixel ``(r - 1, c - 1)`` (reflected at the bord
     flip: the image and its mirror image (He et al. 2016 evaluate on flips; David Page,
           "How to train your ResNet", 2018).
     multicrop: the image and its mirror, each also translated by one pixel up-left and
-          down-right: six views (Keller Jordan, airbench 2024, TTA level 2). airbench weights the
-          untranslated pair 1/2 and each translated pair 1/4; here all six views count equally.
+          down-right: six views weighted as airbench weights them (Keller Jordan, 2024, TTA level
+          2): the untranslated pair 1/2, each translated pair 1/4.
 """
 
 from __future__ import annotations
@@ -98,23 +98,26 @@ def top_classes(probs: torch.Tensor, class_names: Sequence[str], k: int) -> list
 # -- test-time augmentation ---------------------------------------------------------------------
 def tta_views(mode: str) -> list[View]:
     """The ``(dy, dx, flip)`` views of a test-time augmentation mode (see the module docstring)."""
+    return [view for view, _ in _weighted_views(mode)]
+
+
+def _weighted_views(mode: str) -> list[tuple[View, float]]:
     if mode == "flip":
-        return [(0, 0, False), (0, 0, True)]
+        return [((0, 0, False), 0.5), ((0, 0, True), 0.5)]
     if mode == "multicrop":
-        return [(dy, dx, flip) for dy, dx in ((0, 0), (-1, -1), (1, 1)) for flip in (False, True)]
+        return [((dy, dx, flip), 0.25 if dy == 0 else 0.125) for dy, dx in ((0, 0), (-1, -1), (1, 1))
+                for flip in (False, True)]
     raise ResnetsError(f"unknown test-time augmentation {mode!r}; choose from {', '.join(TTA_MODES)}")
 
 
 def tta_logits(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, mode: str | None) -> torch.Tensor:
-    """The mean of ``model``'s logits over the views of ``mode`` (float32), or ``model(x)`` for None.
+    """The weighted mean of ``model``'s logits over the views of ``mode`` (float32), or ``model(x)`` for None.
 
     ``x`` is a normalised (B, C, H, W) batch; each view keeps its size and memory format.
     """
     if mode is None:
         return model(x)
-    views = tta_views(mode)
-    total = sum(model(_view(x, *view)).float() for view in views)
-    return total / len(views)
+    return sum(weight * model(_view(x, *view)).float() for view, weight in _weighted_views(mode))
 
 
 def _view(x: torch.Tensor, dy: int, dx: int, flip: bool) -> torch.Tensor:

@@ -21,7 +21,7 @@ from .class_weights import check_class_weights
 from .resize import ResizeSchedule
 
 OPTIMIZERS = ("sgd", "adamw", "muon")
-SCHEDULES = ("cosine", "onecycle", "step")
+SCHEDULES = ("cosine", "onecycle", "step", "linear")
 LR_FIND = ("lr-find",)  # settings that `resnets lr-find` takes too
 POSITIVE = Bound(float, 0, low_open=True)
 
@@ -46,6 +46,8 @@ class TrainConfig:
     sched: str = setting("cosine", choices=SCHEDULES)
     warmup_epochs: float = setting(0.0, rule=Bound(float, 0))
     label_smoothing: float = setting(0.0, rule=DECAY, commands=LR_FIND)
+    loss_reduction: str = setting("mean", "mean or sum of the batch's losses (airbench: sum, its rates scaled to match)",
+                                  choices=("mean", "sum"))
     mixup: float = setting(0.0, "MixUp Beta alpha (0: off)", rule=Bound(float, 0), metavar="ALPHA")
     cutmix: float = setting(0.0, "CutMix Beta alpha (0: off)", rule=Bound(float, 0), metavar="ALPHA")
     ema: float = setting(0.0, "keep an EMA of the weights (decay 0.999 if no value), evaluated and saved",

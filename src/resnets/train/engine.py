@@ -220,7 +220,8 @@ class Trainer:
             with torch.autocast(setup.device.type, dtype=torch.bfloat16, enabled=config.amp):
                 logits = setup.net(x)
                 loss = self.loss(logits, target)
-            (loss / config.accum_steps).backward()
+            scale = len(y) if config.loss_reduction == "sum" else 1  # the batch's sum = its mean x its size
+            (loss * scale / config.accum_steps).backward()
         if step_now:
             if config.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(setup.trainee.parameters(), config.grad_clip)

@@ -15,7 +15,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, kind: str, total_steps: in
     """``cosine``: linear warm-up then cosine to zero. ``onecycle``: Smith's one-cycle policy
     (torch's OneCycleLR; its warm-up is ``warmup_steps``, or 25 % of the run when 0). ``step``:
     linear warm-up, then the rate divided by 10 at 50 % and 75 % of the run (He et al.'s CIFAR
-    schedule: steps at 32k and 48k of 64k iterations, epochs 82 and 123 of 164)."""
+    schedule: steps at 32k and 48k of 64k iterations, epochs 82 and 123 of 164). ``linear``: linear
+    warm-up, then a straight line to zero (airbench, with no warm-up)."""
     total_steps = max(total_steps, 1)
     if kind == "onecycle":
         pct = warmup_steps / total_steps if warmup_steps else 0.25
@@ -25,6 +26,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, kind: str, total_steps: in
             cycle_momentum=optimizer.defaults.get("momentum", 0) > 0 or "betas" in optimizer.defaults)
     if kind == "step":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_step(step, total_steps, warmup_steps))
+    if kind == "linear":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_linear(step, total_steps, warmup_steps))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total_steps, warmup_steps))
 
 
@@ -41,3 +44,10 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int) -> float:
         return (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
     return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def warmup_linear(step: int, total_steps: int, warmup_steps: int) -> float:
+    """The lr multiplier at ``step``: rises linearly over the warm-up, then falls linearly to zero at the end."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return max(0.0, 1 - (step - warmup_steps) / max(total_steps - warmup_steps, 1))

@@ -1,0 +1,43 @@
+"""airbench's training techniques, each a setting of its own, on small cases."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from _train_fixtures import tensor_data, tiny_config
+from resnets.train.config import TrainConfig
+from resnets.train.distributed import DistContext
+from resnets.train.engine import Meters, Trainer
+from resnets.train.schedule import build_scheduler
+from resnets.train.setup import prepare
+
+
+def test_linear_schedule_falls_straight_to_zero_without_warm_up():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.24)
+    scheduler = build_scheduler(optimizer, "linear", total_steps=200, warmup_steps=0)
+    rates = []
+    for _ in range(200):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] == pytest.approx(0.24) and rates[100] == pytest.approx(0.12)
+    assert rates == pytest.approx([0.24 * (1 - k / 200) for k in range(200)])
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def _first_step_gradient(tmp_path, reduction: str) -> torch.Tensor:
+    config = tiny_config(tmp_path / reduction, loss_reduction=reduction, epochs=1, batch_size=8, lr=1e-9)
+    setup = prepare(config, tensor_data(), torch.device("cpu"), DistContext())
+    setup.train_loader.set_epoch(0)
+    x, y = next(iter(setup.train_loader))
+    trainer = Trainer(setup, [])
+    setup.optimizer.zero_grad()
+    trainer.train_step(x, y, Meters(setup.device), step_now=False)
+    return setup.model.conv1.weight.grad.clone()
+
+
+def test_sum_reduced_loss_is_the_mean_times_the_batch(tmp_path):
+    mean, total = _first_step_gradient(tmp_path, "mean"), _first_step_gradient(tmp_path, "sum")
+    torch.testing.assert_close(total, mean * 8, rtol=1e-5, atol=1e-7)
+    assert TrainConfig(loss_reduction="sum").loss_reduction == "sum"
