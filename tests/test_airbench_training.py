@@ -41,3 +41,21 @@ def test_sum_reduced_loss_is_the_mean_times_the_batch(tmp_path):
     mean, total = _first_step_gradient(tmp_path, "mean"), _first_step_gradient(tmp_path, "sum")
     torch.testing.assert_close(total, mean * 8, rtol=1e-5, atol=1e-7)
     assert TrainConfig(loss_reduction="sum").loss_reduction == "sum"
+
+
+def test_muon_renormalisation_sets_each_filter_tensors_norm_before_the_update():
+    from resnets.train.optim import build_optimizer
+
+    def stepped(renormalize: bool) -> torch.Tensor:
+        torch.manual_seed(0)
+        weight = torch.nn.Parameter(torch.randn(8, 4, 3, 3) * 3)
+        optimizer = build_optimizer("muon", [{"params": [weight], "lr": 1e-12, "name": "body"}], 0.6,
+                                    torch.device("cpu"), renormalize=renormalize)
+        weight.grad = torch.randn_like(weight)
+        optimizer.step()
+        return weight.detach()
+
+    torch.manual_seed(0)
+    start_norm = (torch.randn(8, 4, 3, 3) * 3).norm().item()
+    assert stepped(True).norm().item() == pytest.approx(8 ** 0.5, rel=1e-6)  # sqrt(out channels)
+    assert stepped(False).norm().item() == pytest.approx(start_norm, rel=1e-6)  # off: the norm it had

@@ -43,6 +43,8 @@ class TrainConfig:
     momentum: float = setting(0.9, rule=DECAY, commands=LR_FIND)
     opt: str = setting("sgd", "sgd (Nesterov), adamw, or muon: torch's Muon on the convolution filters, "
                        "SGD-Nesterov on the rest", choices=OPTIMIZERS, commands=LR_FIND)
+    muon_renormalize: bool = setting(False, "with --opt muon, rescale each filter tensor to norm sqrt(out "
+                                     "channels) before its update (airbench)")
     sched: str = setting("cosine", choices=SCHEDULES)
     warmup_epochs: float = setting(0.0, rule=Bound(float, 0))
     label_smoothing: float = setting(0.0, rule=DECAY, commands=LR_FIND)

@@ -53,11 +53,13 @@ def _norm_bias_ids(model: nn.Module) -> set[int]:
     return {id(m.bias) for m in model.modules() if isinstance(m, norms) and m.bias is not None}
 
 
-def build_optimizer(name: str, groups: list[dict], momentum: float, device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(name: str, groups: list[dict], momentum: float, device: torch.device,
+                    renormalize: bool = False) -> torch.optim.Optimizer:
     """SGD (Nesterov momentum) or AdamW, fused where the device supports it, else foreach;
-    ``muon``: :class:`MuonSGD` (Muon on the body's filters, SGD-Nesterov on the rest)."""
+    ``muon``: :class:`MuonSGD` (Muon on the body's filters, SGD-Nesterov on the rest; with
+    ``renormalize`` each filter tensor is rescaled to norm sqrt(out channels) before its update)."""
     if name == "muon":
-        return MuonSGD(groups, lr=groups[0]["lr"], momentum=momentum)
+        return MuonSGD(groups, lr=groups[0]["lr"], momentum=momentum, renormalize=renormalize)
     fast = {"fused": True} if _fused_supported(device) else {"foreach": True}
     if name == "sgd":
         return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=momentum, nesterov=momentum > 0, **fast)
@@ -81,7 +83,7 @@ class MuonSGD(torch.optim.Optimizer):
     groups are plain SGD-Nesterov (coupled weight decay).
     """
 
-    def __init__(self, params: list[dict], lr: float, momentum: float) -> None:
+    def __init__(self, params: list[dict], lr: float, momentum: float, renormalize: bool = False) -> None:
         if not momentum > 0:
             raise ResnetsError(f"muon needs a positive momentum, got {momentum}")
         groups = [{**group, "muon": group.get("name") == "body"} for group in params]
@@ -89,7 +91,7 @@ class MuonSGD(torch.optim.Optimizer):
             if group["muon"] and any(p.ndim < 2 for p in group["params"]):
                 raise ResnetsError("muon's group 'body' must hold only weights of 2 or more dimensions")
         super().__init__(groups, {"lr": lr, "momentum": momentum, "weight_decay": 0.0, "nesterov": True,
-                                  "muon": False})
+                                  "muon": False, "renormalize": renormalize})
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001, ANN201 - torch's Optimizer.step signature
@@ -120,6 +122,8 @@ def _muon_step(params: list[torch.Tensor], group: dict, state: dict) -> None:
     for p in params:
         if "momentum_buffer" not in state[p]:
             state[p]["momentum_buffer"] = torch.zeros(p.shape, dtype=p.dtype, device=p.device)
+        if group.get("renormalize"):  # airbench: the step's size is then relative to a fixed weight norm
+            p.mul_(p.shape[0] ** 0.5 / p.norm().clamp_min(EPS))
     # reshape is a view of a contiguous weight; a channels-last one is stepped as a copy, written back
     matrix = [p.reshape(p.shape[0], -1) for p in params]
     muon(matrix, [p.grad.reshape(p.shape[0], -1) for p in params],

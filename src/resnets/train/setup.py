@@ -135,7 +135,7 @@ def build_run_optimizer(config: TrainConfig, trainee: nn.Module, classifier: nn.
     lr = config.lr or default_lr(config.opt, config.batch_size)
     wd = DEFAULT_WEIGHT_DECAY[config.opt] if config.weight_decay is None else config.weight_decay
     groups = param_groups(trainee, lr, wd, config.head_lr, classifier, norm_bias_lr_scale=config.norm_bias_lr_scale)
-    return build_optimizer(config.opt, groups, config.momentum, device)
+    return build_optimizer(config.opt, groups, config.momentum, device, renormalize=config.muon_renormalize)
 
 
 def build_model(config: TrainConfig) -> ResNet:
