@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ResnetsError
-from .fileio import atomic_path, atomic_paths
+from .fileio import atomic_path, atomic_paths, open_for_writing
 from .summarize import check_input_size
 from .weights.caffe import export_caffe
 from .weights.format import weights_bytes
@@ -80,12 +80,20 @@ def _default_input_size(model: nn.Module) -> int:
     return preprocessing.input_size if preprocessing is not None else 224
 
 
+def export_paths(fmt: str, out: str | os.PathLike) -> tuple[Path, ...]:
+    """The files an export to ``out`` writes: ``out``, and for ``prototxt`` its ``.caffemodel``."""
+    out = Path(out)
+    if fmt != "prototxt":
+        return (out,)
+    if out.suffix == ".caffemodel":
+        raise ResnetsError(f"--out {out} is where the weights go: give the prototxt's name, "
+                           f"e.g. {out.with_suffix('.prototxt')} (the weights go beside it)")
+    return out, out.with_suffix(".caffemodel")
+
+
 def _caffe_pair(model: nn.Module, prototxt: Path, input_size: tuple[int, ...]) -> Path:
     """Write the prototxt and the caffemodel beside it, replacing any old pair as a whole."""
-    caffemodel = prototxt.with_suffix(".caffemodel")
-    if prototxt.suffix == ".caffemodel":
-        raise ResnetsError(f"--out {prototxt} is where the weights go: give the prototxt's name, "
-                           f"e.g. {prototxt.with_suffix('.prototxt')} (the weights go beside it)")
+    prototxt, caffemodel = export_paths("prototxt", prototxt)
     with atomic_paths(prototxt, caffemodel) as (prototxt_tmp, caffemodel_tmp):
         export_caffe(model, prototxt_tmp, caffemodel_tmp, input_size=input_size)
     return prototxt
@@ -164,7 +172,8 @@ def _torchscript(model: nn.Module, tmp: Path, example: Tensor) -> None:
         scripted = torch.jit.trace(model, example)
         buffer = io.BytesIO()  # written by Python, not by TorchScript's C++ writer, which aborts the
         torch.jit.save(scripted, buffer)  # process on a full disk (exit 134) instead of raising
-        tmp.write_bytes(buffer.getvalue())
+        with open_for_writing(tmp) as handle:
+            handle.write(buffer.getvalue())
         reloaded = torch.jit.load(str(tmp))
         got, expected = reloaded(example), model(example)
     _check_close(got, expected, "TorchScript export")
@@ -173,4 +182,5 @@ def _torchscript(model: nn.Module, tmp: Path, example: Tensor) -> None:
 def _safetensors(model: nn.Module, tmp: Path, example: Tensor) -> None:
     # straight into export's temporary file: a second atomic write onto a temporary name left a
     # backup of it behind when killed between its renames, which nothing would ever clean
-    tmp.write_bytes(weights_bytes(model, name=str(tmp)))
+    with open_for_writing(tmp) as handle:
+        handle.write(weights_bytes(model, name=str(tmp)))

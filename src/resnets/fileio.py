@@ -5,6 +5,11 @@ Every file is first written to a temporary file beside its target, named
 that was killed leaves its temporary file behind; the next write to the same target removes it
 once it is provably abandoned (see :func:`_abandoned`). Files get the mode a plain ``open()``
 would give under the current umask, whatever the library that filled them did to it.
+
+This module owns every open of a user's path for writing: :func:`open_no_follow` never writes
+through a symbolic link (a run folder or output folder from someone else may hold one, pointing
+anywhere), and :func:`check_output_is_not_input` keeps a command from overwriting what it reads.
+Renaming a finished file over a link replaces the link itself, which is safe.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import secrets
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
 from .errors import ResnetsError
 
@@ -25,6 +30,55 @@ from .errors import ResnetsError
 # after STALE_S: a pid can be reused, and a file on a shared disk may belong to another host.
 ABANDONED_S = 60.0
 STALE_S = 24 * 3600.0
+_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)  # not on Windows: the lstat/fstat comparison stands in
+
+
+def open_no_follow(path: str | os.PathLike, flags: int, mode: int = 0o666) -> int:
+    """``os.open(path, flags, mode)`` that never follows a symbolic link at ``path``'s last part.
+
+    A link there (to a file, to a folder, or dangling) is refused with a one-line error and left
+    alone: checked before (``lstat``), by the open itself (``O_NOFOLLOW``), and after (the file
+    opened must be the one the name holds), so a link swapped in meanwhile is refused too.
+    """
+    path = Path(path)
+    if path.is_symlink():
+        raise _link_refused(path)
+    try:
+        fd = os.open(path, flags | _NO_FOLLOW, mode)
+    except OSError:
+        if path.is_symlink():
+            raise _link_refused(path) from None
+        raise
+    if not _same_stat(fd, path):
+        os.close(fd)
+        raise _link_refused(path)
+    return fd
+
+
+def open_for_writing(path: str | os.PathLike, text: bool = False) -> IO[Any]:
+    """``open(path, "wb")`` (``"w"``, UTF-8, with ``text``) through :func:`open_no_follow`."""
+    fd = open_no_follow(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    return os.fdopen(fd, "w", encoding="utf-8") if text else os.fdopen(fd, "wb")
+
+
+def _same_stat(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.lstat(path))
+    except OSError:
+        return False
+
+
+def _link_refused(path: Path) -> ResnetsError:
+    return ResnetsError(f"{path} is a symbolic link; refusing to write through it")
+
+
+def check_output_is_not_input(output: str | os.PathLike, *inputs: str | os.PathLike | None) -> None:
+    """Refuse, before anything is written, an ``output`` that is one of the ``inputs``: the same
+    file by name, through a symbolic link or by a hard link (inputs that are no file: ignored)."""
+    for source in inputs:
+        if source is not None and _same_file(Path(output), Path(source)):
+            raise ResnetsError(f"{output} is the input {source}: writing it would destroy it; "
+                               f"choose another output")
 
 
 @contextlib.contextmanager
@@ -57,7 +111,12 @@ def atomic_paths(*paths: str | os.PathLike) -> Iterator[tuple[Path, ...]]:
     temps: list[Path] = []
     try:
         modes = [_create_temp(target, temps) for target in targets]
-        yield tuple(temps)
+        try:
+            yield tuple(temps)
+        except OSError as error:  # a writer that was handed a file object names no file
+            if error.filename is None:
+                error.filename = str(targets[0]) if len(targets) == 1 else str(targets[0].parent)
+            raise
         for tmp, mode in zip(temps, modes):
             _finish(tmp, mode)
         _replace_all(temps, targets)
@@ -101,16 +160,26 @@ def _create_temp(target: Path, temps: list[Path]) -> int:
     the one the finished file must have, learnt without touching the process umask.
     """
     tmp = _temp_name(target, ".tmp")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    fd = open_no_follow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     temps.append(tmp)
-    return tmp.stat().st_mode & 0o7777
+    try:
+        return os.fstat(fd).st_mode & 0o7777
+    finally:
+        os.close(fd)
 
 
 def _finish(tmp: Path, mode: int) -> None:
-    """Give ``tmp`` its intended mode back (safetensors' writer makes 0600) and flush it to disk."""
-    os.chmod(tmp, mode)
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
+    """Give ``tmp`` its intended mode back (safetensors' writer makes 0600) and flush it to disk;
+    a temporary file that a link replaced meanwhile is refused, its target untouched."""
+    fd = open_no_follow(tmp, os.O_RDWR if os.name == "nt" else os.O_RDONLY)  # Windows syncs writable files only
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, mode)
+        else:  # Windows before Python 3.13
+            os.chmod(tmp, mode)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _replace_all(temps: list[Path], targets: list[Path]) -> None:
@@ -214,13 +283,13 @@ def _pid_alive(pid: int) -> bool:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    with atomic_path(path) as tmp, open_for_writing(tmp, text=True) as handle:
+        handle.write(text)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    with atomic_path(path) as tmp, open_for_writing(tmp) as handle:
+        handle.write(data)
 
 
 def save_figure(figure: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
@@ -228,7 +297,7 @@ def save_figure(figure: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
     import matplotlib.pyplot as plt
 
     figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=dpi)
+    with atomic_path(path) as tmp, open_for_writing(tmp) as handle:
+        figure.savefig(handle, format="png", dpi=dpi)
     plt.close(figure)
     return Path(path)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..export import FORMATS, check_export_input_size, export, load_checkpoint
+from ..export import FORMATS, check_export_input_size, export, export_paths, load_checkpoint
+from ..fileio import check_output_is_not_input
 from . import add_model_argument
 
 
@@ -22,6 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_export_input_size(args.input_size)  # before the model is built
+    for out in export_paths(args.format, args.out):
+        check_output_is_not_input(out, args.checkpoint)
     path = export(load_checkpoint(args.checkpoint), args.format, args.out, args.input_size)
     print(f"{path}: {args.format}")
     return 0

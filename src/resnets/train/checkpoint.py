@@ -30,7 +30,7 @@ from typing import Any, Iterator
 import torch
 
 from ..errors import ResnetsError
-from ..fileio import atomic_path, atomic_write_text, save_figure
+from ..fileio import atomic_path, atomic_write_text, open_for_writing, open_no_follow, save_figure
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -67,7 +67,7 @@ def _flock(run_dir: Path) -> Iterator[None]:
         return
     import fcntl
 
-    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = open_no_follow(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)  # a copied run's link: refused
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -102,8 +102,9 @@ def drop_overwritten(run_dir: Path) -> None:
 
 
 def save_state(run_dir: Path, state: dict[str, Any]) -> None:
-    with atomic_path(run_dir / STATE) as tmp:
-        torch.save(state, tmp)
+    # through a Python file object: torch's own file writer reports a full disk as a RuntimeError
+    with atomic_path(run_dir / STATE) as tmp, open_for_writing(tmp) as handle:
+        torch.save(state, handle)
 
 
 def load_state(run_dir: str | Path) -> dict[str, Any]:

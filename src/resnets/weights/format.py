@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from ..errors import ResnetsError
-from ..fileio import atomic_path
+from ..fileio import atomic_write_bytes
 from ..models import ResNet, ResNetConfig, get_model_spec, list_models
 from ..multilabel import task_of
 from ..preprocessing import Preprocessing
@@ -67,8 +67,7 @@ def save_weights(path: str | os.PathLike, model: nn.Module, *, class_names: list
     """
     data = weights_bytes(model, class_names=class_names, preprocessing=preprocessing, source=source, extra=extra,
                          name=str(path))
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    atomic_write_bytes(path, data)
     return Path(path)
 
 
