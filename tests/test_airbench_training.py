@@ -59,3 +59,27 @@ def test_muon_renormalisation_sets_each_filter_tensors_norm_before_the_update():
     start_norm = (torch.randn(8, 4, 3, 3) * 3).norm().item()
     assert stepped(True).norm().item() == pytest.approx(8 ** 0.5, rel=1e-6)  # sqrt(out channels)
     assert stepped(False).norm().item() == pytest.approx(start_norm, rel=1e-6)  # off: the norm it had
+
+
+def test_the_whitening_bias_stops_training_at_the_step_named(tmp_path):
+    """--whiten-bias-epochs 1 on airbench94: the fitted whitening weights never move; the bias moves
+    in epoch 1 and not after; a resumed run agrees bit for bit."""
+    from resnets.train import train
+    from resnets.train.checkpoint import load_state
+
+    data = tensor_data(n_train=48, n_val=8, size=32)
+    options = dict(model="airbench94", model_options={}, patch_whitening=True, whiten_bias_epochs=1.0,
+                   epochs=3, batch_size=8, lr=0.05, norm_bias_lr_scale=1.0)
+    train(tiny_config(tmp_path / "run", **options), data=data, stop_after=1)
+    after_one = load_state(tmp_path / "run")["model"]
+    train(tiny_config(tmp_path / "ignored", resume=str(tmp_path / "run")), data=data)
+    final = load_state(tmp_path / "run")["model"]
+    assert torch.equal(after_one["conv1.weight"], final["conv1.weight"])  # fixed as fitted
+    assert torch.equal(after_one["conv1.bias"], final["conv1.bias"])      # stopped after epoch 1
+    assert final["conv1.bias"].abs().sum() > 0                            # but it trained (fitted at 0)
+    assert not torch.equal(after_one["layer1.0.conv.weight"], final["layer1.0.conv.weight"])  # the rest trains
+    train(tiny_config(tmp_path / "full", **options), data=data)
+    unbroken = load_state(tmp_path / "full")["model"]
+    assert all(torch.equal(unbroken[k], final[k]) for k in final)  # resumed = unbroken, bit for bit
+    with pytest.raises(Exception, match="--whiten-bias-epochs needs --patch-whitening"):
+        TrainConfig(model="airbench94", whiten_bias_epochs=3.0)

@@ -195,6 +195,33 @@ class EmaUpdater(Callback):
         trainer.setup.ema.update_parameters(trainer.setup.trainee)
 
 
+class WhiteningBias(Callback):
+    """``--whiten-bias-epochs N`` (airbench): the whitening layer's bias, in its own parameter group,
+    trains at a rate falling linearly to zero over the first N epochs' steps, then not at all."""
+
+    def __init__(self, epochs: float):
+        self.epochs, self.step, self.steps, self.group = epochs, 0, 1, None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        setup = trainer.setup
+        self.group = next(g for g in setup.optimizer.param_groups if g.get("name") == "whiten_bias")
+        self.group.setdefault("initial_lr", self.group["lr"])
+        self.steps = max(1, round(self.epochs * setup.steps_per_epoch))
+        self.step = trainer.start_epoch * setup.steps_per_epoch  # resumed: the steps already taken
+        self._set()
+
+    def on_step_end(self, trainer: Trainer, loss: torch.Tensor) -> None:
+        self.step += 1
+        self._set()
+
+    def _set(self) -> None:
+        self.group["lr"] = self.group["initial_lr"] * max(0.0, 1 - self.step / self.steps)
+        if self.step >= self.steps:
+            for param in self.group["params"]:
+                param.requires_grad_(False)
+                param.grad = None
+
+
 class Unfreezer(Callback):
     """``--unfreeze-after N``: everything trains from epoch N on (a fresh DDP wrapper)."""
 
@@ -309,6 +336,8 @@ def standard_callbacks(config: TrainConfig, run_dir: Path, started: float, ema: 
         callbacks.append(EmaUpdater())
     callbacks += [RunClock(started, planned_minutes), DivergenceGuard(run_dir), Checkpointer(run_dir),
                   ProgressLogger()]
+    if config.whiten_bias_epochs is not None:  # after the Checkpointer: a resumed run's step count
+        callbacks.append(WhiteningBias(config.whiten_bias_epochs))
     if config.stop_after is not None:
         callbacks.append(EpochLimit(config.stop_after))
     # A planned run ends inside its budget; the guard, there for a machine slower than measured,

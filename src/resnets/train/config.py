@@ -94,6 +94,10 @@ class TrainConfig:
     pad_mode: str = setting("constant", "fill that padding with zeros (constant) or reflect", choices=PAD_MODES)
     patch_whitening: bool = setting(False, "initialise the first convolution to whiten the training images' "
                                     "patches (Page; airbench)", both_ways=True)
+    whiten_bias_epochs: float | None = setting(None, "with --patch-whitening: the whitening layer's weights stay as "
+                                               "fitted and its bias trains for the first N epochs only, its rate "
+                                               "falling to zero over them (airbench: 3)",
+                                               rule=POSITIVE, metavar="N")
     norm_bias_lr_scale: float = setting(1.0, "BatchNorm biases train at X times the learning rate (Page: 64)",
                                         rule=Bound(float, 0, 1e4, low_open=True), metavar="X")
     val_split: float | None = setting(None, "hold out this fraction of each class when the data has no val/test "
@@ -141,6 +145,7 @@ class TrainConfig:
         check_settings(self)
         checks = [
             (self.unfreeze_after is None or self.freeze, "--unfreeze-after needs --freeze"),
+            (self.whiten_bias_epochs is None or self.patch_whitening, "--whiten-bias-epochs needs --patch-whitening"),
             (self.batch_size % self.procs == 0,
              f"--batch-size {self.batch_size} (global) must divide evenly over --procs {self.procs}"),
         ]

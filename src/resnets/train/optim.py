@@ -19,7 +19,7 @@ def default_lr(opt: str, batch_size: int) -> float:
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float,
                  head_lr: float | None = None, head: nn.Module | None = None,
-                 norm_bias_lr_scale: float = 1.0) -> list[dict]:
+                 norm_bias_lr_scale: float = 1.0, own: dict[str, nn.Parameter] | None = None) -> list[dict]:
     """Split parameters into (body|head) x (decay|no decay) groups.
 
     Norm weights and every bias are 1-D: decaying them only fights the normalisation, so they
@@ -29,12 +29,15 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float,
     ``norm_bias_lr_scale`` != 1 moves the biases of normalisation layers into their own groups
     (``body_norm_bias``, ``head_norm_bias``) at ``scale`` times their rate, still without decay:
     David Page, "How to train your ResNet" part 8 (2019), trains the BatchNorm biases 64x faster.
-    At 1 the groups are the plain ones, unchanged.
+    At 1 the groups are the plain ones, unchanged. ``own`` names parameters that get a group of
+    their own (no decay, the body's rate), e.g. ``whiten_bias`` for a callback to schedule.
     """
+    own = own or {}
+    own_ids = {id(p) for p in own.values()}
     head_ids = {id(p) for p in head.parameters()} if head is not None else set()
     norm_bias_ids = _norm_bias_ids(model) if norm_bias_lr_scale != 1.0 else set()
     groups: dict[tuple[bool, bool, bool], list[nn.Parameter]] = {}
-    for param in model.parameters():
+    for param in (p for p in model.parameters() if id(p) not in own_ids):
         key = (id(param) in head_ids, param.ndim <= 1, id(param) in norm_bias_ids)
         groups.setdefault(key, []).append(param)
     result = []
@@ -44,7 +47,7 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float,
         result.append({"params": params, "weight_decay": 0.0 if no_decay else weight_decay,
                        "lr": group_lr * norm_bias_lr_scale if norm_bias else group_lr,
                        "name": f"{'head' if is_head else 'body'}{suffix}"})
-    return result
+    return result + [{"params": [param], "weight_decay": 0.0, "lr": lr, "name": name} for name, param in own.items()]
 
 
 def _norm_bias_ids(model: nn.Module) -> set[int]:

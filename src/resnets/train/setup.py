@@ -134,7 +134,9 @@ def build_run_optimizer(config: TrainConfig, trainee: nn.Module, classifier: nn.
     """The run's optimizer over ``trainee``: its kind, default rate and decay, parameter groups."""
     lr = config.lr or default_lr(config.opt, config.batch_size)
     wd = DEFAULT_WEIGHT_DECAY[config.opt] if config.weight_decay is None else config.weight_decay
-    groups = param_groups(trainee, lr, wd, config.head_lr, classifier, norm_bias_lr_scale=config.norm_bias_lr_scale)
+    own = {"whiten_bias": trainee.conv1.bias} if config.whiten_bias_epochs is not None else None
+    groups = param_groups(trainee, lr, wd, config.head_lr, classifier, norm_bias_lr_scale=config.norm_bias_lr_scale,
+                          own=own)
     return build_optimizer(config.opt, groups, config.momentum, device, renormalize=config.muon_renormalize)
 
 
@@ -212,6 +214,10 @@ def whiten_first_conv(setup: TrainingSetup) -> None:
     sample = setup.data.train_images[:WHITENING_IMAGES]
     with torch.no_grad():
         fit_patch_whitening(first, augmentation(setup, train=False)(sample))  # normalised as the model sees them
+    if setup.config.whiten_bias_epochs is not None:
+        if first.bias is None:
+            raise ResnetsError(f"--whiten-bias-epochs: {setup.model.model_name}'s first convolution has no bias")
+        first.weight.requires_grad_(False)  # airbench: the whitening stays as fitted
 
 
 def set_up_multi_label(setup: TrainingSetup) -> bool:
