@@ -41,10 +41,12 @@ from .evaluate import evaluation_data
 from .explain import check_topk, label_font
 from .fileio import atomic_path, atomic_paths, atomic_write_bytes, save_figure
 from .terminal import printable
+from .textparse import load_json, load_npy, read_limited
 from .factory import load_model
 
 INDEX_FORMAT = "resnets-embeddings"
 INDEX_VERSION = 1
+MAX_SIDECAR_BYTES = 256 << 20  # the .npy index's .json: a row (path, label, item) per image
 METADATA_KEY = b"resnets"
 SUFFIXES = (".parquet", ".npy")
 EXTRA_HINT = "pip install 'resnets[search]'"
@@ -242,12 +244,10 @@ def load_index(path: str | os.PathLike) -> EmbeddingIndex:
 def _read_npy(path: Path) -> tuple[Any, list[Any], np.ndarray]:
     side = sidecar(path)
     try:
-        vectors = np.load(path, allow_pickle=False)  # never unpickle: an object array is refused
-        record = json.loads(side.read_text())
+        record = load_json(read_limited(side, MAX_SIDECAR_BYTES), str(side), max_bytes=MAX_SIDECAR_BYTES)
     except FileNotFoundError:
         raise ResnetsError(f"{path} has no sidecar {side.name}; it is not an index made by `resnets embed`") from None
-    except (ValueError, OSError, UnicodeDecodeError) as error:
-        raise ResnetsError(f"{path} is not an index made by `resnets embed` ({first_line(error)})") from None
+    vectors = load_npy(path, str(path))  # header checked against the file's size; never unpickles
     rows = record.pop("rows", None) if isinstance(record, dict) else None
     if not isinstance(rows, list):
         raise ResnetsError(f"{path} is not an index made by `resnets embed` ({side.name} has no rows)")
@@ -259,7 +259,7 @@ def _read_parquet(path: Path) -> tuple[Any, list[Any], np.ndarray]:
     try:
         table = parquet.read_table(str(path))
         raw = (table.schema.metadata or {}).get(METADATA_KEY)
-        meta = json.loads(raw) if raw else None
+        meta = load_json(raw, str(path)) if raw else None
     except Exception as error:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError... for a foreign file
         raise ResnetsError(f"{path} is not an index made by `resnets embed` ({first_line(error)})") from None
     if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:

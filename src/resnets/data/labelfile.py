@@ -24,14 +24,14 @@ tensor. The file has no splits: training holds out ``--val-split`` at random (:f
 from __future__ import annotations
 
 import csv
-import json
 import os
 import re
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import ResnetsError, first_line
+from ..errors import ResnetsError
+from ..textparse import load_json
 from .base import register_format
 from .dataset import EncodedImageDataset
 from .images import printable, read_image_file
@@ -82,10 +82,7 @@ def _json_rows(text: str, path: Path) -> Rows:
         if not line.strip():
             continue
         where = f"{printable(str(path))} line {number}"
-        try:
-            item = json.loads(line)
-        except ValueError as error:
-            raise ResnetsError(f"{where}: malformed JSON ({first_line(error)})") from None
+        item = load_json(line, where, invalid="malformed JSON")
         if not isinstance(item, dict) or not isinstance(item.get("path"), str) \
                 or not isinstance(item.get("labels"), list) or not all(isinstance(x, str) for x in item["labels"]):
             raise ResnetsError(f'{where}: expected {{"path": "...", "labels": ["...", ...]}}')

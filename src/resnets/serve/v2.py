@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import math
 import struct
 from typing import Any
@@ -31,6 +30,8 @@ import torch
 from fastapi import FastAPI, Request
 
 from .. import __version__
+from ..errors import ResnetsError
+from ..textparse import load_json
 from .server import Server, ServeError
 
 BINARY_HEADER = "inference-header-content-length"
@@ -104,9 +105,9 @@ def split_body(body: bytes, json_length: str | None) -> tuple[dict, bytes]:
                                   f"{len(body)} bytes")
         text, binary = body[:int(json_length)], body[int(json_length):]
     try:
-        header = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ServeError(400, f"the request is not valid JSON: {error}") from None
+        header = load_json(text, "the request", max_bytes=len(text))  # the body is capped by --max-body-mb
+    except ResnetsError as error:
+        raise ServeError(400, str(error)) from None
     if not isinstance(header, dict):
         raise ServeError(400, "the request must be a JSON object with 'inputs'")
     return header, binary

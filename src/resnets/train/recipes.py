@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import ResnetsError
 from ..settings import recipe_values, settings_yaml
+from ..textparse import load_yaml, read_limited
 from .config import TrainConfig
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -39,19 +40,8 @@ def recipe_path(name_or_path: str) -> Path:
 
 def read_recipe(name_or_path: str, command: str = "train") -> dict[str, Any]:
     """The settings a recipe file holds, as ``{field: value}`` of :class:`TrainConfig`, each checked."""
-    import yaml
-
     path = recipe_path(name_or_path)
-    if path.stat().st_size > MAX_RECIPE_BYTES:
-        raise ResnetsError(f"{path}: larger than {MAX_RECIPE_BYTES} bytes; not a recipe")
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.MarkedYAMLError as error:
-        mark = error.context_mark or error.problem_mark  # the context: where an unclosed [ or " began
-        line = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ResnetsError(f"{path}: not valid YAML{line}: {error.problem or error.context}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise ResnetsError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
+    document = load_yaml(read_limited(path, MAX_RECIPE_BYTES), str(path), max_bytes=MAX_RECIPE_BYTES)
     if document is None:
         return {}
     if not isinstance(document, dict):

@@ -24,6 +24,7 @@ from ..fileio import atomic_write_bytes
 from ..models import ResNet, ResNetConfig, get_model_spec, list_models
 from ..multilabel import task_of
 from ..preprocessing import Preprocessing
+from ..textparse import load_json
 
 FORMAT_VERSION = 1
 METADATA_KEY = "resnets"
@@ -112,10 +113,7 @@ def _parse_metadata(text: str | None, path: Path) -> dict[str, Any]:
     """The ``resnets`` metadata of a file, each field type-checked."""
     if text is None:
         return {}
-    try:
-        meta = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ResnetsError(f"{path}: its metadata is not valid JSON ({error.msg})") from None
+    meta = load_json(text, f"{path}: its metadata")
     if not isinstance(meta, dict):
         raise ResnetsError(f"{path}: its metadata is not a JSON object")
     types = {"model_name": str, "config": dict, "model_args": dict, "class_names": list,
