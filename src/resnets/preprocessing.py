@@ -31,6 +31,10 @@ import torch
 
 from .errors import ResnetsError
 
+
+class PixelBudgetError(ResnetsError):
+    """An image, or what a resize or crop would make of it, over :data:`MAX_PIXELS`."""
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
@@ -38,6 +42,9 @@ CHANNEL_ORDERS = ("RGB", "BGR")
 EVAL_CROP_FRACTION = 0.875  # the usual resize of 1/0.875 of the crop (256 for 224)
 MAX_INPUT_SIZE = 8192
 MAX_CHANNELS = 64
+# The decode budget: no image is decoded, resized or cropped into more pixels than this (128 Mi
+# pixels, 384 MiB of RGB: a 100-megapixel photo, or a 2:1 image resized to 8192 on its shorter side).
+MAX_PIXELS = 2**27
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, PIL's convert("L"): RGB pixels for a one-channel model
 
 
@@ -139,13 +146,17 @@ class Preprocessing:
         return _center_crop(image, self.input_size)
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
-        """(width, height) of a ``width`` x ``height`` image after the resize step."""
+        """(width, height) of a ``width`` x ``height`` image after the resize step; both sizes within
+        the decode budget (:func:`check_pixels`), checked before anything is allocated."""
+        check_pixels(width, height)
         if isinstance(self.resize_size, tuple):
-            return self.resize_size[1], self.resize_size[0]
-        # the shorter side to resize_size; the other rounded down, as torchvision's Resize(int)
-        if width <= height:
-            return self.resize_size, int(self.resize_size * height / width)
-        return int(self.resize_size * width / height), self.resize_size
+            size = self.resize_size[1], self.resize_size[0]
+        elif width <= height:  # the shorter side to resize_size; the other rounded down, as torchvision's Resize(int)
+            size = self.resize_size, int(self.resize_size * height / width)
+        else:
+            size = int(self.resize_size * width / height), self.resize_size
+        check_pixels(width, height, size)
+        return size
 
     def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
         """Where the model's input lies in a ``width`` x ``height`` photo: (left, top, right,
@@ -217,6 +228,7 @@ def _center_crop(image: Any, size: int) -> Any:
     width, height = image.size
     if (width, height) == (size, size):
         return image
+    check_pixels(width, height, (max(width, size), max(height, size)))
     left, top = _crop_offset(width, size), _crop_offset(height, size)
     if width < size or height < size:  # zero padding around, as CenterCrop pads
         padded = Image.new(image.mode, (max(width, size), max(height, size)))
@@ -224,6 +236,19 @@ def _center_crop(image: Any, size: int) -> Any:
         image = padded
         left, top = max(left, 0), max(top, 0)
     return image.crop((left, top, left + size, top + size))
+
+
+def check_pixels(width: int, height: int, made: tuple[int, int] | None = None) -> None:
+    """The decode budget, the one check of every image size: a ``width`` x ``height`` image, and
+    the ``made`` (width, height) a resize or crop would make of it, hold at most :data:`MAX_PIXELS`
+    pixels; :class:`PixelBudgetError` otherwise, before anything is allocated."""
+    if width < 1 or height < 1:
+        raise PixelBudgetError(f"image of {width}x{height} pixels is empty")
+    if width * height > MAX_PIXELS:
+        raise PixelBudgetError(f"image of {width}x{height} pixels is over the limit of {MAX_PIXELS} pixels")
+    if made is not None and made[0] * made[1] > MAX_PIXELS:
+        raise PixelBudgetError(f"image of {width}x{height} pixels would become {made[0]}x{made[1]}, "
+                               f"over the limit of {MAX_PIXELS} pixels")
 
 
 def _crop_offset(side: int, size: int) -> int:

@@ -28,7 +28,7 @@ from torchvision.ops import roi_align
 
 from ..errors import ResnetsError
 from ..models.registry import ModelSpec, get_model_spec
-from ..preprocessing import EVAL_CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from ..preprocessing import EVAL_CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, Preprocessing, check_pixels
 
 PRESETS = ("cifar", "imagenet", "none")
 FLIPS = ("random", "alternate", "none")
@@ -120,15 +120,16 @@ class BatchAugment:
         return self.preprocessing.normalize(images)
 
     def _eval_resize(self, images: torch.Tensor) -> torch.Tensor:
-        """The record's geometry on tensors; a no-op for images decoded through the record."""
-        size, resize = self.img_size, self.preprocessing.resize_size
-        if self.preprocessing.keeps(*images.shape[-2:]):
+        """The record's geometry on tensors; a no-op for images decoded through the record. Sizes
+        come from :meth:`Preprocessing.resized_size`, so the decode budget is checked first."""
+        size, (height, width) = self.img_size, images.shape[-2:]
+        if self.preprocessing.keeps(height, width):
             return images
-        if isinstance(resize, tuple):
-            images = TF.resize(images, list(resize), antialias=True)
-        elif min(images.shape[-2:]) != resize:
-            images = TF.resize(images, [resize], antialias=True)
+        new_width, new_height = self.preprocessing.resized_size(width, height)
+        if isinstance(self.preprocessing.resize_size, tuple) or (new_height, new_width) != (height, width):
+            images = TF.resize(images, [new_height, new_width], antialias=True)
         if tuple(images.shape[-2:]) != (size, size):
+            check_pixels(*images.shape[-2:][::-1], (max(new_width, size), max(new_height, size)))
             images = TF.center_crop(images, [size, size])
         return images
 

@@ -1,12 +1,11 @@
 """Reading one image file and decoding it into an RGB PIL image, whatever its mode, or saying why not.
 
 Every reader of the package goes through :func:`decode_image`, so that corrupt, truncated or
-non-image files fail the same way (:class:`BadImageError`, naming the file) and odd modes
+non-image files fail the same way (:class:`BadImageError`, naming the file; an image over the decode
+budget, :func:`resnets.preprocessing.check_pixels`, is refused from its header) and odd modes
 (grayscale, CMYK, palette, RGBA, 16-bit) all come out as 8-bit RGB. Files on disk are read
 with :func:`read_image_file`, which opens regular files only (never a device, FIFO or socket,
-which could block or never end) and refuses files over :data:`MAX_IMAGE_BYTES`. PIL's
-decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``) stays on: an image declaring more than
-twice that many pixels fails to decode instead of filling memory.
+which could block or never end) and refuses files over :data:`MAX_IMAGE_BYTES`.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ResnetsError, first_line
+from ..preprocessing import PixelBudgetError, check_pixels
 from ..terminal import printable  # noqa: F401 - the one escaping of names, used by the readers
 
 # The extensions torchvision's ImageFolder accepts; matched case-insensitively.
@@ -33,6 +33,10 @@ MAX_IMAGE_BYTES = 64 * 2**20
 
 class BadImageError(ResnetsError):
     """A file that should hold an image cannot be decoded (corrupt, truncated, not an image)."""
+
+
+class OversizedImageError(BadImageError, PixelBudgetError):
+    """An image file declaring more pixels than the decode budget: unreadable, and over the budget."""
 
 
 class BadImageWarning(UserWarning):
@@ -103,12 +107,20 @@ def decode_image(data: bytes, name: str) -> Image.Image:
     """Fully decode ``data`` (the bytes of file ``name``) to an RGB image.
 
     Decoding is complete (not lazy), so a truncated file fails here rather than later inside
-    a transform. Any decoder failure becomes :class:`BadImageError`.
+    a transform. Any decoder failure becomes :class:`BadImageError`; an image declaring more pixels
+    than the decode budget, :class:`OversizedImageError` (both).
     """
     try:
         with Image.open(io.BytesIO(data)) as image:
+            check_pixels(*image.size)
             image.load()
             return to_rgb(image)
+    except PixelBudgetError as error:
+        raise OversizedImageError(f"cannot decode image {name}: {error}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:  # the server makes it an error
+        raise OversizedImageError(f"cannot decode image {name}: {first_line(error)}") from None
+    except Image.UnidentifiedImageError:
+        raise BadImageError(f"cannot decode image {name}: not an image format PIL can read") from None
     except Exception as error:  # any decoder error means the file is unusable  # noqa: BLE001
         raise BadImageError(f"cannot decode image {name}: {first_line(error)}") from error
 

@@ -5,7 +5,6 @@ every endpoint answers with."""
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +15,8 @@ import torch
 from PIL import Image
 
 from ..data.images import decode_image
-from ..errors import ResnetsError, first_line
+from ..errors import ResnetsError
+from ..preprocessing import PixelBudgetError
 from ..metrics import top_classes
 from ..multilabel import is_multi_label, labels_above, threshold_of
 from ..predict import InferenceModel
@@ -66,40 +66,27 @@ class ServeError(Exception):
 
 
 # -- decoding ----------------------------------------------------------------------------------
-def check_pixels(data: bytes, name: str) -> None:
-    """Refuse, from the header alone, an image declaring more pixels than PIL's bomb limit.
-
-    PIL only warns between one and two times ``Image.MAX_IMAGE_PIXELS``; a server must refuse.
-    """
-    limit = Image.MAX_IMAGE_PIXELS
-    try:
-        with Image.open(io.BytesIO(data)) as probe:
-            width, height = probe.size
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ServeError(413, f"image {name} too large: {error}") from None
-    except Image.UnidentifiedImageError:
-        raise ServeError(400, f"cannot decode image {name}: not an image format PIL can read") from None
-    except Exception as error:  # noqa: BLE001 - a header PIL cannot parse is the client's
-        raise ServeError(400, f"cannot decode image {name}: {first_line(error)}") from None
-    if limit is not None and width * height > limit:
-        raise ServeError(413, f"image {name} declares {width}x{height} pixels, more than the {limit} "
-                              f"the server decodes")
-
-
 def decode_request_image(data: bytes, name: str) -> Image.Image:
-    """Image bytes a client sent -> the PIL image; a 400 or 413 :class:`ServeError` otherwise."""
+    """Image bytes a client sent -> the PIL image; a 400 or 413 :class:`ServeError` otherwise (413: over
+    the decode budget, :func:`resnets.preprocessing.check_pixels`)."""
     if not data:
         raise ServeError(400, f"empty {name}: send the bytes of an image")
-    check_pixels(data, name)
     try:
         return decode_image(data, name)
+    except PixelBudgetError as error:
+        raise ServeError(413, str(error)) from None
     except ResnetsError as error:
         raise ServeError(400, str(error)) from None
 
 
 def decode_to_batch(predictor: InferenceModel, data: bytes, name: str) -> torch.Tensor:
     """Image bytes -> the normalised (1, 3, S, S) float batch of the model's preprocessing."""
-    return predictor.normalise(predictor.preprocessing.to_uint8(decode_request_image(data, name))[None])
+    image = decode_request_image(data, name)
+    try:
+        pixels = predictor.preprocessing.to_uint8(image)
+    except PixelBudgetError as error:
+        raise ServeError(413, f"image {name}: {error}") from None
+    return predictor.normalise(pixels[None])
 
 
 # -- the server --------------------------------------------------------------------------------
