@@ -39,6 +39,7 @@ from ..errors import ResnetsError, first_line
 from .base import VAL_SPLITS, register_format
 from .dataset import EncodedImageDataset
 from .images import MAX_IMAGE_BYTES, BadImageError, BadImageWarning, printable, read_image_file
+from .shards import check_class_number
 
 MAX_JSON_BYTES = 16 * 2**20
 MAX_ROW_GROUP_BYTES = 2**30  # one row group is held in memory while its images are read
@@ -273,8 +274,12 @@ class HfSource:
         if all(isinstance(v, str) for v in values):
             return sorted(printable(v) for v in values)
         largest = max((int(v) for v in values), default=-1)
-        if largest >= 1_000_000:
-            raise ResnetsError(f"{printable(str(self.path))} has label {largest}: too large to be a class number")
+        count = sum(len(table.labels) for table in self._tables.values())
+        for table in self._tables.values():
+            if largest in table.labels:
+                row = table.labels.index(largest)
+                where = _row_name(table.parts, np.cumsum([0] + table.part_rows).tolist(), row)
+                check_class_number(largest, count, where, "declare the classes as a ClassLabel feature")
         return [str(k) for k in range(largest + 1)]
 
     def _targets_of(self, table: _Table) -> tuple[list[int], list[int]]:

@@ -48,6 +48,7 @@ MAX_MANIFEST_BYTES = 16 * 2**20
 INDEX_SUFFIX = ".idx.json"  # written beside each shard by pack_wds: offsets and labels, so opening skips the scan
 MAX_HEADER_BYTES = 2**20  # a tar header (pax records, long names) read while indexing
 MAX_CLASSES = 1_000_000  # classes named by number: a larger label is taken as corrupt
+MIN_UNDECLARED_CLASSES = 1000  # labels below this always pass as class numbers (see check_class_number)
 _SPLIT_NAME = re.compile(r"^(train|" + "|".join(VAL_SPLITS) + r")[-_.]")
 
 
@@ -217,11 +218,22 @@ class WdsSource:
         self._split_shards = _manifest_splits(path, manifest) if manifest else _named_splits(path)
         self._indexed = {split: self._index(shards) for split, shards in self._split_shards.items()}
         largest = max((max(labels, default=-1) for _, labels in self._indexed.values()), default=-1)
+        if not manifest:
+            self._check_undeclared(largest)
         self.classes = list(manifest["classes"]) if manifest else [str(k) for k in range(largest + 1)]
         if largest >= len(self.classes):
             raise ResnetsError(f"{printable(str(path))} has label {largest}, past its {len(self.classes)} classes")
         if not self.classes:
             raise ResnetsError(f"no labelled samples in {printable(str(path))}")
+
+    def _check_undeclared(self, largest: int) -> None:
+        """Classes named by number must be backed by the data (:func:`check_class_number`)."""
+        count = sum(len(labels) for _, labels in self._indexed.values())
+        for split, (samples, labels) in self._indexed.items():
+            if largest in labels:
+                sample = samples[labels.index(largest)]
+                where = f"{printable(str(self._split_shards[split][sample.shard]))}:{sample.name}"
+                check_class_number(largest, count, where, f"declare the classes in {MANIFEST}")
 
     def _index(self, shards: list[Path]) -> tuple[list[Sample], list[int]]:
         samples: list[Sample] = []
@@ -247,6 +259,15 @@ class WdsSource:
 
 
 register_format(50, is_wds, WdsSource)
+
+
+def check_class_number(label: int, samples: int, where: str, declare: str) -> None:
+    """Refuse a class number the data cannot back, where no class list is declared: one of at least
+    :data:`MIN_UNDECLARED_CLASSES` and 10 x the ``samples`` would size the model's head by one label."""
+    limit = max(MIN_UNDECLARED_CLASSES, 10 * samples)
+    if label >= limit:
+        raise ResnetsError(f"{where} has label {label}, far past its {samples} labelled samples (classes named "
+                           f"by number stop below {limit}); {declare}")
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
