@@ -6,10 +6,10 @@ own parser, so the benchmark trains exactly what ``resnets train --config RECIPE
 starts with the command: decoding the JPEGs once into memory, training, every evaluation of the
 10,000 test images and the final test-time-augmented score all count.
 
-``--epochs auto`` (the default) plans the recipe's epochs to fit ``--minutes``: it measures the
-training step's images/s here after decoding and takes as many epochs as fit; training also
-stops (resumably) before an epoch that would overrun the budget. At the end the published
-weights are scored again with the recipe's test-time augmentation (``--tta``).
+``--epochs auto`` (the default) plans the run with ``resnets train --minutes`` (the one planner:
+steps, validation passes and checkpoints timed here, counted from the command's start), after
+reserving the time of the final score, timed on 500 test images: at the end the published
+weights are scored again with test-time augmentation (``--tta``).
 
 ``--baseline RECIPE`` runs a second recipe after the first in the same command, with its own
 budget, and draws both curves on one plot (the side-by-side of issue 16: the current ResNet-20
@@ -34,12 +34,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED_DATA, step_rate, subset  # noqa: E402
+from _common import SHARED_DATA, subset  # noqa: E402
 
 THRESHOLDS = (90.0, 92.0, 93.0, 94.0)
 # The budget's planning: the loop around the steps (augmentation, meters: ~8 % on the 2-core CPU),
 # a test pass per evaluated epoch at ~3x the training step's rate, 3 s per checkpoint; 4 % kept back.
-LOOP_OVERHEAD, TEST_SPEEDUP, CHECKPOINT_S, MARGIN = 1.10, 3.0, 3.0, 0.96
 
 
 def main() -> None:
@@ -115,17 +114,15 @@ def benchmark_recipe(recipe: str, flags: list[str], out: Path, data, args: argpa
     from resnets.train import train
 
     config = train_config(recipe, flags, out, args.data)
-    rate = step_rate(config.model, config.batch_size, 32, "cpu", channels_last=config.channels_last,
-                     amp=config.amp, steps=6)
-    seconds_left = args.minutes * 60 - (time.perf_counter() - start)
-    epochs = plan_epochs(args.epochs, seconds_left, rate, len(data.train_labels), len(data.val_labels),
-                         config.val_every)
-    minutes_left = args.minutes - (time.perf_counter() - start) / 60
-    config = dataclasses.replace(config, epochs=epochs, max_minutes=max(0.01, minutes_left))
-    print(f"{recipe}: {config.model}, {rate:.0f} training images/s at batch {config.batch_size}; "
-          f"{epochs} epochs planned", file=sys.stderr)
+    reserve = final_score_seconds(config.model, data, None if args.tta == "none" else args.tta)
+    minutes_left = args.minutes - (time.perf_counter() - start + reserve) / 60
+    if args.epochs == "auto":  # the planner counts from the recipe's start itself
+        config = dataclasses.replace(config, minutes=max(0.01, args.minutes - reserve / 60), max_minutes=None)
+    else:
+        config = dataclasses.replace(config, epochs=int(args.epochs), max_minutes=max(0.01, minutes_left))
+    print(f"{recipe}: {config.model}; {reserve:.0f} s kept for the final score", file=sys.stderr)
     wall_start = time.time() - (time.perf_counter() - start)
-    history = train(config, data=data, overwrite=True).history
+    history = train(config, data=data, overwrite=True, started=wall_start).history
     points = [{"epoch": row["epoch"], "minutes": (row["finished_at"] - wall_start) / 60, "test_top1": row["val_top1"]}
               for row in history if "val_top1" in row]
     final = final_scores(out, data, None if args.tta == "none" else args.tta)
@@ -134,26 +131,24 @@ def benchmark_recipe(recipe: str, flags: list[str], out: Path, data, args: argpa
                         "tta": args.tta}] if final.get("tta_top1") is not None else [])
     return {"recipe": recipe, "overrides": flags, "model": config.model,
             "parameters": final.pop("parameters"), "train_images": len(data.train_labels),
-            "decode_s": decode_s, "step_images_per_s": rate, "epochs_planned": epochs,
-            "epochs_run": history[-1]["epoch"], "settings": settings(config),
+            "decode_s": decode_s, "epochs_planned": json.loads((out / "config.json").read_text())["epochs"],
+            "planned_minutes": history[-1].get("planned_minutes"), "epochs_run": history[-1]["epoch"], "settings": settings(config),
             "total_minutes": final["minutes"], "final": final, "points": curve,
             "minutes_to": {f"{t:g}": minutes_to(curve, t) for t in THRESHOLDS}}
 
 
-def plan_epochs(requested: str, seconds_left: float, rate: float, train_images: int, test_images: int,
-                val_every: int) -> int:
-    """``requested`` as a number, or (``auto``) the most epochs whose planned time fits ``seconds_left``."""
-    if requested != "auto":
-        return int(requested)
+def final_score_seconds(model_name: str, data, tta: str | None) -> float:
+    """The final score's time, from 500 test images through a fresh model and the TTA views."""
+    from resnets import create_model
+    from resnets.data import BatchAugment
+    from resnets.metrics import tta_logits
 
-    def seconds(epochs: int) -> float:
-        tests = epochs // val_every + 2  # the evaluated epochs, the last one, and the final TTA pass
-        return epochs * (LOOP_OVERHEAD * train_images / rate + CHECKPOINT_S) + tests * test_images / (TEST_SPEEDUP * rate)
-
-    epochs = 1
-    while seconds(epochs + 1) <= MARGIN * seconds_left:
-        epochs += 1
-    return epochs
+    model = create_model(model_name).eval()
+    images = BatchAugment("none", model.preprocessing, train=False)(data.val_images[:500])
+    began = time.perf_counter()
+    with torch.no_grad():
+        tta_logits(model, images, tta)
+    return (time.perf_counter() - began) * len(data.val_labels) / len(images)
 
 
 def final_scores(run_dir: Path, data, tta: str | None) -> dict:
