@@ -104,7 +104,7 @@ def test_train_runs_the_recipe(tmp_path):
     ("epochs: 2.5\n", "epochs: must be an integer"),
     ("lr: -1\n", "lr: must be a finite number > 0"),
     ("momentum: 1.5\n", "momentum: must be"),
-    ("sched: linear\n", "sched: must be one of"),
+    ("sched: exponential\n", "sched: must be one of"),
     ("amp: 3\n", "amp: must be true or false"),
     ("model: 3\n", "model: must be text"),
     ("epochs: null\n", "epochs: needs a value"),
