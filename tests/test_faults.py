@@ -165,7 +165,7 @@ def test_kill_export(forkserver, workspace, fmt):
     model = "resnet18" if fmt == "prototxt" else "resnet20"  # resnet20's option-A shortcut has no Caffe layer
     argv = ["export", model, "--format", fmt, "--out", out, "--input-size", "32"]
     outcomes = _kill_repeatedly(forkserver, argv, out.parent, lambda: _check_export(out, fmt))
-    assert sum(outcomes.values()) == KILLS
+    assert sum(outcomes.values()) >= KILLS
 
 
 def test_kill_convert(forkserver, workspace):
