@@ -83,3 +83,40 @@ def test_the_whitening_bias_stops_training_at_the_step_named(tmp_path):
     assert all(torch.equal(unbroken[k], final[k]) for k in final)  # resumed = unbroken, bit for bit
     with pytest.raises(Exception, match="--whiten-bias-epochs needs --patch-whitening"):
         TrainConfig(model="airbench94", whiten_bias_epochs=3.0)
+
+
+def _recipe_optimizer(**changes):
+    from resnets import create_model
+    from resnets.train.recipes import read_recipe
+    from resnets.train.setup import build_run_optimizer
+
+    values = {key.replace("-", "_"): value for key, value in read_recipe("cifar10-airbench").items()}
+    config = TrainConfig(**{**values, **changes})
+    model = create_model(config.model)
+    return build_run_optimizer(config, model, model.get_classifier(), torch.device("cpu"))
+
+
+def test_the_airbench_recipe_builds_airbench94_muons_parameter_groups():
+    groups = {g["name"]: g for g in _recipe_optimizer().param_groups}
+    muon, head = groups["body"], groups["head"]
+    # Muon on the filters: rate 0.24, momentum 0.6, no decay (the norm is renormalised each step)
+    assert muon["muon"] and muon["lr"] == 0.24 and muon["momentum"] == 0.6 and muon["weight_decay"] == 0
+    assert all(p.ndim == 4 for p in muon["params"])
+    # SGD at momentum 0.85 on the rest: biases at 0.053, the head at 0.67, each decaying by 2e-6 x 2000 / rate
+    for name, rate in (("body_norm_bias", 0.053), ("whiten_bias", 0.053), ("head", 0.67)):
+        group = groups[name]
+        assert not group["muon"] and group["momentum"] == 0.85, name
+        assert group["lr"] == pytest.approx(rate) and group["weight_decay"] == pytest.approx(2e-6 * 2000 / rate), name
+    trainable = sum(p.numel() for g in groups.values() for p in g["params"] if p.requires_grad)
+    assert trainable == 1_972_792 - 1152  # every parameter but the BatchNorm scales, which stay at 1
+
+
+def test_without_decay_all_the_one_dimensional_parameters_do_not_decay():
+    groups = {g["name"]: g for g in _recipe_optimizer(decay_all=False, lr_coupled_decay=False).param_groups}
+    assert groups["body_norm_bias"]["weight_decay"] == 0 and groups["whiten_bias"]["weight_decay"] == 0
+    assert groups["head"]["weight_decay"] == 0.004 and "body_no_decay" in groups
+
+
+def test_muon_momentum_defaults_to_the_momentum():
+    groups = {g["name"]: g for g in _recipe_optimizer(muon_momentum=None).param_groups}
+    assert groups["body"]["momentum"] == groups["head"]["momentum"] == 0.85

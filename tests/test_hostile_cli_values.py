@@ -27,7 +27,7 @@ REFUSED = {
     "color-jitter": ["-1", "nan", "11"], "aug-repeats": ["0", "-1", "1.5"],
     "norm-bias-lr-scale": ["0", "-1", "inf", "1e5"], "translate": ["-1", "65", "1.5"],
     "grad-clip": ["0", "-1", "nan", "inf"], "minutes": ["0", "-1", "nan", "inf"],
-    "whiten-bias-epochs": ["0", "-2", "nan"],
+    "whiten-bias-epochs": ["0", "-2", "nan"], "muon-momentum": ["0", "1", "-0.5", "nan"],
 }
 
 

@@ -45,6 +45,13 @@ class TrainConfig:
                        "SGD-Nesterov on the rest", choices=OPTIMIZERS, commands=LR_FIND)
     muon_renormalize: bool = setting(False, "with --opt muon, rescale each filter tensor to norm sqrt(out "
                                      "channels) before its update (airbench)")
+    muon_momentum: float | None = setting(None, "with --opt muon, the filters' momentum (default: --momentum; "
+                                          "airbench: 0.6, and 0.85 for the rest)",
+                                          rule=Bound(float, 0, 1, low_open=True, high_open=True))
+    decay_all: bool = setting(False, "weight decay on every parameter, biases and norms included (airbench); "
+                              "default: none on 1-D parameters")
+    lr_coupled_decay: bool = setting(False, "--weight-decay is the product of rate and decay: each parameter group "
+                                     "decays by it divided by its own rate (airbench: 2e-6 x batch size)")
     sched: str = setting("cosine", choices=SCHEDULES)
     warmup_epochs: float = setting(0.0, rule=Bound(float, 0))
     label_smoothing: float = setting(0.0, rule=DECAY, commands=LR_FIND)

@@ -19,7 +19,8 @@ def default_lr(opt: str, batch_size: int) -> float:
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float,
                  head_lr: float | None = None, head: nn.Module | None = None,
-                 norm_bias_lr_scale: float = 1.0, own: dict[str, nn.Parameter] | None = None) -> list[dict]:
+                 norm_bias_lr_scale: float = 1.0, own: dict[str, nn.Parameter] | None = None,
+                 decay_all: bool = False) -> list[dict]:
     """Split parameters into (body|head) x (decay|no decay) groups.
 
     Norm weights and every bias are 1-D: decaying them only fights the normalisation, so they
@@ -30,7 +31,10 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float,
     (``body_norm_bias``, ``head_norm_bias``) at ``scale`` times their rate, still without decay:
     David Page, "How to train your ResNet" part 8 (2019), trains the BatchNorm biases 64x faster.
     At 1 the groups are the plain ones, unchanged. ``own`` names parameters that get a group of
-    their own (no decay, the body's rate), e.g. ``whiten_bias`` for a callback to schedule.
+    their own at the rate of the norm biases, e.g. ``whiten_bias`` for a callback to schedule.
+
+    ``decay_all`` decays the 1-D parameters too (airbench decays its biases); their groups stay
+    apart from the filters' (Muon takes only >=2-D ones) and are named ``*_1d``.
     """
     own = own or {}
     own_ids = {id(p) for p in own.values()}
@@ -41,13 +45,15 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float,
         key = (id(param) in head_ids, param.ndim <= 1, id(param) in norm_bias_ids)
         groups.setdefault(key, []).append(param)
     result = []
-    for (is_head, no_decay, norm_bias), params in sorted(groups.items()):
+    one_d_decay = weight_decay if decay_all else 0.0
+    for (is_head, one_d, norm_bias), params in sorted(groups.items()):
         group_lr = head_lr if is_head and head_lr is not None else lr
-        suffix = "_norm_bias" if norm_bias else "_no_decay" if no_decay else ""
-        result.append({"params": params, "weight_decay": 0.0 if no_decay else weight_decay,
+        suffix = "_norm_bias" if norm_bias else ("_1d" if decay_all else "_no_decay") if one_d else ""
+        result.append({"params": params, "weight_decay": one_d_decay if one_d else weight_decay,
                        "lr": group_lr * norm_bias_lr_scale if norm_bias else group_lr,
                        "name": f"{'head' if is_head else 'body'}{suffix}"})
-    return result + [{"params": [param], "weight_decay": 0.0, "lr": lr, "name": name} for name, param in own.items()]
+    return result + [{"params": [param], "weight_decay": one_d_decay, "lr": lr * norm_bias_lr_scale, "name": name}
+                     for name, param in own.items()]
 
 
 def _norm_bias_ids(model: nn.Module) -> set[int]:
@@ -57,11 +63,17 @@ def _norm_bias_ids(model: nn.Module) -> set[int]:
 
 
 def build_optimizer(name: str, groups: list[dict], momentum: float, device: torch.device,
-                    renormalize: bool = False) -> torch.optim.Optimizer:
+                    renormalize: bool = False, muon_momentum: float | None = None) -> torch.optim.Optimizer:
     """SGD (Nesterov momentum) or AdamW, fused where the device supports it, else foreach;
-    ``muon``: :class:`MuonSGD` (Muon on the body's filters, SGD-Nesterov on the rest; with
-    ``renormalize`` each filter tensor is rescaled to norm sqrt(out channels) before its update)."""
+    ``muon``: :class:`MuonSGD` (Muon on the body's filters at ``muon_momentum``, default
+    ``momentum``; SGD-Nesterov on the rest; with ``renormalize`` each filter tensor is rescaled to
+    norm sqrt(out channels) before its update, and the filters get no weight decay: their norm is
+    fixed, so decay has nothing to do, and airbench has none)."""
     if name == "muon":
+        muon_group = {"momentum": momentum if muon_momentum is None else muon_momentum}
+        if renormalize:
+            muon_group["weight_decay"] = 0.0
+        groups = [{**group, **muon_group} if group.get("name") == "body" else group for group in groups]
         return MuonSGD(groups, lr=groups[0]["lr"], momentum=momentum, renormalize=renormalize)
     fast = {"fused": True} if _fused_supported(device) else {"foreach": True}
     if name == "sgd":
@@ -87,10 +99,10 @@ class MuonSGD(torch.optim.Optimizer):
     """
 
     def __init__(self, params: list[dict], lr: float, momentum: float, renormalize: bool = False) -> None:
-        if not momentum > 0:
-            raise ResnetsError(f"muon needs a positive momentum, got {momentum}")
         groups = [{**group, "muon": group.get("name") == "body"} for group in params]
         for group in groups:
+            if not group.get("momentum", momentum) > 0:
+                raise ResnetsError(f"muon needs a positive momentum, got {group.get('momentum', momentum)}")
             if group["muon"] and any(p.ndim < 2 for p in group["params"]):
                 raise ResnetsError("muon's group 'body' must hold only weights of 2 or more dimensions")
         super().__init__(groups, {"lr": lr, "momentum": momentum, "weight_decay": 0.0, "nesterov": True,

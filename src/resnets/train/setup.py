@@ -136,8 +136,11 @@ def build_run_optimizer(config: TrainConfig, trainee: nn.Module, classifier: nn.
     wd = DEFAULT_WEIGHT_DECAY[config.opt] if config.weight_decay is None else config.weight_decay
     own = {"whiten_bias": trainee.conv1.bias} if config.whiten_bias_epochs is not None else None
     groups = param_groups(trainee, lr, wd, config.head_lr, classifier, norm_bias_lr_scale=config.norm_bias_lr_scale,
-                          own=own)
-    return build_optimizer(config.opt, groups, config.momentum, device, renormalize=config.muon_renormalize)
+                          own=own, decay_all=config.decay_all)
+    if config.lr_coupled_decay:  # airbench: weight_decay=wd/lr per group, so each shrinks by the same lr x wd
+        groups = [{**group, "weight_decay": group["weight_decay"] / group["lr"]} for group in groups]
+    return build_optimizer(config.opt, groups, config.momentum, device, renormalize=config.muon_renormalize,
+                           muon_momentum=config.muon_momentum)
 
 
 def build_model(config: TrainConfig) -> ResNet:
