@@ -12,11 +12,12 @@ reserving the time of the final score, timed on 500 test images: at the end the 
 weights are scored again with test-time augmentation (``--tta``).
 
 ``--baseline RECIPE`` runs a second recipe after the first in the same command, with its own
-budget, and draws both curves on one plot (the side-by-side of issue 16: the current ResNet-20
-recipe against the fast ResNet-9).
+budget, and draws both curves on one plot (issue 21: the airbench port, the default ``--config``,
+against the earlier fast ResNet-9).
 
 Writes ``OUT/time_to_accuracy.json`` (also printed) and ``OUT/time_to_accuracy.png``:
 
+    python benchmarks/cifar10_time_to_accuracy.py --minutes 60 --baseline cifar10-resnet9-fast
     python benchmarks/cifar10_time_to_accuracy.py --config cifar10-resnet9-fast --minutes 60
     python benchmarks/cifar10_time_to_accuracy.py --config cifar10-resnet20-fast --tta flip
     python benchmarks/cifar10_time_to_accuracy.py --config cifar10-resnet9-fast --baseline cifar10-resnet20-fast
@@ -66,7 +67,7 @@ def main() -> None:
 def parse_args() -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 usage="%(prog)s [options] [-- resnets train flags]")
-    p.add_argument("--config", default="cifar10-resnet9-fast", help="the recipe (a shipped name or a YAML file)")
+    p.add_argument("--config", default="cifar10-airbench", help="the recipe (a shipped name or a YAML file)")
     p.add_argument("--baseline", metavar="RECIPE", help="run this recipe too, after the first, for the side-by-side")
     p.add_argument("--data", default=str(SHARED_DATA / "cifar10-jpeg.zip"))
     p.add_argument("--minutes", type=float, default=60.0, help="the budget of each recipe (default 60)")
