@@ -10,6 +10,12 @@ This module owns every open of a user's path for writing: :func:`open_no_follow`
 through a symbolic link (a run folder or output folder from someone else may hold one, pointing
 anywhere), and :func:`check_output_is_not_input` keeps a command from overwriting what it reads.
 Renaming a finished file over a link replaces the link itself, which is safe.
+
+It also owns the two guards on what a user's file may make us read: :func:`open_regular` opens a
+file for reading only if it is a regular file (a FIFO, device, socket or folder is refused without
+blocking: ``/dev/zero`` would never end, a FIFO would wait forever), and :func:`escapes_folder` is
+the one rule for a name read from a file (a label row, a zip member, a manifest entry) that must
+stay inside the folder it is relative to.
 """
 
 from __future__ import annotations
@@ -19,11 +25,13 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import time
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import IO, Any, Iterator
 
 from .errors import ResnetsError
+from .terminal import printable
 
 # A temporary file of a writer that is gone is removed once untouched this long; one whose
 # writer may still run (its pid is alive here, or it was not written by this scheme) only
@@ -31,6 +39,49 @@ from .errors import ResnetsError
 ABANDONED_S = 60.0
 STALE_S = 24 * 3600.0
 _NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)  # not on Windows: the lstat/fstat comparison stands in
+# A FIFO opened without O_NONBLOCK waits for a writer; O_NOCTTY: a terminal never becomes ours.
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | \
+    getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def open_regular(path: str | os.PathLike) -> IO[bytes]:
+    """``open(path, "rb")`` for a regular file only (links to one are followed).
+
+    The open never blocks (``O_NONBLOCK``: a FIFO without a writer cannot hang it) and the type
+    is checked on the opened descriptor, so what is checked is what is read: a folder, FIFO,
+    device or socket is a one-line :class:`ResnetsError`; a missing file, the usual ``OSError``.
+    """
+    fd = os.open(path, _READ_FLAGS)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+            raise ResnetsError(f"{printable(os.fspath(path))} is {kind}, not a regular file; refusing to read it")
+        if os.name != "nt" and hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def escapes_folder(name: str) -> bool:
+    """Whether ``name``, a path read from a file and meant relative to a folder, leaves that folder:
+    it is absolute (or has a drive or UNC anchor on Windows), or a ``..`` climbs above its start.
+    Judged on the text alone (``a/../b`` stays inside, ``a/../../b`` does not); readers then open
+    the normalised name (:func:`os.path.normpath`), so the operating system never resolves a ``..``
+    through a linked folder."""
+    path = PurePath(name)
+    if path.anchor:
+        return True
+    depth = 0
+    for part in path.parts:
+        depth += -1 if part == ".." else 1
+        if depth < 0:
+            return True
+    return False
 
 
 def open_no_follow(path: str | os.PathLike, flags: int, mode: int = 0o666) -> int:

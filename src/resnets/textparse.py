@@ -23,6 +23,7 @@ import numpy as np
 import yaml
 
 from .errors import ResnetsError, first_line
+from .fileio import open_regular
 from .terminal import printable
 
 MAX_TEXT_BYTES = 64 << 20
@@ -48,10 +49,12 @@ def shorten(value: object, limit: int = VALUE_CHARS) -> str:
 
 
 def read_limited(path: str | os.PathLike, max_bytes: int) -> bytes:
-    """At most ``max_bytes`` of a file, refusing a larger one without reading it all."""
-    with open(path, "rb") as handle:
-        data = handle.read(max_bytes + 1)
-    if len(data) > max_bytes:
+    """At most ``max_bytes`` of a regular file (:func:`resnets.fileio.open_regular`: a FIFO, device
+    or folder is refused without blocking), refusing a larger one before reading any of it."""
+    with open_regular(path) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        data = handle.read(max_bytes + 1) if size <= max_bytes else b""
+    if size > max_bytes or len(data) > max_bytes:  # the second: it grew since fstat
         raise ResnetsError(f"{printable(os.fspath(path))}: larger than {max_bytes} bytes")
     return data
 
@@ -166,9 +169,9 @@ def load_yaml(text: str | bytes, where: str, max_bytes: int = 1 << 20, max_depth
 # -- .npy --------------------------------------------------------------------------------------
 def load_npy(path: str | os.PathLike, where: str, max_bytes: int = MAX_ARRAY_BYTES) -> np.ndarray:
     """An ``.npy`` array whose header has been checked against the file's size (and ``max_bytes``)
-    before anything is allocated; never unpickles."""
+    before anything is allocated; never unpickles. Regular files only (:func:`~resnets.fileio.open_regular`)."""
     fmt = np.lib.format
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         try:
             version = fmt.read_magic(handle)
             if version not in ((1, 0), (2, 0)):
