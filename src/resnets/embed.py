@@ -39,7 +39,7 @@ from .device import resolve_device
 from .errors import ResnetsError, first_line
 from .evaluate import evaluation_data
 from .explain import check_topk, label_font
-from .fileio import atomic_path, atomic_paths, atomic_write_bytes, save_figure
+from .fileio import atomic_path, atomic_paths, atomic_write_bytes, open_regular, save_figure
 from .terminal import printable
 from .textparse import load_json, load_npy, read_limited
 from .factory import load_model
@@ -217,7 +217,7 @@ def save_index(index: EmbeddingIndex, path: str | os.PathLike) -> Path:
 def load_index(path: str | os.PathLike) -> EmbeddingIndex:
     """Read an index written by :func:`save_index`; anything else is one clear error."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ResnetsError(f"no such index file: {path}")
     if check_index_suffix(path) == ".npy":
         meta, rows, vectors = _read_npy(path)
@@ -242,6 +242,8 @@ def load_index(path: str | os.PathLike) -> EmbeddingIndex:
 
 
 def _read_npy(path: Path) -> tuple[Any, list[Any], np.ndarray]:
+    """The sidecar's record and rows and the vectors; both files are read as regular files of
+    bounded size only (``read_limited``, ``load_npy``): a FIFO, device or folder is refused."""
     side = sidecar(path)
     try:
         record = load_json(read_limited(side, MAX_SIDECAR_BYTES), str(side), max_bytes=MAX_SIDECAR_BYTES)
@@ -256,12 +258,13 @@ def _read_npy(path: Path) -> tuple[Any, list[Any], np.ndarray]:
 
 def _read_parquet(path: Path) -> tuple[Any, list[Any], np.ndarray]:
     parquet = _require("pyarrow.parquet", "reading Parquet")
-    try:
-        table = parquet.read_table(str(path))
-        raw = (table.schema.metadata or {}).get(METADATA_KEY)
-        meta = load_json(raw, str(path)) if raw else None
-    except Exception as error:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError... for a foreign file
-        raise ResnetsError(f"{path} is not an index made by `resnets embed` ({first_line(error)})") from None
+    with open_regular(path) as handle:  # a FIFO or device is refused, never waited on
+        try:
+            table = parquet.read_table(handle)
+            raw = (table.schema.metadata or {}).get(METADATA_KEY)
+            meta = load_json(raw, str(path)) if raw else None
+        except Exception as error:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError... for a foreign file
+            raise ResnetsError(f"{path} is not an index made by `resnets embed` ({first_line(error)})") from None
     if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
         raise ResnetsError(f"{path} is not an index made by `resnets embed`")
     if not {"path", "label", "item", "embedding"} <= set(table.column_names):
