@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ResnetsError, first_line
+from ..fileio import escapes_folder
 from .base import register_format
 from .dataset import EncodedImageDataset
 from .images import (MAX_IMAGE_BYTES, BadImageError, BadImageWarning, is_image_name, printable,
@@ -111,8 +112,10 @@ def _skip(path: Path | str, why: str) -> None:
 
 
 def unsafe_member(name: str) -> bool:
-    """A zip member name that is absolute, or has an empty, ``.`` or ``..`` part."""
-    return name.startswith("/") or any(part in ("", ".", "..") for part in name.split("/"))
+    """A zip member name that leaves the archive's root (:func:`resnets.fileio.escapes_folder`, the
+    rule label-file rows are held to), or has any empty, ``.`` or ``..`` part at all: member names
+    are also the layout's class and split folders, which such parts would garble."""
+    return escapes_folder(name) or any(part in ("", ".", "..") for part in name.split("/"))
 
 
 def hidden(path: str) -> bool:

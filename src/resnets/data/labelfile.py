@@ -13,10 +13,14 @@ Two formats, chosen by the file's suffix:
 * JSON lines (``.jsonl``, ``.ndjson``): one object per line,
   ``{"path": "images/0001.png", "labels": ["circle", "square"]}``; blank lines are skipped.
 
-Paths are relative to the folder of the label file. Every listed image must exist and every row
+Paths are relative to the folder of the label file and must stay inside it: a row naming an
+absolute path, or one whose ``..`` climbs out of the folder (``../../elsewhere.png``), is refused
+(:func:`resnets.fileio.escapes_folder`, the rule zip members are held to as well); a label file
+naming images elsewhere belongs in a folder above them. Every listed image must exist and every row
 must name at least one label. The classes are the sorted set of all labels, unless a
 ``classes.txt`` (one class per line) sits beside the label file: then that is the class list, in
-its order, and a label outside it is an error. Each item's target is a multi-hot row
+its order, and a label outside it is an error. Both files are read as regular files of bounded size
+only (:func:`resnets.textparse.read_limited`): a FIFO, device or folder in their place is refused. Each item's target is a multi-hot row
 (``targets[i]`` is a tuple of 0/1 per class), which ``decode_to_memory`` turns into an (N, C)
 tensor. The file has no splits: training holds out ``--val-split`` at random (:func:`random_split`).
 """
@@ -31,7 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ResnetsError
-from ..textparse import load_json
+from ..fileio import escapes_folder
+from ..textparse import load_json, read_limited
 from .base import register_format
 from .dataset import EncodedImageDataset
 from .images import printable, read_image_file
@@ -39,6 +44,7 @@ from .images import printable, read_image_file
 SUFFIXES = (".csv", ".jsonl", ".ndjson")
 CLASS_LIST = "classes.txt"
 MAX_LABEL_FILE_BYTES = 512 * 2**20
+MAX_CLASS_LIST_BYTES = 16 * 2**20  # a million class names of 15 characters
 
 Rows = list[tuple[str, list[str]]]
 
@@ -49,16 +55,20 @@ def is_label_file(path: Path) -> bool:
 
 def read_rows(path: Path) -> Rows:
     """(relative image path, labels) per row of a CSV or JSON-lines label file; one line on bad input."""
-    if path.stat().st_size > MAX_LABEL_FILE_BYTES:
-        raise ResnetsError(f"{printable(str(path))} is larger than {MAX_LABEL_FILE_BYTES >> 20} MiB")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise ResnetsError(f"{printable(str(path))} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    text = _read_text(path, MAX_LABEL_FILE_BYTES)
     rows = _json_rows(text, path) if path.suffix.lower() != ".csv" else _csv_rows(text, path)
     if not rows:
         raise ResnetsError(f"{printable(str(path))} lists no images")
     return rows
+
+
+def _read_text(path: Path, max_bytes: int) -> str:
+    """The UTF-8 text of a regular file of at most ``max_bytes``; anything else is one line."""
+    data = read_limited(path, max_bytes)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ResnetsError(f"{printable(str(path))} is not UTF-8 text ({error.reason} at byte {error.start})") from None
 
 
 def _csv_rows(text: str, path: Path) -> Rows:
@@ -91,10 +101,15 @@ def _json_rows(text: str, path: Path) -> Rows:
 
 
 def _checked_path(value: str, where: str) -> str:
+    """A row's image path, normalised (``a/./b/../c`` -> ``a/c``); refused when empty or when it
+    leaves the label file's folder (absolute, or a ``..`` that climbs out)."""
     value = value.strip()
     if not value:
         raise ResnetsError(f"{where}: empty image path")
-    return value
+    if escapes_folder(value):
+        raise ResnetsError(f"{where}: image path {printable(value)} is outside the label file's folder "
+                           f"(absolute, or '..' climbs out of it); paths must be relative to the label file")
+    return os.path.normpath(value)
 
 
 def _checked_labels(labels: list[str], where: str) -> list[str]:
@@ -107,9 +122,10 @@ def _checked_labels(labels: list[str], where: str) -> list[str]:
 def read_class_list(path: Path) -> list[str] | None:
     """The classes of ``classes.txt`` beside the label file, or None when there is none."""
     listing = path.parent / CLASS_LIST
-    if not listing.is_file():
+    if not listing.exists():
         return None
-    names = [line.strip() for line in listing.read_text(encoding="utf-8").splitlines() if line.strip()]
+    text = _read_text(listing, MAX_CLASS_LIST_BYTES)
+    names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names or len(set(names)) != len(names):
         raise ResnetsError(f"{printable(str(listing))} must list each class once, one per line")
     return names
