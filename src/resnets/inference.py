@@ -9,47 +9,69 @@ Backends then differ in who executes the folded graph:
 - ``eager``: PyTorch itself. Exact (fp32) and no warm-up.
 - ``compile``: ``torch.compile`` (inductor) with weight freezing. Exact to ~1e-5; the first call
   compiles (tens of seconds on a small CPU).
-- ``onnxruntime``: exported to ONNX (:func:`resnets.export.export_onnx`: dynamic batch,
-  height and width) and run by an ONNX Runtime session using
-  PyTorch's thread count. Needs the ``onnx`` extra.
+- ``onnxruntime``: exported to ONNX (:func:`resnets.export.export_onnx`) and run by an ONNX
+  Runtime session using PyTorch's thread count, on a graph whose input shape is pinned to the
+  size it runs at (:func:`pin_input_shape`: height and width static, batch left dynamic; a call
+  at another height and width builds a session for that size once). Needs the ``onnx`` extra.
 - ``int8``: ONNX Runtime static post-training quantization (QDQ, per-channel weights),
   calibrated on ``calibration_data``. Not exact: measure its accuracy on your data.
-- ``openvino``: the same ONNX graph compiled by Intel's OpenVINO for the CPU (latency hint,
+- ``openvino``: the same pinned ONNX graph compiled by Intel's OpenVINO for the CPU (latency hint,
   fp32 pinned: OpenVINO would otherwise pick bf16 on CPUs that have it). Needs the
   ``openvino`` extra.
 - ``openvino-int8``: OpenVINO with NNCF's post-training quantization (per-channel int8
   weights, bias correction), calibrated on ``calibration_data``. Not exact.
+- ``auto`` (the default): the fastest of the exact backends installed (``onnxruntime``,
+  ``openvino``, ``eager``), chosen by a short timed probe (:func:`probe_backends`) at the input
+  shape and batch of ``example_input``. The choice is cached per (model fingerprint, input
+  shape, batch, machine): in memory, and on disk in ``$XDG_CACHE_HOME/resnets`` (default
+  ``~/.cache/resnets``; ``RESNETS_BACKEND_CACHE`` names another file, or ``off``). The module
+  returned says what was chosen and why in ``auto_probe``.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import importlib.metadata
 import importlib.util
+import json
 import os
+import platform
+import statistics
 import tempfile
+import time
+import warnings
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .errors import ResnetsError, first_line
 from .export import ONNX_INPUT, export_onnx
+from .fileio import atomic_write_text, open_regular
 from .models import get_model_spec
 from .openvino import OpenVinoModule
+from .textparse import load_json
 
 BACKENDS: tuple[str, ...] = ("eager", "compile", "onnxruntime", "int8", "openvino", "openvino-int8")
 INT8_BACKENDS = ("int8", "openvino-int8")
-# ``auto``: the fastest exact backend measured on a 2-core x86 CPU (benchmarks/inference_cpu.py):
-# onnxruntime where installed, else eager. ``compile`` is as fast once warm, but compiles for
-# about a minute per input shape there.
 DEFAULT_BACKEND = "auto"
+# ``auto``'s candidates, where installed: exact (fp32) and ready without compiling for minutes
+# (``compile`` is as fast once warm, but compiles for about a minute per input shape on 2 cores).
+AUTO_CANDIDATES: tuple[str, ...] = ("onnxruntime", "openvino", "eager")
+PROBE_WARMUP, PROBE_RUNS = 1, 3  # untimed, then timed calls of each candidate; the median decides
+CACHE_ENV = "RESNETS_BACKEND_CACHE"  # a file for auto's choices, or "off"
+CACHE_FILE = "inference-backends.json"
+CACHE_MAX_BYTES = 1 << 20
+CACHE_MAX_ENTRIES = 256
+_CHOICES: dict[str, dict] = {}  # auto's choices made or read in this process, by probe key
 
 
 def check_backend(backend: str) -> str:
-    """``backend`` (``auto`` resolved) if known and installed; a one-line ResnetsError if not."""
+    """``backend`` if known and installed (``auto`` always is); a one-line ResnetsError if not."""
     if backend == "auto":
-        return "onnxruntime" if onnxruntime_available() else "eager"
+        return backend
     if backend not in BACKENDS:
         raise ResnetsError(f"unknown inference backend {backend!r}; choose from auto, {', '.join(BACKENDS)}")
     if backend in ("onnxruntime", "int8") and not onnxruntime_available():
@@ -67,6 +89,14 @@ def onnxruntime_available() -> bool:
 def openvino_available(with_nncf: bool = False) -> bool:
     names = ("openvino", "onnx") + (("nncf",) if with_nncf else ())
     return all(importlib.util.find_spec(name) is not None for name in names)
+
+
+def auto_candidates(device: torch.device | str = "cpu") -> list[str]:
+    """The backends ``auto`` chooses among: the installed exact ones (only eager off the CPU)."""
+    if torch.device(device).type != "cpu":
+        return ["eager"]
+    available = {"onnxruntime": onnxruntime_available(), "openvino": openvino_available(), "eager": True}
+    return [name for name in AUTO_CANDIDATES if available[name]]
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
@@ -100,29 +130,80 @@ class InferenceModule(nn.Module):
             return self.model(x.contiguous(memory_format=torch.channels_last))
 
 
+def pin_input_shape(graph: bytes, image_shape: Sequence[int], batch: int | None = None) -> bytes:
+    """The ONNX ``graph`` with its input's (C, H, W) fixed to ``image_shape`` (and its batch to
+    ``batch`` unless None), intermediate shapes inferred anew.
+
+    The graph :func:`resnets.export.export_onnx` writes with dynamic axes has the same nodes as
+    one traced at a fixed shape (checked for our nets and torchvision's); what a fixed shape adds
+    is that the runtime knows every size when it plans its kernels, which this gives it.
+    """
+    import onnx
+
+    model = onnx.load_from_string(graph)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    for dim, size in zip(dims, [batch, *image_shape]):
+        if size is None:
+            continue
+        dim.Clear()
+        dim.dim_value = int(size)
+    if batch is not None:
+        output = model.graph.output[0].type.tensor_type.shape.dim[0]
+        output.Clear()
+        output.dim_value = int(batch)
+    del model.graph.value_info[:]
+    return onnx.shape_inference.infer_shapes(model).SerializeToString()
+
+
 class OnnxRuntimeModule(nn.Module):
-    """An ONNX Runtime session behind a module interface: tensors in, tensors out."""
+    """An ONNX Runtime session behind a module interface: tensors in, tensors out.
 
-    def __init__(self, onnx_path: str | os.PathLike, backend: str) -> None:
+    Each input height and width gets its own session, on the graph pinned to that size
+    (:func:`pin_input_shape`), built at its first call; the batch stays dynamic.
+    """
+
+    def __init__(self, onnx_path: str | os.PathLike, backend: str, example: Tensor | None = None) -> None:
         super().__init__()
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # Idle ORT threads otherwise spin for a while after each run, stealing the cores from
-        # whatever the process does next (PyTorch, data loading, another model).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
+        self.graph = Path(onnx_path).read_bytes()
         self.backend = backend
+        self.sessions: dict[tuple[int, ...], object] = {}
+        if example is not None:
+            self.session_for(tuple(example.shape[1:]))  # built now, not at the caller's first timed call
+
+    def session_for(self, image_shape: tuple[int, ...]):
+        """The session for inputs of ``image_shape`` (C, H, W), built on first use."""
+        session = self.sessions.get(image_shape)
+        if session is None:
+            session = ort_session(pin_input_shape(self.graph, image_shape))
+            self.sessions[image_shape] = session
+        return session
 
     def forward(self, x: Tensor) -> Tensor:
         array = x.detach().cpu().contiguous().float().numpy()
-        (logits,) = self.session.run(None, {self.input_name: array})
+        session = self.session_for(tuple(array.shape[1:]))
+        (logits,) = session.run(None, {ONNX_INPUT: array})
         return torch.from_numpy(logits)
+
+
+def ort_session(graph: bytes | str, threads: int | None = None, level: str = "all", spinning: bool = False):
+    """An ONNX Runtime CPU session as the onnxruntime backend runs it.
+
+    ``threads``: intra-op threads (default PyTorch's thread count); ``level``: graph
+    optimisation (``basic``, ``extended``, ``all``). Idle ORT threads spin for a while after
+    each run unless ``spinning`` is off, stealing the cores from whatever the process does next
+    (PyTorch, data loading, another model).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+    options.intra_op_num_threads = torch.get_num_threads() if threads is None else threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
 
 def optimize_for_inference(model: nn.Module, backend: str = DEFAULT_BACKEND,
@@ -132,26 +213,35 @@ def optimize_for_inference(model: nn.Module, backend: str = DEFAULT_BACKEND,
 
     Args:
         model: any fx-traceable image model (ours or torchvision's).
-        backend: ``eager``, ``compile``, ``onnxruntime``, ``int8``, ``openvino``,
-            ``openvino-int8`` (see the module doc) or
-            ``auto``: the fastest exact one installed (onnxruntime, else eager).
-        example_input: an input batch used to export (ONNX backends) or warm up (``compile``);
-            defaults to one image of the model's input size (``model.min_input_size``-aware).
+        backend: ``auto`` (the fastest exact one installed, by a cached timed probe),
+            ``eager``, ``compile``, ``onnxruntime``, ``int8``, ``openvino``, ``openvino-int8``
+            (see the module doc).
+        example_input: an input batch at the shape the model will run at: the ONNX backends
+            pin the graph's height and width to it, ``auto`` probes at its shape and batch,
+            ``compile`` warms up on it. Defaults to one image of the model's input size.
         calibration_data: int8 backends only, required: a tensor of images or an iterable of
             batches from the training distribution (a few hundred images is enough).
+
+    The module returned names its backend in ``backend``; ``auto``'s also holds the choice and
+    the probe's median milliseconds per candidate in ``auto_probe``.
     """
     backend = check_backend(backend)
     if backend in INT8_BACKENDS and calibration_data is None:
         raise ResnetsError(f"backend {backend!r} needs calibration_data: a few hundred representative images")
     example = example_input if example_input is not None else _default_input(model)
     folded = fold_batchnorm(model).to(memory_format=torch.channels_last)
+    if backend == "auto":
+        return _auto_module(folded, example)
     if backend == "eager":
         return InferenceModule(folded, backend)
     if backend == "compile":
         module = InferenceModule(torch.compile(folded, options={"freezing": True}), backend)
         module(example)  # compile now, not at the caller's first timed call
         return module
-    return _onnx_module(folded, backend, example, calibration_data)
+    with tempfile.TemporaryDirectory(prefix="resnets-ort-") as workdir:
+        onnx_path = Path(workdir) / "model.onnx"
+        export_onnx(folded, onnx_path, example, check=False)
+        return _onnx_module(onnx_path, backend, example, calibration_data)
 
 
 def _default_input(model: nn.Module) -> Tensor:
@@ -160,18 +250,176 @@ def _default_input(model: nn.Module) -> Tensor:
     return torch.randn(1, getattr(model, "in_chans", 3), size, size)
 
 
-def _onnx_module(folded: nn.Module, backend: str, example: Tensor,
-                 calibration_data: Tensor | Iterable[Tensor] | None) -> nn.Module:
-    with tempfile.TemporaryDirectory(prefix="resnets-ort-") as workdir:
+def _onnx_module(onnx_path: Path, backend: str, example: Tensor,
+                 calibration_data: Tensor | Iterable[Tensor] | None = None) -> nn.Module:
+    """The ONNX-run module of ``backend`` on the graph at ``onnx_path`` (exported from the folded model)."""
+    if backend.startswith("openvino"):
+        batches = _calibration_batches(calibration_data) if backend == "openvino-int8" else None
+        pinned = onnx_path.with_name(f"{onnx_path.stem}.pinned.onnx")
+        pinned.write_bytes(pin_input_shape(onnx_path.read_bytes(), example.shape[1:]))
+        return OpenVinoModule(pinned, backend, example, batches)
+    if backend == "int8":
+        fp32_path, onnx_path = onnx_path, onnx_path.with_name(f"{onnx_path.stem}.int8.onnx")
+        quantize_onnx_int8(fp32_path, onnx_path, _calibration_batches(calibration_data))
+    return OnnxRuntimeModule(onnx_path, backend, example)
+
+
+# -- auto: the fastest exact backend, by a timed probe ------------------------------------------
+def _auto_module(folded: nn.Module, example: Tensor) -> nn.Module:
+    """The fastest of :func:`auto_candidates` for ``folded`` at ``example``'s shape: remembered
+    (this process, then the disk cache) or probed now and remembered."""
+    candidates = auto_candidates(example.device)
+    key = probe_key(folded, example, candidates)
+    choice = _CHOICES.get(key)
+    source = "memory"
+    if choice is None or choice["backend"] not in candidates:
+        choice, source = read_cached_choice(key, candidates), "disk"
+    with tempfile.TemporaryDirectory(prefix="resnets-auto-") as workdir:
         onnx_path = Path(workdir) / "model.onnx"
-        export_onnx(folded, onnx_path, example, check=False)
-        if backend.startswith("openvino"):
-            batches = _calibration_batches(calibration_data) if backend == "openvino-int8" else None
-            return OpenVinoModule(onnx_path, backend, example, batches)
-        if backend == "int8":
-            fp32_path, onnx_path = onnx_path, Path(workdir) / "model.int8.onnx"
-            quantize_onnx_int8(fp32_path, onnx_path, _calibration_batches(calibration_data))
-        return OnnxRuntimeModule(onnx_path, backend)
+        needed = candidates if choice is None else [choice["backend"]]
+        if needed != ["eager"]:
+            export_onnx(folded, onnx_path, example, check=False)
+        modules = {name: InferenceModule(folded, name) if name == "eager" else _onnx_module(onnx_path, name, example)
+                   for name in needed}
+    if choice is None:
+        probe_ms = probe_backends(modules, example)
+        choice, source = {"backend": min(probe_ms, key=probe_ms.get), "probe_ms": probe_ms}, "probe"
+        write_cached_choice(key, choice)
+    module = modules[choice["backend"]]
+    _CHOICES[key] = choice
+    module.auto_probe = {**choice, "source": source, "candidates": candidates}
+    return module
+
+
+def probe_backends(modules: dict[str, Callable[[Tensor], Tensor]], example: Tensor,
+                   warmup: int = PROBE_WARMUP, runs: int = PROBE_RUNS) -> dict[str, float]:
+    """Median milliseconds of a call of each module on ``example``; calls interleaved (one
+    of each per round), so that load from elsewhere slows them alike."""
+    times: dict[str, list[float]] = {name: [] for name in modules}
+    with torch.inference_mode():
+        for round_ in range(warmup + runs):
+            for name, module in modules.items():
+                start = time.perf_counter()
+                module(example)
+                if round_ >= warmup:
+                    times[name].append(time.perf_counter() - start)
+    return {name: round(1e3 * statistics.median(seconds), 3) for name, seconds in times.items()}
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """What makes two models equally fast: their code and the names, shapes and types of their
+    tensors (not the values: a fine-tuned copy runs as fast as its start)."""
+    digest = hashlib.sha256(type(model).__qualname__.encode())
+    digest.update(str(getattr(model, "code", repr(model))).encode())
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+    return digest.hexdigest()
+
+
+def machine_fingerprint() -> dict:
+    """This machine and the software that runs the backends, as far as it changes their speed."""
+    versions = {}
+    for package in ("torch", "onnxruntime", "openvino"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"node": platform.node(), "machine": platform.machine(), "cpu": _cpu_name(),
+            "cpus": os.cpu_count(), "threads": torch.get_num_threads(), **versions}
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def probe_key(model: nn.Module, example: Tensor, candidates: Sequence[str]) -> str:
+    """The key of auto's choice: model fingerprint, input shape with batch, candidates, machine."""
+    record = {"model": model_fingerprint(model), "input": list(example.shape), "device": str(example.device),
+              "candidates": list(candidates), "machine": machine_fingerprint()}
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def backend_cache_path() -> Path | None:
+    """The file of auto's remembered choices: ``$RESNETS_BACKEND_CACHE`` (``off``: none), else
+    ``$XDG_CACHE_HOME/resnets``, else ``~/.cache/resnets``."""
+    setting = os.environ.get(CACHE_ENV, "")
+    if setting.lower() in ("off", "0", "none", "false"):
+        return None
+    if setting:
+        return Path(setting)
+    base = os.environ.get("XDG_CACHE_HOME") or ""
+    root = Path(base) if os.path.isabs(base) else Path.home() / ".cache"
+    return root / "resnets" / CACHE_FILE
+
+
+def _read_cache_entries(path: Path) -> dict[str, dict]:
+    """The entries of the cache file (none if it is missing); a ResnetsError if it is unusable."""
+    try:
+        with open_regular(path) as handle:
+            data = handle.read(CACHE_MAX_BYTES + 1)
+    except (FileNotFoundError, NotADirectoryError):  # nothing there yet
+        return {}
+    document = load_json(data, str(path), max_bytes=CACHE_MAX_BYTES)
+    if not isinstance(document, dict) or document.get("version") != 1 \
+            or not isinstance(document.get("entries"), dict):
+        raise ResnetsError(f"{path}: not a resnets backend cache (version 1 with entries)")
+    return document["entries"]
+
+
+def _valid_choice(entry: object, candidates: Sequence[str]) -> dict | None:
+    """``entry`` as a choice if it is one among ``candidates`` with its probe's timings."""
+    if not isinstance(entry, dict) or entry.get("backend") not in candidates:
+        return None
+    probe_ms = entry.get("probe_ms")
+    if not isinstance(probe_ms, dict) or not all(
+            isinstance(name, str) and type(ms) in (int, float) and ms >= 0 for name, ms in probe_ms.items()):
+        return None
+    return {"backend": entry["backend"], "probe_ms": {name: float(ms) for name, ms in probe_ms.items()}}
+
+
+def read_cached_choice(key: str, candidates: Sequence[str]) -> dict | None:
+    """auto's choice remembered on disk under ``key``, or None: a file that cannot be read or
+    holds nonsense is one warning line and a new probe (the next write replaces it)."""
+    path = backend_cache_path()
+    if path is None:
+        return None
+    try:
+        return _valid_choice(_read_cache_entries(path).get(key), candidates)
+    except (OSError, ResnetsError) as error:
+        warnings.warn(f"ignoring the inference backend cache ({first_line(error)}); probing again",
+                      stacklevel=4)
+        return None
+
+
+def write_cached_choice(key: str, choice: dict) -> None:
+    """Remember ``choice`` on disk (atomically: a temporary file, then a rename). A cache that
+    cannot be written is skipped without a word (a read-only home is no error): the next run
+    probes again."""
+    path = backend_cache_path()
+    if path is None:
+        return
+    try:
+        try:
+            entries = _read_cache_entries(path)
+        except ResnetsError:
+            entries = {}  # unusable: replaced by this one
+        entries.pop(key, None)
+        entries[key] = choice
+        kept = dict(list(entries.items())[-CACHE_MAX_ENTRIES:])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink() or (path.exists() and not path.is_file() and not path.is_dir()):
+            path.unlink()  # a link, FIFO or device here: the name goes, not what it points to (the
+            # atomic write would first copy what is there as its backup: /dev/zero without end)
+        atomic_write_text(path, json.dumps({"version": 1, "entries": kept}, indent=1) + "\n")
+    except (OSError, ResnetsError):
+        pass
 
 
 def _calibration_batches(data: Tensor | Iterable[Tensor] | None) -> list[Tensor]:

@@ -1,9 +1,9 @@
 """The OpenVINO backends of :func:`resnets.optimize_for_inference`: an ONNX graph compiled by
 OpenVINO for the CPU, in fp32 or quantized to int8 by NNCF.
 
-The graph keeps a dynamic batch dimension; height and width are fixed to the example input's
-(static spatial shapes let OpenVINO pick its fastest kernels) and a call at another size
-compiles that size once more.
+The graph it is given is already pinned to the example input's height and width
+(:func:`resnets.inference.pin_input_shape`) and keeps a dynamic batch dimension (static spatial
+shapes let OpenVINO pick its fastest kernels); a call at another size compiles that size once more.
 """
 
 from __future__ import annotations

@@ -42,15 +42,17 @@ class InferenceModel:
 
         ``calibration_u8``: int8 backends only, a few hundred uint8 (N, 3, S, S) images at
         ``img_size`` from the training distribution. Backends other than ``eager`` and
-        ``compile`` run on the CPU.
+        ``compile`` run on the CPU; ``auto`` probes at one image of ``img_size`` (the ONNX
+        graphs are pinned to that size) and chooses ``eager`` off the CPU. ``backend`` then
+        names the backend chosen.
         """
         backend = check_backend(backend)
-        if backend not in ("eager", "compile") and self.device.type != "cpu":
+        if backend not in ("eager", "compile", "auto") and self.device.type != "cpu":
             raise ResnetsError(f"backend {backend!r} runs on the CPU; use --device cpu or backend eager")
         calibration = None if calibration_u8 is None else self.normalise(calibration_u8)
         example = torch.zeros(1, self.plain.in_chans, self.img_size, self.img_size, device=self.device)
         model = optimize_for_inference(self.plain, backend, example_input=example, calibration_data=calibration)
-        return replace(self, model=model, backend=backend)
+        return replace(self, model=model, backend=getattr(model, "backend", backend))
 
     def normalise(self, images_u8: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, S, S) -> the float batch the model expects (its preprocessing record)."""
