@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from .errors import ResnetsError
 from .factory import create_model
 from .fileio import save_figure
-from .inference import INT8_BACKENDS, check_backend, onnxruntime_available, optimize_for_inference
+from .inference import INT8_BACKENDS, check_backend, optimize_for_inference
 from .models import get_model_spec, list_models
 from .summarize import summary
 
@@ -33,8 +33,10 @@ REFERENCE = "torchvision"
 
 
 def default_backends() -> tuple[str, ...]:
-    """The exact backends that need no compilation: eager, plus onnxruntime where installed."""
-    return ("eager", "onnxruntime") if onnxruntime_available() else ("eager",)
+    """eager (PyTorch, BatchNorm folded, channels-last) and ``auto``, what the inference
+    commands run by default: the fastest exact backend installed, chosen by a timed probe at
+    each batch size (its timings are in the ``auto`` rows)."""
+    return ("eager", "auto")
 
 
 @dataclass
@@ -53,6 +55,8 @@ class BenchRow:
     matmul_peak_gflops: float  # the matmul probe's best, timed in the same rounds as this row
     speedup: float | None = None  # images/s over the reference row's, same model and batch
     train_images_per_s: float | None = None
+    chosen_backend: str | None = None  # ``auto`` rows: the backend its probe chose at this batch
+    probe_ms: dict[str, float] | None = None  # ``auto`` rows: the probe's median ms per candidate
 
 
 @dataclass
@@ -286,21 +290,17 @@ def _bench_model(name: str, backends: Sequence[str], batch_sizes: Sequence[int],
     side = img_size or native_size
     example = torch.randn(max(batch_sizes), 3, side, side)
     macs = count_macs(model, (3, side, side))
-    contenders: dict[str, nn.Module] = {}
     peer = torchvision_peer(name, model)
-    if peer is not None:
-        contenders[REFERENCE] = peer
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for backend in backends:
-            calibration = example[:8] if backend in INT8_BACKENDS else None  # speed only: any data will do
-            contenders[backend] = optimize_for_inference(model, backend, example[:1], calibration)
+    contenders = {REFERENCE: peer} if peer is not None else {}
+    contenders |= {backend: _prepare(model, backend, example) for backend in backends if backend != "auto"}
     probe, probe_flops = matmul_probe()
     rows = []
     for batch_size in batch_sizes:
         if progress:
             progress(f"{name}: batch {batch_size}")
         batch = example[:batch_size] if batch_size <= len(example) else torch.randn(batch_size, 3, side, side)
+        if "auto" in backends:  # probed at this batch: the choice may differ between batch sizes
+            contenders["auto"] = _prepare(model, "auto", batch)
         runners = {label: _inference_runner(module, batch) for label, module in contenders.items()}
         times = time_interleaved({**runners, PEAK_PROBE: probe}, repeats, warmup)
         peak = probe_gflops(times.pop(PEAK_PROBE), probe_flops)
@@ -313,6 +313,9 @@ def _bench_model(name: str, backends: Sequence[str], batch_sizes: Sequence[int],
                 latency_p90_ms=percentile(seconds, 90) * 1e3, images_per_s=rate,
                 peak_memory_mb=peak_memory_mb(runners[label]), gflops=2 * macs * rate / 1e9,
                 peak_fraction=2 * macs * rate / 1e9 / peak, matmul_peak_gflops=peak)
+        if "auto" in batch_rows:
+            probed = contenders["auto"].auto_probe
+            batch_rows["auto"].chosen_backend, batch_rows["auto"].probe_ms = probed["backend"], probed["probe_ms"]
         reference = batch_rows.get(REFERENCE)
         for row in batch_rows.values():
             row.speedup = row.images_per_s / reference.images_per_s if reference else None
@@ -320,6 +323,15 @@ def _bench_model(name: str, backends: Sequence[str], batch_sizes: Sequence[int],
             _add_train_rates(batch_rows, model, peer, batch, repeats, warmup)
         rows.extend(batch_rows.values())
     return rows
+
+
+def _prepare(model: nn.Module, backend: str, example: Tensor) -> nn.Module:
+    """``model`` through ``backend`` for inputs shaped like ``example`` (int8: calibrated on it;
+    for speed only, any data will do)."""
+    calibration = example[:8] if backend in INT8_BACKENDS else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return optimize_for_inference(model, backend, example[:1] if backend != "auto" else example, calibration)
 
 
 def _add_train_rates(batch_rows: dict[str, BenchRow], model: nn.Module, peer: nn.Module | None,
@@ -344,6 +356,12 @@ def format_table(report: BenchReport) -> str:
         lines.append(f"{r.model:<18}{r.backend:<13}{r.batch_size:>6}{r.latency_p50_ms:>10.1f}"
                      f"{r.latency_p90_ms:>10.1f}{r.images_per_s:>9.1f}{speedup:>7}{memory:>8}"
                      f"{r.gflops:>9.1f}{100 * r.peak_fraction:>7.0f}%{train:>12}")
+    for r in report.rows:
+        if r.chosen_backend is not None:
+            timings = ", ".join(f"{name} {ms:.1f} ms" for name, ms in sorted((r.probe_ms or {}).items(),
+                                                                             key=lambda item: item[1]))
+            lines.append(f"auto: {r.model} at batch {r.batch_size} runs {r.chosen_backend} "
+                         f"(probe medians: {timings})")
     return "\n".join(lines)
 
 
