@@ -111,15 +111,16 @@ def test_unknown_backend_is_a_one_line_error():
     assert all(b in str(error.value) for b in BACKENDS)
 
 
-def test_auto_backend_is_exact_with_or_without_onnxruntime(monkeypatch):
+def test_auto_backend_is_exact_with_or_without_onnxruntime(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # auto's probe cache: not the user's
     model, x = tiny_model("resnet20")
     with torch.no_grad():
         expected = model(x)
-    fast = optimize_for_inference(model)
-    assert fast.backend == ("onnxruntime" if onnxruntime_available() else "eager")
+    fast = optimize_for_inference(model)  # the fastest exact backend by a probe (test_inference_backend.py)
+    assert fast.backend in ("onnxruntime", "openvino", "eager")
     torch.testing.assert_close(fast(x), expected, rtol=0, atol=1e-4)
     monkeypatch.setattr("resnets.inference.onnxruntime_available", lambda: False)
-    assert optimize_for_inference(model).backend == "eager"
+    assert optimize_for_inference(model).backend in ("openvino", "eager")
 
 
 @needs_ov
