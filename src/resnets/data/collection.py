@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -37,7 +36,7 @@ from .base import FORMATS
 from .dataset import ConcatDataset, EncodedImageDataset
 from .images import BadImageWarning, is_image_name, printable, read_image_file
 from .imagetree import (FolderDataset, FolderSource, ZipDataset, ZipSource, hidden, is_zip, layout_tree,
-                        unsafe_member, walk_files)
+                        walk_files, zip_image_names)
 
 LIST_SUFFIXES = (".txt", ".lst")
 NO_CLASS = ""  # the one "class" of a collection: its images carry no label
@@ -112,7 +111,7 @@ def is_collection(path: str | os.PathLike) -> bool:
         return False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", BadImageWarning)
-        names = _zip_images(path) if opener is ZipSource else _tree_images(path)
+        names = zip_image_names(path) if opener is ZipSource else _tree_images(path)
     if not names:
         return False
     try:
@@ -134,8 +133,7 @@ def _folder_part(root: Path) -> FolderDataset:
 
 
 def _zip_part(archive: Path) -> ZipDataset:
-    members = _zip_images(archive)
-    return ZipDataset(archive, members, [0] * len(members), [NO_CLASS], None)
+    return ZipDataset(archive, [(name, NO_CLASS) for name in zip_image_names(archive)], [NO_CLASS], None)
 
 
 def _list_part(path: Path) -> FolderDataset:
@@ -154,19 +152,6 @@ def _list_part(path: Path) -> FolderDataset:
 def _tree_images(root: Path) -> list[str]:
     """The image files under ``root`` (relative "/"-separated paths, sorted), hidden ones left out."""
     return [name for name in walk_files(root) if is_image_name(name) and not hidden(name)]
-
-
-def _zip_images(archive: Path) -> list[str]:
-    """The image members of ``archive`` (hidden ones left out), unsafe names skipped with a warning."""
-    try:
-        with zipfile.ZipFile(archive) as handle:
-            names = [info.filename for info in handle.infolist() if not info.is_dir()]
-    except (zipfile.BadZipFile, OSError) as error:
-        raise ResnetsError(f"cannot read zip archive {printable(str(archive))}: {error}") from None
-    for name in [name for name in names if unsafe_member(name) and is_image_name(name)]:
-        warnings.warn(f"skipped {printable(f'{archive}:{name}')}: zip member with an absolute path or a '.', "
-                      f"'..' or empty part", BadImageWarning, stacklevel=3)
-    return sorted(name for name in names if is_image_name(name) and not hidden(name) and not unsafe_member(name))
 
 
 __all__ = ["ImageCollection", "LIST_SUFFIXES", "NO_CLASS", "is_collection", "is_list_file", "open_collection"]

@@ -79,7 +79,30 @@ class EncodedImageDataset(ImageDataset):
         raise NotImplementedError
 
 
-class SubsetDataset(ImageDataset):
+class _Delegating(ImageDataset):
+    """Items held by other data sets: :meth:`_locate` says which one, and at what index there."""
+
+    def _locate(self, index: int) -> tuple[ImageDataset, int]:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        dataset, local = self._locate(index)
+        return dataset[local]
+
+    def describe(self, index: int) -> str:
+        dataset, local = self._locate(index)
+        return dataset.describe(local)
+
+    def item_name(self, index: int) -> str:
+        dataset, local = self._locate(index)
+        return dataset.item_name(local)
+
+    def encoded(self, index: int) -> bytes:
+        dataset, local = self._locate(index)
+        return dataset.encoded(local)
+
+
+class SubsetDataset(_Delegating):
     """The items of ``parent`` at ``indices`` (a split), with the parent's classes."""
 
     def __init__(self, parent: ImageDataset, indices: Sequence[int]):
@@ -89,17 +112,8 @@ class SubsetDataset(ImageDataset):
         self.targets = [parent.targets[i] for i in self.indices]
         self.source = parent.source
 
-    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
-        return self.parent[self.indices[index]]
-
-    def describe(self, index: int) -> str:
-        return self.parent.describe(self.indices[index])
-
-    def item_name(self, index: int) -> str:
-        return self.parent.item_name(self.indices[index])
-
-    def encoded(self, index: int) -> bytes:
-        return self.parent.encoded(self.indices[index])
+    def _locate(self, index: int) -> tuple[ImageDataset, int]:
+        return self.parent, self.indices[index]
 
     def as_uint8(self) -> torch.Tensor | None:
         pixels = self.parent.as_uint8()
@@ -129,7 +143,7 @@ def stratified_split(targets: Sequence[int], fraction: float, seed: int) -> tupl
     return sorted(train), sorted(val)
 
 
-class ConcatDataset(ImageDataset):
+class ConcatDataset(_Delegating):
     """Several splits of one source as one data set; they must name the same classes in the same order."""
 
     def __init__(self, parts: Sequence[ImageDataset]):
@@ -144,19 +158,3 @@ class ConcatDataset(ImageDataset):
     def _locate(self, index: int) -> tuple[ImageDataset, int]:
         part = int(np.searchsorted(self._starts, index, side="right")) - 1
         return self.parts[part], index - self._starts[part]
-
-    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
-        part, local = self._locate(index)
-        return part[local]
-
-    def describe(self, index: int) -> str:
-        part, local = self._locate(index)
-        return part.describe(local)
-
-    def item_name(self, index: int) -> str:
-        part, local = self._locate(index)
-        return part.item_name(local)
-
-    def encoded(self, index: int) -> bytes:
-        part, local = self._locate(index)
-        return part.encoded(local)

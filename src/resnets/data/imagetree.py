@@ -135,8 +135,9 @@ def _wrapper_depth(parts: list[list[str]]) -> int:
     return depth
 
 
-class FolderDataset(EncodedImageDataset):
-    """One split (or the whole) of an image-folder tree on disk."""
+class _TreeDataset(EncodedImageDataset):
+    """One split (or the whole) of an image-folder tree at ``root`` (a folder, or a zip archive);
+    ``items`` are (path in the tree, class name)."""
 
     def __init__(self, root: Path, items: list[tuple[str, str]], classes: list[str], split: str | None):
         self.root, self.classes = root, classes
@@ -145,14 +146,18 @@ class FolderDataset(EncodedImageDataset):
         self.targets = [index[cls] for _, cls in items]
         self.source = printable(str(root)) + (f" [{split}]" if split else "")
 
+    def describe(self, index: int) -> str:
+        return printable(self.item_name(index))
+
+
+class FolderDataset(_TreeDataset):
+    """One split (or the whole) of an image-folder tree on disk."""
+
     def encoded(self, index: int) -> bytes:
         return read_image_file(self.root / self.files[index])
 
     def item_name(self, index: int) -> str:
         return str(self.root / self.files[index])
-
-    def describe(self, index: int) -> str:
-        return printable(self.item_name(index))
 
 
 # One open archive per file and process (reading the central directory of a 60,000-file
@@ -173,24 +178,20 @@ def _open_zip(archive: Path) -> tuple[zipfile.ZipFile, threading.Lock]:
         return _ARCHIVES[key]
 
 
-class ZipDataset(EncodedImageDataset):
-    """One split (or the whole) of an image-folder tree inside a zip archive, read in place.
+class ZipDataset(_TreeDataset):
+    """One split (or the whole) of an image-folder tree inside the zip archive ``root``, read in place.
 
     The archive is opened again after a fork, so the dataset can be pickled to DataLoader
     worker processes and shared by threads.
     """
 
-    def __init__(self, archive: Path, members: list[str], labels: list[int], classes: list[str],
-                 split: str | None):
-        self.archive, self.members, self.targets, self.classes = archive, members, labels, classes
-        self.source = printable(str(archive)) + (f" [{split}]" if split else "")
-        self._handle: tuple[int, zipfile.ZipFile, threading.Lock] | None = None
+    _handle: tuple[int, zipfile.ZipFile, threading.Lock] | None = None
 
     def encoded(self, index: int) -> bytes:
         if self._handle is None or self._handle[0] != os.getpid():
-            self._handle = (os.getpid(), *_open_zip(self.archive))
+            self._handle = (os.getpid(), *_open_zip(self.root))
         _, handle, lock = self._handle
-        member = self.members[index]
+        member = self.files[index]
         try:
             with lock:
                 info = handle.getinfo(member)
@@ -203,56 +204,56 @@ class ZipDataset(EncodedImageDataset):
             raise BadImageError(f"cannot read image {self.describe(index)}: {first_line(error)}") from None
 
     def item_name(self, index: int) -> str:
-        return f"{self.archive}:{self.members[index]}"
-
-    def describe(self, index: int) -> str:
-        return printable(self.item_name(index))
+        return f"{self.root}:{self.files[index]}"
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_handle": None}
 
 
-class FolderSource:
+class _TreeSource:
+    """An image-folder tree, its images grouped by split and class; ``reader`` reads a split."""
+
+    reader: type[_TreeDataset]
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return tuple(s for s in self.layout if s is not None)
+
+    def dataset(self, split: str | None) -> _TreeDataset:
+        return self.reader(self.path, self.layout[split], self.classes, split)
+
+
+class FolderSource(_TreeSource):
     """An image-folder tree on disk."""
 
     format = "folder"
+    reader = FolderDataset
 
     def __init__(self, root: Path):
         self.path = root
         self.layout, self.classes = layout_tree(walk_files(root), str(root))
 
-    @property
-    def splits(self) -> tuple[str, ...]:
-        return tuple(s for s in self.layout if s is not None)
 
-    def dataset(self, split: str | None) -> FolderDataset:
-        return FolderDataset(self.path, self.layout[split], self.classes, split)
-
-
-class ZipSource:
+class ZipSource(_TreeSource):
     """An image-folder tree inside a zip archive."""
 
     format = "zip"
+    reader = ZipDataset
 
     def __init__(self, archive: Path):
         self.path = archive
-        handle, lock = _open_zip(archive)
-        with lock:
-            names = [info.filename for info in handle.infolist() if not info.is_dir()]
-        for name in [n for n in names if unsafe_member(n) and is_image_name(n)]:
-            _skip(f"{archive}:{name}", "zip member with an absolute path or a '.', '..' or empty part")
-        names = [name for name in names if not unsafe_member(name)]
-        self.layout, self.classes = layout_tree(names, str(archive))
+        self.layout, self.classes = layout_tree(zip_image_names(archive), str(archive))
 
-    @property
-    def splits(self) -> tuple[str, ...]:
-        return tuple(s for s in self.layout if s is not None)
 
-    def dataset(self, split: str | None) -> ZipDataset:
-        index = {name: k for k, name in enumerate(self.classes)}
-        items = self.layout[split]
-        return ZipDataset(self.path, [path for path, _ in items],
-                          [index[cls] for _, cls in items], self.classes, split)
+def zip_image_names(archive: Path) -> list[str]:
+    """The image members of ``archive``, sorted, hidden ones left out; those with an unsafe name
+    (:func:`unsafe_member`) are skipped with a warning."""
+    handle, lock = _open_zip(archive)
+    with lock:
+        names = [info.filename for info in handle.infolist() if not info.is_dir()]
+    for name in [n for n in names if unsafe_member(n) and is_image_name(n)]:
+        _skip(f"{archive}:{name}", "zip member with an absolute path or a '.', '..' or empty part")
+    return sorted(n for n in names if is_image_name(n) and not hidden(n) and not unsafe_member(n))
 
 
 def is_zip(path: Path) -> bool:

@@ -19,17 +19,10 @@ from torchvision.transforms import v2
 from ..errors import ResnetsError
 from .sampling import mix_seed
 
-POLICIES = ("trivialaugment", "randaugment", "autoaugment", "augmix")
-
-
-def _policy_step(name: str) -> v2.Transform:
-    if name == "trivialaugment":
-        return v2.TrivialAugmentWide()
-    if name == "randaugment":
-        return v2.RandAugment()
-    if name == "autoaugment":
-        return v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)
-    return v2.AugMix()
+# Each policy's transform, by name.
+_POLICY_STEPS = {"trivialaugment": v2.TrivialAugmentWide, "randaugment": v2.RandAugment,
+                 "autoaugment": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET), "augmix": v2.AugMix}
+POLICIES = tuple(_POLICY_STEPS)
 
 
 @dataclass(frozen=True)
@@ -56,7 +49,7 @@ class AugmentPolicy:
         """The per-image pipeline on uint8 tensors (an identity when the policy is off)."""
         steps: list[v2.Transform] = []
         if self.name is not None:
-            steps.append(_policy_step(self.name))
+            steps.append(_POLICY_STEPS[self.name]())
         if self.color_jitter > 0:
             s = self.color_jitter
             steps.append(v2.ColorJitter(brightness=s, contrast=s, saturation=s))
