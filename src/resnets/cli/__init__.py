@@ -28,11 +28,12 @@ import argparse
 import difflib
 import errno
 import importlib
+import json
 import os
 import sys
 import time
 import warnings
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..errors import ResnetsError, first_line
 
@@ -107,7 +108,7 @@ class _Parser(argparse.ArgumentParser):
     def _check_value(self, action: argparse.Action, value: object) -> None:
         try:
             super()._check_value(action, value)
-        except argparse.ArgumentError as error:
+        except argparse.ArgumentError:
             close = difflib.get_close_matches(str(value), [str(c) for c in action.choices or ()], n=1)
             if not close:
                 raise
@@ -137,11 +138,22 @@ def _with_suggestions(extras: list[str], parser: argparse.ArgumentParser) -> str
     return " ".join(words)
 
 
+def add_command(subparsers: argparse._SubParsersAction, name: str, **options: object) -> argparse.ArgumentParser:
+    """The parser of command ``name``, its one-line help taken from :data:`COMMANDS`."""
+    return subparsers.add_parser(name, help=COMMANDS[name][1], **options)
+
+
 def add_model_argument(parser: argparse.ArgumentParser, dest: str = "model", pretrained: bool = True) -> None:
     """The ``MODEL`` argument, as every command takes it (see :mod:`resnets.factory`)."""
     bare = "its ImageNet weights" if pretrained else "the architecture; NAME:imagenet for its weights"
     parser.add_argument(dest, metavar="MODEL",
                         help=f"run directory, weights file (any format), NAME:TAG, or NAME ({bare})")
+
+
+def print_json(document: Any, indent: int | None = None) -> int:
+    """``--json``: the command's result as one JSON document on stdout; returns the exit status, 0."""
+    print(json.dumps(document, indent=indent))
+    return 0
 
 
 def _fail(message: str, status: int = 2) -> None:

@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from . import add_command
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("bench", help="measure inference (and training) speed on this machine",
-                                   description=__doc__)
+    parser = add_command(subparsers, "bench", description=__doc__)
     parser.add_argument("models", nargs="*", default=["resnet50"], metavar="MODEL",
                         help="model names (default: resnet50)")
     parser.add_argument("--backend", default=None,

@@ -6,14 +6,14 @@ import argparse
 import json
 import sys
 
+from . import add_command
 from .bench import add_timing_arguments, write_results
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..compare import DEFAULT_MODELS
 
-    parser = subparsers.add_parser("compare", help="compare CNNs: size, MACs, speed, published accuracy",
-                                   description=__doc__)
+    parser = add_command(subparsers, "compare", description=__doc__)
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
                         help=f"comma-separated model names (default: {','.join(DEFAULT_MODELS)})")
     parser.add_argument("--backend", default="eager", help="inference backend used for every model")

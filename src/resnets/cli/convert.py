@@ -7,12 +7,12 @@ import sys
 
 from ..terminal import printable
 from ..weights.convert import SOURCES, convert
+from . import add_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("convert", help="convert foreign weights to a self-describing safetensors file",
-                                   description="Read weights in another framework's format (auto-detected) and "
-                                   "write them, with model name, class names and preprocessing, to DST.")
+    parser = add_command(subparsers, "convert", description="Read weights in another framework's format "
+                         "(auto-detected) and write them, with model name, class names and preprocessing, to DST.")
     parser.add_argument("src", metavar="SRC", help="checkpoint to read (.pth, .h5, .keras, .pdparams, .caffemodel...)")
     parser.add_argument("dst", metavar="DST", help="safetensors file to write")
     parser.add_argument("--from", dest="source", default="auto", choices=SOURCES, help="source format (default: auto)")

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from ..terminal import printable
+from . import add_command, print_json
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("data", help="inspect data sets, pack them into LMDB or WebDataset shards",
-                                   description="Inspect a data set, or pack it into an LMDB database or "
-                                               "WebDataset shards.")
+    parser = add_command(subparsers, "data", description="Inspect a data set, or pack it into an LMDB database "
+                         "or WebDataset shards.")
     commands = parser.add_subparsers(dest="data_command", metavar="ACTION", parser_class=type(parser))
     commands.required = True
 
@@ -39,8 +38,7 @@ def _info(args: argparse.Namespace) -> int:
 
     report = inspect_source(args.path, check=args.check)
     if args.json:
-        print(json.dumps(report, indent=2))
-        return 0
+        return print_json(report, indent=2)
     print(f"{printable(report['path'])}: {report['format']}, {len(report['classes'])} classes")
     for split, counts in report["splits"].items():
         print(f"  {split}: {counts['images']} images")
@@ -60,8 +58,7 @@ def _pack(args: argparse.Namespace) -> int:
     else:
         summary = pack_lmdb(args.src, args.dst, size=args.size, workers=args.workers)
     if args.json:
-        print(json.dumps(summary, indent=2))
-        return 0
+        return print_json(summary, indent=2)
     counts = ", ".join(f"{split} {count}" for split, count in summary["splits"].items())
     print(f"wrote {printable(summary['path'])}: {counts} images, {len(summary['classes'])} classes, "
           f"{len(summary['skipped'])} skipped")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from . import add_command
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("demo", help="train a ResNet on built-in handwritten digits, end to end",
-                              description="Trains a CIFAR-style ResNet on scikit-learn's digits, evaluates "
-                              "it on a held-out split and predicts a few digit PNGs (about a minute on 2 cores).")
+    p = add_command(subparsers, "demo", description="Trains a CIFAR-style ResNet on scikit-learn's digits, "
+                    "evaluates it on a held-out split and predicts a few digit PNGs (about a minute on 2 cores).")
     p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
     p.add_argument("--model", default="resnet20")
     p.add_argument("--epochs", type=int, default=10)

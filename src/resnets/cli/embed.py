@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from . import add_model_argument
+from . import add_command, add_model_argument, print_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("embed", help="embed a data set's images (pooled pre-logit features) into an index",
-                              description="Pooled pre-logit features of every image, L2-normalised, with file "
-                              "paths and labels (none for images without classes), written to FILE: Parquet "
-                              "(.parquet) or NumPy (.npy + a .json sidecar). The file records the model, so "
-                              "`resnets search` embeds queries the same way. Needs pip install 'resnets[search]'.")
+    p = add_command(subparsers, "embed", description="Pooled pre-logit features of every image, L2-normalised, "
+                    "with file paths and labels (none for images without classes), written to FILE: Parquet "
+                    "(.parquet) or NumPy (.npy + a .json sidecar). The file records the model, so `resnets search` "
+                    "embeds queries the same way. Needs pip install 'resnets[search]'.")
     add_model_argument(p, "model")
     p.add_argument("data", help="data set (class folders, zip, CIFAR pickles, LMDB...; every split), or images "
                    "without classes: a folder (recursive), a zip, or a list file (.txt/.lst: one image path per line)")
@@ -26,10 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.set_defaults(handler=run_embed)
 
-    s = subparsers.add_parser("search", help="nearest indexed images to query images (cosine, FAISS)",
-                              description="Embeds each query image with the model the index records and lists "
-                              "its nearest indexed images by cosine similarity; --out writes a PNG strip per "
-                              "query.")
+    s = add_command(subparsers, "search", description="Embeds each query image with the model the index records "
+                    "and lists its nearest indexed images by cosine similarity; --out writes a PNG strip per query.")
     s.add_argument("index", help="index file made by `resnets embed`")
     s.add_argument("queries", nargs="+", metavar="INPUT",
                    help="image file, folder (recursive), zip, or list file of images")
@@ -49,8 +45,7 @@ def run_embed(args: argparse.Namespace) -> int:
                "classes": len(index.meta["classes"]), "model": index.meta["model"], "map": args.map,
                "seconds": index.meta["seconds"]}
     if args.json:
-        print(json.dumps(summary))
-        return 0
+        return print_json(summary)
     classes = f"{summary['classes']} classes" if index.meta["labelled"] else "no classes"
     print(f"{summary['count']} images, {summary['dim']}-d embeddings ({classes}) -> {args.out} "
           f"in {summary['seconds']:.1f} s")
@@ -65,8 +60,7 @@ def run_search(args: argparse.Namespace) -> int:
 
     results = search(args.index, args.queries, topk=args.topk, device=args.device, out_dir=args.out)
     if args.json:
-        print(json.dumps(results))
-        return 0
+        return print_json(results)
     for result in results:
         strip = f"  (strip: {printable(result['png'])})" if "png" in result else ""
         print(f"{printable(result['query'])}:{strip}")

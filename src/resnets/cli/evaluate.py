@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -11,14 +10,13 @@ from ..evaluate import SPLITS
 from ..metrics import TTA_MODES
 from ..settings import Bound, parse_arg
 from ..terminal import printable
-from . import add_model_argument
+from . import add_command, add_model_argument, print_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("evaluate", help="evaluate a trained model on a data set",
-                              description="Top-1/top-5, per-class precision/recall/F1 and a confusion-matrix "
-                              "PNG, on the held-out images: the data's val/test split, else the run's own "
-                              "--val-split (same seed and fraction), else all of it. Classes are matched by name.")
+    p = add_command(subparsers, "evaluate", description="Top-1/top-5, per-class precision/recall/F1 and a "
+                    "confusion-matrix PNG, on the held-out images: the data's val/test split, else the run's own "
+                    "--val-split (same seed and fraction), else all of it. Classes are matched by name.")
     add_model_argument(p, "checkpoint")
     p.add_argument("--data", required=True, help="image folder, zip, CIFAR pickle folder or LMDB")
     p.add_argument("--split", choices=SPLITS, default="auto",
@@ -61,8 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if not hasattr(report, "top1"):  # a multi-label model's MultiLabelReport
         return _print_multi_label(report, args.json)
     if args.json:
-        print(json.dumps({**report.to_dict(), "confusion_png": str(png)}))
-        return 0
+        return print_json({**report.to_dict(), "confusion_png": str(png)})
     for name, count in report.skipped_classes.items():
         print(f"resnets: warning: left out {count} image(s) of class {printable(repr(name))}, which the model "
               "does not know", file=sys.stderr)
@@ -116,8 +113,7 @@ def _threshold(text: str) -> float | str:
 
 def _print_multi_label(report, as_json: bool) -> int:  # noqa: ANN001 (a resnets.multilabel.MultiLabelReport)
     if as_json:
-        print(json.dumps(report.to_dict()))
-        return 0
+        return print_json(report.to_dict())
     for name, count in report.skipped_classes.items():
         print(f"resnets: warning: left out label {printable(repr(name))} ({count} image(s)), which the model "
               "does not know", file=sys.stderr)

@@ -7,17 +7,15 @@ import json
 import sys
 
 from ..errors import ResnetsError
-from . import add_model_argument
+from . import add_command, add_model_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..explain import METHODS
 
-    p = subparsers.add_parser("explain", help="class-activation maps (Grad-CAM...) of a model's predictions",
-                              description="For each image, a PNG of the class-activation map over the photo "
-                              "(the part the model saw; the rest dimmed) with the top-k labels, and the maps' "
-                              "peaks in DIR/explanations.json. Maps come from the grad-cam package "
-                              "(pip install 'resnets[explain]').")
+    p = add_command(subparsers, "explain", description="For each image, a PNG of the class-activation map over "
+                    "the photo (the part the model saw; the rest dimmed) with the top-k labels, and the maps' peaks "
+                    "in DIR/explanations.json. Maps come from the grad-cam package (pip install 'resnets[explain]').")
     add_model_argument(p, "model")
     p.add_argument("images", nargs="+", metavar="INPUT",
                    help="image file, folder of images (recursive), zip of images, or list file (.txt/.lst: one "

@@ -6,13 +6,12 @@ import argparse
 
 from ..export import FORMATS, check_export_input_size, export, export_paths, load_checkpoint
 from ..fileio import check_output_is_not_input
-from . import add_model_argument
+from . import add_command, add_model_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("export", help="export a model to ONNX, TorchScript, safetensors or prototxt",
-                                   description="Export a model; the result is checked against PyTorch before "
-                                   "it is written.")
+    parser = add_command(subparsers, "export", description="Export a model; the result is checked against "
+                         "PyTorch before it is written.")
     add_model_argument(parser, "checkpoint", pretrained=False)
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--out", required=True, help="file to write (prototxt: the weights go beside it, "

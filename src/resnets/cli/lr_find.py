@@ -7,11 +7,11 @@ The training settings it takes are those :class:`resnets.train.config.TrainConfi
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from ..settings import add_arguments, parse_arg
 from ..train.config import TrainConfig
+from . import add_command, print_json
 
 SWEEP_OPTIONS = ("start", "end", "steps", "json", "handler", "command", "out")
 
@@ -19,12 +19,11 @@ SWEEP_OPTIONS = ("start", "end", "steps", "json", "handler", "command", "out")
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..lr_find import SWEEP_RULES
 
-    p = subparsers.add_parser("lr-find", help="find a learning rate: sweep it over a few hundred training steps",
-                              description="Train for --steps steps while the learning rate grows exponentially "
-                              "from --start to --end (stopping once the smoothed loss exceeds 4x its minimum), "
-                              "plot the loss against the rate and suggest a rate: where the loss falls fastest, "
-                              "and the rate of its minimum / 10. The same set-up as `resnets train` (data, "
-                              "augmentation, optimizer); no weights are kept.")
+    p = add_command(subparsers, "lr-find", description="Train for --steps steps while the learning rate grows "
+                    "exponentially from --start to --end (stopping once the smoothed loss exceeds 4x its minimum), "
+                    "plot the loss against the rate and suggest a rate: where the loss falls fastest, and the rate "
+                    "of its minimum / 10. The same set-up as `resnets train` (data, augmentation, optimizer); no "
+                    "weights are kept.")
     p.add_argument("--out", required=True, help="the plot to write (PNG)")
     p.add_argument("--start", type=parse_arg("start", SWEEP_RULES["start"]), default=1e-7,
                    help="first learning rate (default %(default)g)")
@@ -45,8 +44,7 @@ def run(args: argparse.Namespace) -> int:
     result = lr_find(config, args.start, args.end, args.steps)
     plot_lr_find(result, args.out)
     if args.json:
-        print(json.dumps({**result.to_dict(), "plot": args.out}))
-        return 0
+        return print_json({**result.to_dict(), "plot": args.out})
     stop = f"stopped at {result.diverged_at:.3g} (the smoothed loss passed {DIVERGENCE:g}x its minimum)" \
         if result.diverged_at is not None else \
         f"the smoothed loss ended at {result.final_over_minimum:.2f}x its minimum"

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from ..errors import ResnetsError
-from . import add_model_argument
+from . import add_command, add_model_argument, print_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("predict", help="classify image files with a trained model",
-                              description="Top-k class names and probabilities per image. Inputs are image "
-                              "files, folders of images (recursive), zips of images and list files (.txt/.lst: one "
-                              "image path per line). Unreadable files are named in a warning on stderr and skipped.")
+    p = add_command(subparsers, "predict", description="Top-k class names and probabilities per image. Inputs "
+                    "are image files, folders of images (recursive), zips of images and list files (.txt/.lst: one "
+                    "image path per line). Unreadable files are named in a warning on stderr and skipped.")
     add_model_argument(p, "checkpoint")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image file, folder (recursive), zip, or list file of images")
@@ -41,8 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if not results:
         raise ResnetsError("no readable image among the inputs")
     if args.json:
-        print(json.dumps(results))
-        return 0
+        return print_json(results)
     from ..terminal import printable
 
     for result in results:  # class and file names are untrusted text: no escape codes reach the terminal

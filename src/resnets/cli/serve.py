@@ -8,16 +8,14 @@ import socket
 import warnings
 
 from ..errors import ResnetsError
-from . import add_model_argument
+from . import add_command, add_model_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "serve", help="serve a model over HTTP (TorchServe-style, KServe v2, web page, metrics)",
-        description="Serve MODEL over HTTP: POST /predictions/NAME (image bytes -> top-k), the Open Inference "
-        "Protocol under /v2, POST /explain/NAME (Grad-CAM PNG), GET /metrics (Prometheus) and a web page at /. "
-        "Concurrent requests are decoded in parallel and run as one batch. SIGTERM stops accepting, answers "
-        "the requests in flight, then exits 0.")
+    p = add_command(subparsers, "serve", description="Serve MODEL over HTTP: POST /predictions/NAME (image bytes "
+                    "-> top-k), the Open Inference Protocol under /v2, POST /explain/NAME (Grad-CAM PNG), GET /metrics "
+                    "(Prometheus) and a web page at /. Concurrent requests are decoded in parallel and run as one "
+                    "batch. SIGTERM stops accepting, answers the requests in flight, then exits 0.")
     add_model_argument(p, "model")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8080)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from torch import nn
@@ -11,12 +10,12 @@ from torch import nn
 from ..errors import ResnetsError
 from ..factory import create_model
 from ..summarize import summary
+from . import add_command, print_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("summary", help="per-layer table: shapes, parameters, mult-adds",
-                                   description="Print a per-layer summary of a registered model, a "
-                                   "weights file (.safetensors) or a Caffe .prototxt.")
+    parser = add_command(subparsers, "summary", description="Print a per-layer summary of a registered model, a "
+                         "weights file (.safetensors) or a Caffe .prototxt.")
     parser.add_argument("model", metavar="NAME_OR_PATH")
     parser.add_argument("--input-size", type=int, default=None,
                         help="input side in pixels (default: the model's natural size)")
@@ -53,8 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if data_info is not None:
         result.extra["data"] = data_info.to_dict()
     if args.json:
-        print(json.dumps(result.to_dict()))
-        return 0
+        return print_json(result.to_dict())
     print(result)
     if data_info is not None:
         print("Data layers: " + ", ".join(f"{k}={v}" for k, v in data_info.to_dict().items() if v not in (None, [], {})))

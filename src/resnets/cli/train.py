@@ -16,17 +16,17 @@ from typing import Any
 from ..settings import add_arguments
 from ..train.config import TrainConfig
 from ..train.recipes import list_recipes, read_recipe, recipe_yaml
+from . import add_command
 
 # Parsed arguments that are about the command, not the run's settings.
 _NOT_SETTINGS = ("handler", "command", "config", "print_config", "started")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train", help="train or fine-tune a model on an image data set",
-                              argument_default=argparse.SUPPRESS,
-                              description="Train, fine-tune (--weights, --freeze) or resume (--resume) "
-                              "a model. Works unchanged under `torchrun --nproc-per-node N -m resnets train`; "
-                              "--procs N starts N such processes itself.")
+    p = add_command(subparsers, "train", argument_default=argparse.SUPPRESS,
+                    description="Train, fine-tune (--weights, --freeze) or resume (--resume) a model. Works "
+                    "unchanged under `torchrun --nproc-per-node N -m resnets train`; --procs N starts N such "
+                    "processes itself.")
     p.add_argument("--config", metavar="RECIPE", default=None,
                    help="read flags from a YAML recipe (a file, or a shipped recipe: "
                         f"{', '.join(list_recipes())}); flags given here override it")

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+
+from . import add_command, print_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("weights", help="list or download pretrained weights",
-                                   description="The pretrained weights resnets knows (torchvision's), and their "
-                                   "download into the cache ($RESNETS_CACHE, default ~/.cache/resnets), hash-checked.")
+    parser = add_command(subparsers, "weights", description="The pretrained weights resnets knows (torchvision's), "
+                         "and their download into the cache ($RESNETS_CACHE, default ~/.cache/resnets), hash-checked.")
     actions = parser.add_subparsers(dest="weights_command", metavar="ACTION", parser_class=type(parser))
     actions.required = True
 
@@ -37,8 +37,7 @@ def _list(args: argparse.Namespace) -> int:
              "url": w.url, "hash_prefix": w.hash_prefix, "cached": (cache_dir() / w.filename).is_file()}
             for w in list_pretrained(args.model)]
     if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
+        return print_json(rows, indent=2)
     if not rows:
         print(f"no pretrained weights registered{' for ' + args.model if args.model else ''}", file=sys.stderr)
         return 0
