@@ -97,7 +97,7 @@ def _fetch(url: str, tmp: Path, target: Path, expected: str, progress: bool) -> 
         raise ResnetsError(f"cannot download {url} (HTTP {error.code}); {where}") from None
     except urllib.error.URLError as error:
         raise ResnetsError(f"cannot download {url} (offline? {error.reason}); {where}") from None
-    except HTTPException as error:
+    except (HTTPException, ConnectionError) as error:
         raise ResnetsError(f"download of {url} was interrupted ({type(error).__name__}); retry, or {where}") from None
     except RuntimeError as error:
         if "hash" not in str(error):
@@ -105,5 +105,3 @@ def _fetch(url: str, tmp: Path, target: Path, expected: str, progress: bool) -> 
         raise ResnetsError(f"{url} does not have the expected SHA-256 {expected}...; the download was cut short, "
                            f"is corrupt or the file changed: retry, or fetch a good copy and put it at {target}") \
             from None
-    except ConnectionError as error:
-        raise ResnetsError(f"download of {url} was interrupted ({type(error).__name__}); retry, or {where}") from None

@@ -90,8 +90,10 @@ def read_weights(path: str | os.PathLike, source: str = "auto", model_name: str 
     kind = detect_format(path) if source == "auto" else {"torchvision": "torch", "timm": "torch"}.get(source, source)
     if kind == "caffe":
         return _read_caffe(Path(path), caffemodel, model_name, num_classes)
-    reader = {"resnets": _read_resnets, "torch": _read_torch, "keras": _read_keras, "paddle": _read_paddle}[kind]
-    imported = reader(Path(path))
+    readers = {"resnets": _read_resnets, "keras": _read_keras,
+               "torch": lambda p: _recognised(read_torch_checkpoint(p), str(p), "PyTorch checkpoint"),
+               "paddle": lambda p: _recognised(read_paddle(p), str(p), "Paddle")}
+    imported = readers[kind](Path(path))
     if model_name is not None:
         imported = _as_model(imported, model_name)
     if imported.model_name is None and not imported.options.get("layers"):
@@ -111,19 +113,10 @@ def _read_resnets(path: Path) -> ImportedWeights:
                            task=task_of(record.extra, record.source or str(path)))
 
 
-def _read_torch(path: Path) -> ImportedWeights:
-    return _recognised(read_torch_checkpoint(path), str(path), "PyTorch checkpoint")
-
-
-def _read_paddle(path: Path) -> ImportedWeights:
-    return _recognised(read_paddle(path), str(path), "Paddle")
-
-
 def _read_keras(path: Path) -> ImportedWeights:
     keras = read_keras(path)
-    names = _imagenet_names() if keras.num_classes == 1000 else None
     return ImportedWeights(keras.state_dict, keras.model_name, f"Keras {path.name}", keras.options,
-                           class_names=names, preprocessing=keras.preprocessing)
+                           class_names=_imagenet_names(keras.num_classes), preprocessing=keras.preprocessing)
 
 
 def _read_caffe(path: Path, caffemodel: str | os.PathLike | None, model_name: str | None,
@@ -139,19 +132,18 @@ def _read_caffe(path: Path, caffemodel: str | os.PathLike | None, model_name: st
     classes = spec.num_classes if num_classes is None else num_classes
     model = build_registered_model(model_name, num_classes=classes, **spec.options)
     state = caffe_to_state_dict(prototxt, weights, model)
-    names = _imagenet_names() if model.num_classes == 1000 else None
     preprocessing = Preprocessing(224, 256, "bilinear", CAFFE_MEAN_BGR, (1.0, 1.0, 1.0), channel_order="BGR",
                                   pixel_range=255.0)
-    return ImportedWeights(state, model_name, f"Caffe {Path(weights).name}", dict(spec.options), class_names=names,
-                           preprocessing=preprocessing, notes=list(spec.notes))
+    return ImportedWeights(state, model_name, f"Caffe {Path(weights).name}", dict(spec.options),
+                           class_names=_imagenet_names(model.num_classes), preprocessing=preprocessing,
+                           notes=list(spec.notes))
 
 
 def _recognised(state: dict[str, torch.Tensor], source: str, kind: str) -> ImportedWeights:
     """Torchvision-named tensors whose model is recognised from their shapes."""
     arch = infer_architecture(state, source)
-    names = _imagenet_names() if arch.num_classes == 1000 else None
     return ImportedWeights(state, arch.model_name, f"{kind} {Path(source).name}", in_chans=arch.in_chans,
-                           class_names=names)
+                           class_names=_imagenet_names(arch.num_classes))
 
 
 def _as_model(imported: ImportedWeights, model_name: str) -> ImportedWeights:
@@ -162,8 +154,9 @@ def _as_model(imported: ImportedWeights, model_name: str) -> ImportedWeights:
     return dataclasses.replace(imported, model_name=model_name, options={})
 
 
-def _imagenet_names() -> list[str]:
-    return imagenet_class_names()
+def _imagenet_names(num_classes: int) -> list[str] | None:
+    """ImageNet's class names for a head of 1000 classes (a foreign file records none)."""
+    return imagenet_class_names() if num_classes == 1000 else None
 
 
 def build_model(imported: ImportedWeights, num_classes: int | None = None, drop_head: bool = False,

@@ -49,13 +49,9 @@ def unwrap_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict):
         raise ResnetsError(f"{source} holds a {type(obj).__name__}, not a state dict")
     state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    changed = True
-    while changed:
-        changed = False
-        for prefix in WRAPPER_PREFIXES:
-            if state and all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix):]: v for k, v in state.items()}
-                changed = True
+    # Wrappers nest (DDP around torch.compile: ``module._orig_mod.``): strip while every key has one.
+    while state and (prefix := next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in state)), None)):
+        state = {k[len(prefix):]: v for k, v in state.items()}
     return state
 
 

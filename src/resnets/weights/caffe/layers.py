@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
@@ -46,15 +47,9 @@ class Eltwise(nn.Module):
 
     def forward(self, *inputs: Tensor) -> Tensor:
         if self.operation == "PROD":
-            out = inputs[0]
-            for x in inputs[1:]:
-                out = out * x
-            return out
+            return functools.reduce(torch.mul, inputs)
         if self.operation == "MAX":
-            out = inputs[0]
-            for x in inputs[1:]:
-                out = torch.maximum(out, x)
-            return out
+            return functools.reduce(torch.maximum, inputs)
         coeffs = self.coeffs or (1.0,) * len(inputs)
         out = inputs[0] * coeffs[0] if coeffs[0] != 1.0 else inputs[0]
         for c, x in zip(coeffs[1:], inputs[1:]):

@@ -9,7 +9,6 @@ becomes one ``nn.BatchNorm2d``. Data, loss and accuracy layers do not run; what 
 
 from __future__ import annotations
 
-import contextvars
 import itertools
 import math
 import os
@@ -211,9 +210,7 @@ def _conv(layer: CaffeLayer, shapes: list[Shape]) -> tuple[nn.Module, list[Shape
     out_h, out_w = (_conv_out(size, k, s, q, d) for size, k, s, q, d
                     in zip((h, w), kernel, stride, pad, dilation))
     _check_output(layer, [(out_ch, out_h, out_w)])
-    bias = bool(first(p, "bias_term", True))
-    _check_layer_params(layer, out_ch * (c // groups) * kernel[0] * kernel[1] + (out_ch if bias else 0))
-    conv = nn.Conv2d(c, out_ch, kernel, stride, pad, dilation, groups, bias=bias)
+    conv = nn.Conv2d(c, out_ch, kernel, stride, pad, dilation, groups, bias=bool(first(p, "bias_term", True)))
     nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
     if conv.bias is not None:
         nn.init.zeros_(conv.bias)
@@ -261,9 +258,7 @@ def _inner_product(layer: CaffeLayer, shapes: list[Shape]) -> tuple[nn.Module, l
     out = int(first(p, "num_output", 0))
     if out < 1:
         raise ResnetsError(f"InnerProduct layer {layer.name!r} needs a positive num_output")
-    bias = bool(first(p, "bias_term", True))
-    _check_layer_params(layer, math.prod(shapes[0]) * out + (out if bias else 0))
-    return InnerProduct(math.prod(shapes[0]), out, bias=bias), [(out,)]
+    return InnerProduct(math.prod(shapes[0]), out, bias=bool(first(p, "bias_term", True))), [(out,)]
 
 
 def _batch_norm(layer: CaffeLayer, shapes: list[Shape], affine: bool) -> nn.Module:
@@ -361,14 +356,6 @@ def _axis(layer: CaffeLayer, axis: int, shape: Shape) -> int:
     if not -rank <= axis < rank:
         raise ResnetsError(f"{layer.type} layer {layer.name!r} names axis {axis} of a {rank}-d blob")
     return axis % rank
-
-
-# The parameter limit of the net being built (from_prototxt's max_params).
-_PARAM_LIMIT: contextvars.ContextVar[int] = contextvars.ContextVar("caffe_param_limit", default=MAX_PARAMS)
-
-
-def _check_layer_params(layer: CaffeLayer, count: int) -> None:
-    check_param_count(count, _PARAM_LIMIT.get(), f"{layer.type} layer {layer.name!r}")
 
 
 def _check_output(layer: CaffeLayer, shapes: Sequence[Shape]) -> None:
@@ -473,11 +460,7 @@ def from_prototxt(path: str | os.PathLike, caffemodel: str | os.PathLike | None 
     refused before anything is allocated.
     """
     net_def, layers, info = read_definition(path, phase, max_params)
-    token = _PARAM_LIMIT.set(max_params)
-    try:
-        steps = _build_steps(layers, info)
-    finally:
-        _PARAM_LIMIT.reset(token)
+    steps = _build_steps(layers, info, max_params)
     model = CaffeNet(str(first(net_def, "name", "caffe_net")), steps, info.input_name, info)
     if caffemodel is not None:
         model.load_caffe_blobs(read_caffemodel(caffemodel))
@@ -497,18 +480,16 @@ def read_definition(path: str | os.PathLike, phase: str = "TEST",
     net_def = parse_prototxt(path)
     layers = net_layers(net_def, phase)
     info = _data_info(net_def, layers, phase)
-    token = _PARAM_LIMIT.set(max_params)
-    try:
-        with torch.device("meta"):
-            planned = _build_steps(layers, info)
-    finally:
-        _PARAM_LIMIT.reset(token)
+    with torch.device("meta"):
+        planned = _build_steps(layers, info, max_params)
     total = sum(p.numel() for _, module in planned for p in module.parameters())
     check_param_count(total, max_params, f"network {str(first(net_def, 'name', 'caffe_net'))!r}")
     return net_def, layers, info
 
 
-def _build_steps(layers: list[CaffeLayer], info: CaffeDataInfo) -> list[tuple[_Step, nn.Module]]:
+def _build_steps(layers: list[CaffeLayer], info: CaffeDataInfo, max_params: int) -> list[tuple[_Step, nn.Module]]:
+    """One module per layer (or fused BatchNorm + Scale), each held to ``max_params`` parameters:
+    planned on the meta device first (:func:`read_definition`), so a hostile layer costs nothing."""
     shapes: dict[str, Shape] = {info.input_name: info.input_size}
     steps: list[tuple[_Step, nn.Module]] = []
     used_names: set[str] = set(dir(nn.Module)) | {"name", "input_name", "data_info", "steps",
@@ -540,6 +521,7 @@ def _build_steps(layers: list[CaffeLayer], info: CaffeDataInfo) -> list[tuple[_S
         else:
             raise ResnetsError(f"layer {layer.name!r} has type {layer.type!r}, which resnets cannot "
                                f"run (supported: {', '.join(sorted(_BUILDERS))})")
+        check_param_count(sum(p.numel() for p in module.parameters()), max_params, f"{layer.type} layer {layer.name!r}")
         _check_output(layer, out_shapes)
         shapes.update(zip(layer.tops, out_shapes))
         module_name = _module_name(group[0].name, used_names)
