@@ -40,9 +40,8 @@ class Bound:
         wanted = "an integer" if self.kind is int else "a finite number"
         ok_type = (int,) if self.kind is int else (int, float)
         if isinstance(value, bool) or not isinstance(value, ok_type) or \
-                (isinstance(value, float) and not math.isfinite(value)):
-            return f"must be {wanted}{self._range()}, got {value!r}"
-        if (self.low is not None and (value < self.low or (self.low_open and value == self.low))) or \
+                (isinstance(value, float) and not math.isfinite(value)) or \
+                (self.low is not None and (value < self.low or (self.low_open and value == self.low))) or \
                 (self.high is not None and (value > self.high or (self.high_open and value == self.high))):
             return f"must be {wanted}{self._range()}, got {value!r}"
         return None

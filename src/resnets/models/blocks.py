@@ -16,9 +16,8 @@ ShortcutKind = Literal["projection", "avg_down", "zero_pad"]
 NormFactory = Callable[[int], nn.Module]
 
 
-def conv3x3(in_ch: int, out_ch: int, stride: int = 1, groups: int = 1, dilation: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=dilation, groups=groups,
-                     dilation=dilation, bias=False)
+def conv3x3(in_ch: int, out_ch: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, groups=groups, bias=False)
 
 
 def conv1x1(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:

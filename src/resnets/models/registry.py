@@ -19,6 +19,7 @@ from .resnet import ResNetConfig
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
+_CIFAR10 = {"input_size": 32, "num_classes": 10, "mean": CIFAR_MEAN, "std": CIFAR_STD}  # what a CIFAR-10 net takes
 
 
 @dataclass(frozen=True)
@@ -84,16 +85,14 @@ def _register_family() -> None:
         n = (depth - 2) // 6
         config = ResNetConfig(block="basic", layers=(n, n, n), widths=(16, 32, 64), stem="cifar",
                               stem_width=16, shortcut="zero_pad")
-        register(ModelSpec(f"resnet{depth}", config, f"CIFAR ResNet-{depth} (paper, option A shortcut)",
-                           input_size=32, num_classes=10, mean=CIFAR_MEAN, std=CIFAR_STD))
+        register(ModelSpec(f"resnet{depth}", config, f"CIFAR ResNet-{depth} (paper, option A shortcut)", **_CIFAR10))
     register(ModelSpec("resnet18_cifar", ResNetConfig(block="basic", layers=(2, 2, 2, 2), stem="cifar"),
-                       "ResNet-18 with a 3x3/1 stem and no max-pool, for 32x32 images",
-                       input_size=32, num_classes=10, mean=CIFAR_MEAN, std=CIFAR_STD))
+                       "ResNet-18 with a 3x3/1 stem and no max-pool, for 32x32 images", **_CIFAR10))
 
     for suffix, multiplier in RESNET9_WIDTHS.items():
         register(ModelSpec(f"resnet9_cifar{suffix}", resnet9_config(multiplier),
                            f"Page's ResNet-9 for 32x32 images{f', {multiplier}x width' if suffix else ''} "
-                           "(fast CIFAR training)", input_size=32, num_classes=10, mean=CIFAR_MEAN, std=CIFAR_STD))
+                           "(fast CIFAR training)", **_CIFAR10))
     airbench_nets = {
         "airbench94": (AIRBENCH94, "airbench94's net (K. Jordan): ResNet-9's lineage without shortcuts, "
                                    "2x2 whitening stem, GELU, frozen-scale BN"),
@@ -101,7 +100,7 @@ def _register_family() -> None:
                                    "Page's ResNet-9 with airbench's GELU, frozen-scale BN, Dirac init and head"),
     }
     for name, (config, description) in airbench_nets.items():
-        register(ModelSpec(name, config, description, input_size=32, num_classes=10, mean=CIFAR_MEAN, std=CIFAR_STD))
+        register(ModelSpec(name, config, description, **_CIFAR10))
 
 
 # Width multipliers of the registered ResNet-9s, named as torchvision names MobileNet/ShuffleNet

@@ -7,7 +7,7 @@ pre-activation ResNets, the CIFAR ResNets of the paper) is a :class:`ResNetConfi
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 import torch
@@ -96,11 +96,9 @@ class ResNetConfig:
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> "ResNetConfig":
         """The config a weights file records, checked field by field (the file is untrusted)."""
-        import dataclasses
-
         if not isinstance(record, dict):
             raise ResnetsError(f"the architecture record must be a JSON object, got {type(record).__name__}")
-        known = {f.name: f for f in dataclasses.fields(cls)}
+        known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(record) - set(known))
         if unknown:
             raise ResnetsError(f"unknown architecture field(s) {', '.join(unknown)}")
@@ -111,8 +109,7 @@ class ResNetConfig:
                     raise ResnetsError(f"architecture field {key} must be a list, got {values[key]!r}")
                 values[key] = tuple(values[key])
         for key, value in values.items():
-            expected = bool if known[key].type == "bool" else None
-            if expected is bool and not isinstance(value, bool):
+            if known[key].type == "bool" and not isinstance(value, bool):
                 raise ResnetsError(f"architecture field {key} must be true or false, got {value!r}")
         try:
             config = cls(**values)

@@ -36,7 +36,6 @@ from ..errors import ResnetsError
 class DistContext:
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
 
     @property
     def enabled(self) -> bool:
@@ -49,13 +48,11 @@ class DistContext:
 
 def init_from_env(device: torch.device) -> DistContext:
     """Join the process group torchrun describes; a single process when WORLD_SIZE is unset or 1."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    if not in_launched_group():
         return DistContext()
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(),
-                       local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size())
 
 
 def local_device(requested: str) -> torch.device:

@@ -24,11 +24,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, kind: str, total_steps: in
             optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total_steps,
             pct_start=min(max(pct, 1 / total_steps), 0.99),
             cycle_momentum=optimizer.defaults.get("momentum", 0) > 0 or "betas" in optimizer.defaults)
-    if kind == "step":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_step(step, total_steps, warmup_steps))
-    if kind == "linear":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_linear(step, total_steps, warmup_steps))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total_steps, warmup_steps))
+    multiplier = {"step": warmup_step, "linear": warmup_linear}.get(kind, warmup_cosine)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: multiplier(step, total_steps, warmup_steps))
 
 
 def warmup_step(step: int, total_steps: int, warmup_steps: int) -> float:
