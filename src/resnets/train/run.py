@@ -26,7 +26,7 @@ import torch
 from ..errors import ResnetsError, first_line
 from . import checkpoint as ckpt
 from .callbacks import standard_callbacks
-from .config import NUMBER_RULES, RunResult, TrainConfig
+from .config import RunResult, TrainConfig
 from .distributed import DistContext, in_launched_group, init_from_env, launch, local_device, shutdown
 from .engine import Trainer
 from .inputs import InMemoryData
@@ -59,10 +59,7 @@ def train(config: TrainConfig, data: InMemoryData | None = None, stop_after: int
     being finite ends with a :class:`ResnetsError` and publishes none of its non-finite weights.
     """
     started = time.time() if started is None else started
-    if stop_after is not None:
-        problem = NUMBER_RULES["stop_after"].problem(stop_after)
-        if problem is not None:
-            raise ResnetsError(f"--stop-after {problem}")
+    if stop_after is not None:  # checked by TrainConfig, as the flag is
         config = dataclasses.replace(config, stop_after=stop_after)
     if overwrite:
         config = dataclasses.replace(config, overwrite=True)
