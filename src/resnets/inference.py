@@ -60,7 +60,7 @@ DEFAULT_BACKEND = "auto"
 # ``auto``'s candidates, where installed: exact (fp32) and ready without compiling for minutes
 # (``compile`` is as fast once warm, but compiles for about a minute per input shape on 2 cores).
 AUTO_CANDIDATES: tuple[str, ...] = ("onnxruntime", "openvino", "eager")
-PROBE_WARMUP, PROBE_RUNS = 1, 3  # untimed, then timed calls of each candidate; the median decides
+PROBE_WARMUP, PROBE_RUNS = 0, 3  # untimed, then timed rounds (a turn: a call, then a timed call)
 CACHE_ENV = "RESNETS_BACKEND_CACHE"  # a file for auto's choices, or "off"
 CACHE_FILE = "inference-backends.json"
 CACHE_MAX_BYTES = 1 << 20
@@ -293,12 +293,16 @@ def _auto_module(folded: nn.Module, example: Tensor) -> nn.Module:
 
 def probe_backends(modules: dict[str, Callable[[Tensor], Tensor]], example: Tensor,
                    warmup: int = PROBE_WARMUP, runs: int = PROBE_RUNS) -> dict[str, float]:
-    """Median milliseconds of a call of each module on ``example``; calls interleaved (one
-    of each per round), so that load from elsewhere slows them alike."""
+    """Median milliseconds of a call of each module on ``example``, in rounds (one turn of each
+    per round, so that load from elsewhere slows them alike). A turn is an untimed call, then
+    the timed one: a runtime's threads still spinning after its call (PyTorch's OpenMP threads)
+    slow the next call, which is then another runtime's; the untimed call takes that cost, and
+    the timed one sees the module as it runs in use, called after itself."""
     times: dict[str, list[float]] = {name: [] for name in modules}
     with torch.inference_mode():
         for round_ in range(warmup + runs):
             for name, module in modules.items():
+                module(example)
                 start = time.perf_counter()
                 module(example)
                 if round_ >= warmup:
