@@ -33,7 +33,7 @@ import os
 import sys
 import time
 import warnings
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..errors import ResnetsError, first_line
 
@@ -138,9 +138,14 @@ def _with_suggestions(extras: list[str], parser: argparse.ArgumentParser) -> str
     return " ".join(words)
 
 
-def add_command(subparsers: argparse._SubParsersAction, name: str, **options: object) -> argparse.ArgumentParser:
-    """The parser of command ``name``, its one-line help taken from :data:`COMMANDS`."""
-    return subparsers.add_parser(name, help=COMMANDS[name][1], **options)
+def add_command(subparsers: argparse._SubParsersAction, name: str, handler: Callable[[argparse.Namespace], int] | None,
+                **options: object) -> argparse.ArgumentParser:
+    """The parser of command ``name``, run by ``handler`` (None: by its actions' own), its one-line help
+    taken from :data:`COMMANDS`."""
+    parser = subparsers.add_parser(name, help=COMMANDS[name][1], **options)
+    if handler is not None:
+        parser.set_defaults(handler=handler)
+    return parser
 
 
 def add_model_argument(parser: argparse.ArgumentParser, dest: str = "model", pretrained: bool = True) -> None:

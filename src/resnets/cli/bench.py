@@ -12,7 +12,7 @@ from . import add_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command(subparsers, "bench", description=__doc__)
+    parser = add_command(subparsers, "bench", run, description=__doc__)
     parser.add_argument("models", nargs="*", default=["resnet50"], metavar="MODEL",
                         help="model names (default: resnet50)")
     parser.add_argument("--backend", default=None,
@@ -22,7 +22,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--img-size", type=int, default=None, help="input side (default: the model's own)")
     parser.add_argument("--train", action="store_true", help="also measure training-step images/s")
     add_timing_arguments(parser, "bench", "timed calls per backend and batch size")
-    parser.set_defaults(handler=run)
 
 
 def add_timing_arguments(parser: argparse.ArgumentParser, name: str, reps_help: str) -> None:

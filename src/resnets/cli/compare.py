@@ -13,14 +13,13 @@ from .bench import add_timing_arguments, write_results
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..compare import DEFAULT_MODELS
 
-    parser = add_command(subparsers, "compare", description=__doc__)
+    parser = add_command(subparsers, "compare", run, description=__doc__)
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
                         help=f"comma-separated model names (default: {','.join(DEFAULT_MODELS)})")
     parser.add_argument("--backend", default="eager", help="inference backend used for every model")
     parser.add_argument("--batch-size", type=int, default=8, help="batch size of the throughput figure")
     parser.add_argument("--img-size", type=int, default=224, help="input side (default 224)")
     add_timing_arguments(parser, "compare", "timed calls per model")
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

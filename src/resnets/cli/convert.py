@@ -11,7 +11,7 @@ from . import add_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command(subparsers, "convert", description="Read weights in another framework's format "
+    parser = add_command(subparsers, "convert", run, description="Read weights in another framework's format "
                          "(auto-detected) and write them, with model name, class names and preprocessing, to DST.")
     parser.add_argument("src", metavar="SRC", help="checkpoint to read (.pth, .h5, .keras, .pdparams, .caffemodel...)")
     parser.add_argument("dst", metavar="DST", help="safetensors file to write")
@@ -22,7 +22,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     head.add_argument("--num-classes", type=int, help="expected size of the file's classifier head")
     head.add_argument("--drop-head", action="store_true", help="leave the classifier head out")
     parser.add_argument("--prototxt", help="Caffe network definition (with a .caffemodel SRC)")
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

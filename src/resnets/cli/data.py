@@ -8,7 +8,7 @@ from ..terminal import printable
 from . import add_command, print_json
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command(subparsers, "data", description="Inspect a data set, or pack it into an LMDB database "
+    parser = add_command(subparsers, "data", None, description="Inspect a data set, or pack it into an LMDB database "
                          "or WebDataset shards.")
     commands = parser.add_subparsers(dest="data_command", metavar="ACTION", parser_class=type(parser))
     commands.required = True

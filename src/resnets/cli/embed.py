@@ -8,10 +8,10 @@ from . import add_command, add_model_argument, print_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = add_command(subparsers, "embed", description="Pooled pre-logit features of every image, L2-normalised, "
-                    "with file paths and labels (none for images without classes), written to FILE: Parquet "
-                    "(.parquet) or NumPy (.npy + a .json sidecar). The file records the model, so `resnets search` "
-                    "embeds queries the same way. Needs pip install 'resnets[search]'.")
+    p = add_command(subparsers, "embed", run_embed, description="Pooled pre-logit features of every image, "
+                    "L2-normalised, with file paths and labels (none for images without classes), written to FILE: "
+                    "Parquet (.parquet) or NumPy (.npy + a .json sidecar). The file records the model, so `resnets "
+                    "search` embeds queries the same way. Needs pip install 'resnets[search]'.")
     add_model_argument(p, "model")
     p.add_argument("data", help="data set (class folders, zip, CIFAR pickles, LMDB...; every split), or images "
                    "without classes: a folder (recursive), a zip, or a list file (.txt/.lst: one image path per line)")
@@ -22,10 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="decoding threads")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    p.set_defaults(handler=run_embed)
 
-    s = add_command(subparsers, "search", description="Embeds each query image with the model the index records "
-                    "and lists its nearest indexed images by cosine similarity; --out writes a PNG strip per query.")
+    s = add_command(subparsers, "search", run_search, description="Embeds each query image with the model the index "
+                    "records and lists its nearest indexed images by cosine similarity; --out writes a PNG strip per "
+                    "query.")
     s.add_argument("index", help="index file made by `resnets embed`")
     s.add_argument("queries", nargs="+", metavar="INPUT",
                    help="image file, folder (recursive), zip, or list file of images")
@@ -33,7 +33,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--out", metavar="DIR", help="folder for one PNG strip per query")
     s.add_argument("--device", default="cpu")
     s.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    s.set_defaults(handler=run_search)
 
 
 def run_embed(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from . import add_command, add_model_argument, print_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = add_command(subparsers, "evaluate", description="Top-1/top-5, per-class precision/recall/F1 and a "
+    p = add_command(subparsers, "evaluate", run, description="Top-1/top-5, per-class precision/recall/F1 and a "
                     "confusion-matrix PNG, on the held-out images: the data's val/test split, else the run's own "
                     "--val-split (same seed and fraction), else all of it. Classes are matched by name.")
     add_model_argument(p, "checkpoint")
@@ -42,7 +42,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="multi-label models: decide labels at probability P (default: the model's, 0.5), or "
                         "'tune' for each class's best-F1 threshold on the evaluated images (optimistic)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from ..errors import ResnetsError
-from . import add_command, add_model_argument
+from . import add_command, add_model_argument, print_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..explain import METHODS
 
-    p = add_command(subparsers, "explain", description="For each image, a PNG of the class-activation map over "
+    p = add_command(subparsers, "explain", run, description="For each image, a PNG of the class-activation map over "
                     "the photo (the part the model saw; the rest dimmed) with the top-k labels, and the maps' peaks "
                     "in DIR/explanations.json. Maps come from the grad-cam package (pip install 'resnets[explain]').")
     add_model_argument(p, "model")
@@ -30,7 +29,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--topk", type=int, default=5, help="labels shown per image (default 5)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
     layer = args.layer or default_layer(predictor.plain)
     records, failures = explain_files(predictor, args.images, args.out, args.method, args.target, layer, args.topk)
     if args.json:
-        print(json.dumps({"model": str(args.model), "method": args.method, "layer": layer, "out": args.out,
-                          "images": records, "unreadable": failures}))
+        print_json({"model": str(args.model), "method": args.method, "layer": layer, "out": args.out,
+                    "images": records, "unreadable": failures})
     else:
         for r in records:
             peak = r["peak"]

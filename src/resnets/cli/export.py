@@ -10,14 +10,13 @@ from . import add_command, add_model_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command(subparsers, "export", description="Export a model; the result is checked against "
+    parser = add_command(subparsers, "export", run, description="Export a model; the result is checked against "
                          "PyTorch before it is written.")
     add_model_argument(parser, "checkpoint", pretrained=False)
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--out", required=True, help="file to write (prototxt: the weights go beside it, "
                         "as NAME.caffemodel)")
     parser.add_argument("--input-size", type=int, help="side of the example input (default: the model's)")
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,11 +19,11 @@ SWEEP_OPTIONS = ("start", "end", "steps", "json", "handler", "command", "out")
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..lr_find import SWEEP_RULES
 
-    p = add_command(subparsers, "lr-find", description="Train for --steps steps while the learning rate grows "
+    p = add_command(subparsers, "lr-find", run, description="Train for --steps steps while the learning rate grows "
                     "exponentially from --start to --end (stopping once the smoothed loss exceeds 4x its minimum), "
-                    "plot the loss against the rate and suggest a rate: where the loss falls fastest, and the rate "
-                    "of its minimum / 10. The same set-up as `resnets train` (data, augmentation, optimizer); no "
-                    "weights are kept.")
+                    "plot the loss against the rate and suggest a rate: where the loss falls fastest, and the rate of "
+                    "its minimum / 10. The same set-up as `resnets train` (data, augmentation, optimizer); no weights "
+                    "are kept.")
     p.add_argument("--out", required=True, help="the plot to write (PNG)")
     p.add_argument("--start", type=parse_arg("start", SWEEP_RULES["start"]), default=1e-7,
                    help="first learning rate (default %(default)g)")
@@ -33,7 +33,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="optimizer steps of the sweep (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON document (the sweep and the suggestions)")
     add_arguments(p, TrainConfig, command="lr-find", required=("data",))
-    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

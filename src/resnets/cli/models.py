@@ -10,11 +10,10 @@ from . import add_command, print_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command(subparsers, "models", description="List every registered model with its parameter "
-                         "count and multiply-adds at its natural input size.")
+    parser = add_command(subparsers, "models", run, description="List every registered model with its parameter count "
+                         "and multiply-adds at its natural input size.")
     parser.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'resnet5*'")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

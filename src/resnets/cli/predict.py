@@ -9,7 +9,7 @@ from . import add_command, add_model_argument, print_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = add_command(subparsers, "predict", description="Top-k class names and probabilities per image. Inputs "
+    p = add_command(subparsers, "predict", run, description="Top-k class names and probabilities per image. Inputs "
                     "are image files, folders of images (recursive), zips of images and list files (.txt/.lst: one "
                     "image path per line). Unreadable files are named in a warning on stderr and skipped.")
     add_model_argument(p, "checkpoint")
@@ -22,7 +22,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="eager",
                    help="exact inference backend: auto, eager, compile, onnxruntime or openvino")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,10 +12,10 @@ from . import add_command, add_model_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = add_command(subparsers, "serve", description="Serve MODEL over HTTP: POST /predictions/NAME (image bytes "
-                    "-> top-k), the Open Inference Protocol under /v2, POST /explain/NAME (Grad-CAM PNG), GET /metrics "
-                    "(Prometheus) and a web page at /. Concurrent requests are decoded in parallel and run as one "
-                    "batch. SIGTERM stops accepting, answers the requests in flight, then exits 0.")
+    p = add_command(subparsers, "serve", run, description="Serve MODEL over HTTP: POST /predictions/NAME (image bytes "
+                    "-> top-k), the Open Inference Protocol under /v2, POST /explain/NAME (Grad-CAM PNG), GET "
+                    "/metrics (Prometheus) and a web page at /. Concurrent requests are decoded in parallel and run "
+                    "as one batch. SIGTERM stops accepting, answers the requests in flight, then exits 0.")
     add_model_argument(p, "model")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8080)
@@ -35,7 +35,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body accepted")
     p.add_argument("--topk", type=int, default=5, help="classes in each answer")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
-    p.set_defaults(handler=run)
 
 
 def check_args(args: argparse.Namespace) -> None:

@@ -14,7 +14,7 @@ from . import add_command, print_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command(subparsers, "summary", description="Print a per-layer summary of a registered model, a "
+    parser = add_command(subparsers, "summary", run, description="Print a per-layer summary of a registered model, a "
                          "weights file (.safetensors) or a Caffe .prototxt.")
     parser.add_argument("model", metavar="NAME_OR_PATH")
     parser.add_argument("--input-size", type=int, default=None,
@@ -23,7 +23,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--depth", type=int, default=None,
                         help="show the module tree down to this depth (default: every leaf layer)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
-    parser.set_defaults(handler=run)
 
 
 def load_any_model(spec: str, num_classes: int | None) -> tuple[nn.Module, int]:

@@ -23,17 +23,15 @@ _NOT_SETTINGS = ("handler", "command", "config", "print_config", "started")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = add_command(subparsers, "train", argument_default=argparse.SUPPRESS,
-                    description="Train, fine-tune (--weights, --freeze) or resume (--resume) a model. Works "
-                    "unchanged under `torchrun --nproc-per-node N -m resnets train`; --procs N starts N such "
-                    "processes itself.")
+    p = add_command(subparsers, "train", run, argument_default=argparse.SUPPRESS, description="Train, fine-tune "
+                    "(--weights, --freeze) or resume (--resume) a model. Works unchanged under `torchrun "
+                    "--nproc-per-node N -m resnets train`; --procs N starts N such processes itself.")
     p.add_argument("--config", metavar="RECIPE", default=None,
                    help="read flags from a YAML recipe (a file, or a shipped recipe: "
                         f"{', '.join(list_recipes())}); flags given here override it")
     p.add_argument("--print-config", action="store_true", default=False,
                    help="print the effective settings as a YAML recipe and exit")
     add_arguments(p, TrainConfig)
-    p.set_defaults(handler=run)
 
 
 def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:

@@ -9,8 +9,9 @@ from . import add_command, print_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command(subparsers, "weights", description="The pretrained weights resnets knows (torchvision's), "
-                         "and their download into the cache ($RESNETS_CACHE, default ~/.cache/resnets), hash-checked.")
+    parser = add_command(subparsers, "weights", None, description="The pretrained weights resnets knows "
+                         "(torchvision's), and their download into the cache ($RESNETS_CACHE, default "
+                         "~/.cache/resnets), hash-checked.")
     actions = parser.add_subparsers(dest="weights_command", metavar="ACTION", parser_class=type(parser))
     actions.required = True
 
