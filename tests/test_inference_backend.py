@@ -228,9 +228,15 @@ def test_an_unwritable_cache_is_no_error(probes, monkeypatch, tmp_path):
         check_exact(optimize_for_inference(model, example_input=x[:1]), model, x)
 
 
-def test_off_the_cpu_auto_is_eager_without_a_probe():
+def test_off_the_cpu_auto_is_eager_without_a_probe(probes, monkeypatch, cache_home):
     assert inference.auto_candidates("cuda") == ["eager"]
     assert inference.auto_candidates("cpu")[-1] == "eager"
+    monkeypatch.setattr(inference, "auto_candidates", lambda device="cpu": ["eager"])  # as off the CPU
+    model, x = tiny()
+    module = optimize_for_inference(model, example_input=x[:1])
+    assert module.backend == "eager" and module.auto_probe["source"] == "only candidate"
+    assert probes == [] and not cache_home.exists()
+    check_exact(module, model, x)
 
 
 def test_predict_names_the_backend_auto_chose(probes):

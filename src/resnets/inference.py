@@ -281,6 +281,8 @@ def _auto_module(folded: nn.Module, example: Tensor) -> nn.Module:
             export_onnx(folded, onnx_path, example, check=False)
         modules = {name: InferenceModule(folded, name) if name == "eager" else _onnx_module(onnx_path, name, example)
                    for name in needed}
+    if choice is None and len(candidates) == 1:  # nothing to choose from (off the CPU, or eager alone)
+        choice, source = {"backend": candidates[0], "probe_ms": {}}, "only candidate"
     if choice is None:
         probe_ms = probe_backends(modules, example)
         choice, source = {"backend": min(probe_ms, key=probe_ms.get), "probe_ms": probe_ms}, "probe"
