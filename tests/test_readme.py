@@ -4,7 +4,7 @@ Every ```python block runs, in order, in one namespace, in a folder holding the 
 names (a photo, a converted weights file, the source documents' prototxt) and a weights cache
 holding torchvision-format files under the registry's names, as after a download. Every
 ``resnets ...`` line of the other blocks is parsed by the real command-line parser, so a flag or
-a choice that does not exist fails here.
+a choice that does not exist fails here; tests/test_readme_commands.py then runs them.
 """
 
 from __future__ import annotations
@@ -56,6 +56,14 @@ def test_readme_has_commands_and_python():
 @pytest.fixture
 def readme_folder(tmp_path, monkeypatch):
     """The files the README's Python names, and a cache holding 'downloaded' torchvision weights."""
+    return fill_readme_folder(tmp_path, monkeypatch)
+
+
+def fill_readme_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Write into ``tmp_path`` (made the working folder) the README's photo.jpg, wide.jpg, converted
+    .safetensors and seed prototxt, and a ``$RESNETS_CACHE`` holding every registered resnet18 and
+    resnet50 weights file (torchvision's architecture, random values) whose hash the registry
+    accepts, as after a download. tests/test_readme_commands.py builds on it too."""
     import torchvision
     from PIL import Image
 
