@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
 from torch import nn
+
+# The inference backend probe's cache (resnets.inference) stays out of the user's home: one file per
+# test session, inherited by the commands the tests start.
+os.environ.setdefault("RESNETS_BACKEND_CACHE",
+                      os.path.join(tempfile.mkdtemp(prefix="resnets-tests-"), "inference-backends.json"))
 
 # Two xdist workers on two cores: one thread each, or they fight over the cores.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
