@@ -24,6 +24,7 @@ from .config import TrainConfig
 from .distributed import DeferredInterrupt, all_reduce_sum, barrier
 from .engine import Callback, LogStats, Trainer
 from .freeze import unfreeze
+from .optim import zero_missing_momentum
 
 # No tqdm monitor thread in a training process (its bars, tqdm.auto's too, read this class
 # attribute). tqdm starts the thread even for a disabled bar, and its atexit hook wakes it, never
@@ -229,6 +230,7 @@ class Unfreezer(Callback):
         setup, after = trainer.setup, trainer.config.unfreeze_after
         if setup.frozen_parts and after is not None and epoch >= after:
             unfreeze(setup.model, setup.frozen_parts)
+            zero_missing_momentum(setup.optimizer)
             setup.frozen_parts = []
             setup.wrap()
 

@@ -159,3 +159,20 @@ def _fused_supported(device: torch.device) -> bool:
     except (RuntimeError, ValueError):
         return False
     return True
+
+
+def zero_missing_momentum(optimizer: torch.optim.Optimizer) -> None:
+    """Give every trainable parameter of a momentum group a momentum buffer (zeros) if it has none.
+
+    After ``--unfreeze-after`` the newly trainable parameters have no buffer while the others do,
+    and torch's fused and foreach SGD refuse such a mix (TypeError). A zero buffer is what the
+    first step would make anyway: momentum x 0 + grad is the grad itself, bit for bit.
+    """
+    if not isinstance(optimizer, torch.optim.SGD):
+        return
+    for group in optimizer.param_groups:
+        if group.get("momentum", 0):
+            for param in (p for p in group["params"] if p.requires_grad):
+                state = optimizer.state[param]
+                if state.get("momentum_buffer") is None:
+                    state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
