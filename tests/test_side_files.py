@@ -7,7 +7,11 @@ in their place is one line, exit 2, never a hang (the FIFO cases run in a child 
 and never gigabytes. A label row naming an absolute path, or one whose ``..`` climbs out of the
 label file's folder, is refused naming the row and the path (``fileio.escapes_folder``, the rule
 zip members are held to as well); property tests: a random relative path is accepted iff it stays
-inside.
+inside. The JSON beside a data set (a shard's ``.idx.json`` and ``manifest.json``, ``state.json``
+and ``dataset_dict.json``, an LMDB's ``__meta__``), a run's ``config.json``, ``--class-weights`` and
+a ``.keras`` archive's ``config.json`` go through ``textparse.load_json``: nested 100000 deep is one
+line, not a ``RecursionError``. An atomic write replaces a symbolic link at its target, never
+follows it (a link to ``/dev/zero`` was copied forever where hard links fail).
 """
 
 from __future__ import annotations
@@ -299,3 +303,97 @@ def test_read_limited_reads_regular_files_only_within_the_limit(tmp_path):
     assert read_limited(tmp_path / "link", 10) == b"0123456789"
     with pytest.raises(ResnetsError, match="larger than 9 bytes"):
         read_limited(regular, 9)
+
+
+# -- the files beside a data set, a run and a weights file (the rest of issue 24) -------------------
+DEEP = "[" * 100_000 + "]" * 100_000  # json.loads alone: a RecursionError, a traceback
+DEEP_LINE = "nested 100000 deep, over the limit of"
+
+
+@pytest.fixture
+def images(tmp_path) -> Path:
+    from _train_fixtures import write_folder_dataset
+
+    return write_folder_dataset(tmp_path / "images", {"train": 2, "val": 1}, size=8)
+
+
+@pytest.fixture
+def shards(images, tmp_path) -> Path:
+    """``wds/``: a split folder of shards, each with its ``.idx.json``, and ``manifest.json``."""
+    from resnets.data.pack import pack_wds
+
+    pack_wds(images, tmp_path / "wds", shard_size=100, progress=False)
+    return tmp_path / "wds"
+
+
+def test_a_fifo_shard_index_is_not_waited_on(shards):
+    """The index is a shortcut: a FIFO in its place is not opened for reading (it would wait for a
+    writer forever); the shard is scanned instead, its samples all read."""
+    indexes = sorted(shards.glob("*.tar.idx.json"))
+    assert indexes
+    for index in indexes:
+        index.unlink()
+        os.mkfifo(index)
+    status, err = child_cli("data", "info", "wds", "--json", cwd=shards.parent)
+    assert status == 0, err
+
+
+def test_a_deep_shard_index_is_ignored_and_the_shard_scanned(shards, run_cli):
+    for index in shards.glob("*.tar.idx.json"):
+        index.write_text(DEEP)
+    status, out, err = run_cli("data", "info", shards, "--json")
+    assert status == 0, err
+    assert sum(split["images"] for split in json.loads(out)["splits"].values()) > 0
+
+
+def test_a_deep_shard_manifest_is_one_line(shards, run_cli):
+    (shards / "manifest.json").write_text(DEEP)
+    status, _, err = run_cli("data", "info", shards)
+    assert "manifest.json is not a manifest written by" in one_line_error(status, err)
+
+
+@pytest.fixture
+def saved(tmp_path) -> Path:
+    """A ``DatasetDict.save_to_disk`` folder, as far as its JSON goes (the Arrow files come later)."""
+    root = tmp_path / "saved"
+    (root / "train").mkdir(parents=True)
+    (root / "train" / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data.arrow"}]}))
+    (root / "dataset_dict.json").write_text(json.dumps({"splits": ["train"]}))
+    return root
+
+
+@pytest.mark.parametrize("name", ["dataset_dict.json", "train/state.json"])
+def test_deep_save_to_disk_json_is_one_line(saved, name, run_cli):
+    (saved / name).write_text(DEEP)
+    status, _, err = run_cli("data", "info", saved)
+    assert f"{Path(name).name}: {DEEP_LINE}" in one_line_error(status, err)
+
+
+def test_a_fifo_state_json_is_refused_without_waiting(saved):
+    state = saved / "train" / "state.json"
+    state.unlink()
+    os.mkfifo(state)
+    status, err = child_cli("data", "info", "saved", cwd=saved.parent)
+    assert "state.json is a FIFO, not a regular file" in one_line_error(status, err)
+
+
+def test_deep_arrow_schema_metadata_declares_no_features():
+    import pyarrow as pa
+
+    from resnets.data.hfdata import _features
+
+    schema = pa.schema([("image", pa.binary())], metadata={b"huggingface": DEEP.encode()})
+    assert _features(schema) == {}
+
+
+def test_a_deep_lmdb_meta_record_is_one_line(tmp_path, run_cli):
+    import lmdb
+
+    path = tmp_path / "deep.lmdb"
+    env = lmdb.open(str(path), subdir=False, lock=False, map_size=2**22)
+    with env.begin(write=True) as txn:
+        txn.put(b"__meta__", DEEP.encode())
+        txn.put(b"__labels__", b"\0\0\0\0")
+    env.close()
+    status, _, err = run_cli("data", "info", path)
+    assert "__meta__ record is not the JSON object" in one_line_error(status, err)

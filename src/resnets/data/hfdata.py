@@ -20,7 +20,6 @@ larger than that cache read a row group per image: pack such a set once with
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import warnings
@@ -36,6 +35,7 @@ except ImportError:
     pa = pq = None
 
 from ..errors import ResnetsError, first_line
+from ..textparse import load_json, read_limited
 from .base import VAL_SPLITS, register_format
 from .dataset import EncodedImageDataset
 from .images import MAX_IMAGE_BYTES, BadImageError, BadImageWarning, printable, read_image_file
@@ -168,8 +168,8 @@ def _features(schema: pa.Schema) -> dict[str, Any]:
     """The ``datasets`` feature declarations stored in a schema's metadata ({} when there are none)."""
     raw = (schema.metadata or {}).get(b"huggingface")
     try:
-        features = json.loads(raw)["info"]["features"] if raw and len(raw) <= MAX_JSON_BYTES else {}
-    except (ValueError, KeyError, TypeError):
+        features = load_json(raw, "huggingface metadata", MAX_JSON_BYTES)["info"]["features"] if raw else {}
+    except (ValueError, KeyError, TypeError):  # ValueError: also load_json's ResnetsError (size, depth)
         features = {}
     return features if isinstance(features, dict) else {}
 
@@ -324,21 +324,11 @@ def _parquet_splits(path: Path) -> dict[str, list[Path]]:
     return named
 
 
-def _load_json(path: Path) -> Any:
-    try:
-        with open(path, "rb") as handle:
-            text = handle.read(MAX_JSON_BYTES + 1)
-        if len(text) > MAX_JSON_BYTES:
-            raise ValueError("too large")
-        return json.loads(text)
-    except (OSError, ValueError) as error:
-        raise ResnetsError(f"cannot read {printable(str(path))}: {first_line(error)}") from None
-
-
 def _saved_splits(path: Path) -> dict[str, list[Path]]:
     """The Arrow files of each split of a ``save_to_disk`` folder."""
     if (path / "dataset_dict.json").is_file():
-        splits = _load_json(path / "dataset_dict.json")
+        splits = load_json(read_limited(path / "dataset_dict.json", MAX_JSON_BYTES),
+                           printable(str(path / "dataset_dict.json")))
         names = splits.get("splits") if isinstance(splits, dict) else None
         if not isinstance(names, list) or not all(isinstance(n, str) and n and "/" not in n and n != ".."
                                                   for n in names):
@@ -348,7 +338,7 @@ def _saved_splits(path: Path) -> dict[str, list[Path]]:
 
 
 def _state_files(folder: Path) -> list[Path]:
-    state = _load_json(folder / "state.json")
+    state = load_json(read_limited(folder / "state.json", MAX_JSON_BYTES), printable(str(folder / "state.json")))
     entries = state.get("_data_files") if isinstance(state, dict) else None
     if not isinstance(entries, list) or not entries:
         raise ResnetsError(f"{printable(str(folder / 'state.json'))} names no data files")

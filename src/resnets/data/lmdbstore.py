@@ -21,7 +21,6 @@ database that is not what ``pack_lmdb`` writes fails with one line.
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 import threading
@@ -32,6 +31,7 @@ import lmdb
 import numpy as np
 
 from ..errors import ResnetsError
+from ..textparse import load_json
 from .base import register_format
 from .dataset import EncodedImageDataset
 from .images import printable
@@ -185,8 +185,8 @@ register_format(0, is_lmdb, LmdbSource)
 def _checked_meta(meta: bytes, labels: bytes, name: str) -> dict[str, Any]:
     """The ``__meta__`` record, checked against what :func:`~.pack.pack_lmdb` writes and the labels."""
     try:
-        record = json.loads(meta)
-    except ValueError:  # not JSON, or not UTF-8
+        record = load_json(meta, f"{name}: its __meta__ record")
+    except ValueError:  # not JSON, not UTF-8, too deep (load_json's ResnetsError is a ValueError)
         record = None
     if not isinstance(record, dict):
         raise ResnetsError(f"{name}: its __meta__ record is not the JSON object `resnets data pack` writes")

@@ -35,6 +35,7 @@ from PIL import Image
 
 from ..errors import ResnetsError, first_line
 from ..fileio import atomic_paths
+from ..textparse import load_json, read_limited
 from .base import VAL_SPLITS, register_format
 from .dataset import EncodedImageDataset
 from .images import MAX_IMAGE_BYTES, BadImageError, BadImageWarning, is_image_name, printable
@@ -163,10 +164,8 @@ def _indexed_shard(path: Path, shard: int) -> list[tuple[Sample, int | None]]:
     index = _index_path(path)
     try:
         size = path.stat().st_size
-        with open(index, "rb") as handle:
-            text = handle.read(MAX_MANIFEST_BYTES + 1)
-        record = json.loads(text) if len(text) <= MAX_MANIFEST_BYTES else None
-    except (OSError, ValueError):
+        record = load_json(read_limited(index, MAX_MANIFEST_BYTES), printable(str(index)))
+    except (OSError, ValueError):  # missing, no regular file (a FIFO is not waited on), too large or deep
         return _index_shard(path, shard)
     entries = record.get("samples") if isinstance(record, dict) and record.get("shard_bytes") == size else None
     valid = isinstance(entries, list) and all(
@@ -273,10 +272,8 @@ def check_class_number(label: int, samples: int, where: str, declare: str) -> No
 def _read_manifest(path: Path) -> dict[str, Any]:
     name = printable(str(path))
     try:
-        with open(path, "rb") as handle:
-            text = handle.read(MAX_MANIFEST_BYTES + 1)
-        record = json.loads(text) if len(text) <= MAX_MANIFEST_BYTES else None
-    except (OSError, ValueError):
+        record = load_json(read_limited(path, MAX_MANIFEST_BYTES), name)
+    except (OSError, ValueError):  # ValueError: a ResnetsError of the bounded readers (FIFO, size, depth)
         record = None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise ResnetsError(f"{name} is not a manifest written by `resnets data pack --format wds`")
