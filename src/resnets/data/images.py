@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import os
-import stat
 import warnings
 from typing import Any
 
@@ -20,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ResnetsError, first_line
+from ..fileio import open_regular
 from ..preprocessing import PixelBudgetError, check_pixels
 from ..terminal import printable  # noqa: F401 - the one escaping of names, used by the readers
 
@@ -77,20 +77,20 @@ def is_image_name(name: str) -> bool:
 def read_image_file(path: str | os.PathLike, limit: int = MAX_IMAGE_BYTES) -> bytes:
     """The bytes of the image file at ``path``; BadImageError unless it is a readable regular file.
 
-    The file is opened non-blocking (a FIFO cannot hang the open) and checked on the open
-    descriptor, so what is checked is what is read: devices (``/dev/zero``), FIFOs and
-    folders are refused, and so is a file of more than ``limit`` bytes, before any is read.
+    The file is opened by :func:`resnets.fileio.open_regular` (non-blocking, so a FIFO cannot hang
+    the open, and checked on the open descriptor, so what is checked is what is read): devices
+    (``/dev/zero``), FIFOs and folders are refused, and so is a file of more than ``limit`` bytes,
+    before any is read.
     """
     name = printable(os.fspath(path))
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        descriptor = os.open(path, flags)
+        handle = open_regular(path)
     except OSError as error:
         raise BadImageError(f"cannot read image {name}: {error.strerror or error}") from None
-    with open(descriptor, "rb") as handle:
-        info = os.fstat(descriptor)
-        if not stat.S_ISREG(info.st_mode):
-            raise BadImageError(f"cannot read image {name}: not a regular file")
+    except ResnetsError:
+        raise BadImageError(f"cannot read image {name}: not a regular file") from None
+    with handle:
+        info = os.fstat(handle.fileno())
         if info.st_size > limit:
             raise BadImageError(f"cannot read image {name}: {info.st_size} bytes, more than the "
                                 f"{limit} an image file may have")
