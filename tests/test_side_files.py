@@ -397,3 +397,36 @@ def test_a_deep_lmdb_meta_record_is_one_line(tmp_path, run_cli):
     env.close()
     status, _, err = run_cli("data", "info", path)
     assert "__meta__ record is not the JSON object" in one_line_error(status, err)
+
+
+def test_a_deep_keras_config_is_one_line(tmp_path):
+    pytest.importorskip("h5py")
+    from resnets.weights.keras import read_keras
+
+    archive = tmp_path / "model.keras"
+    with __import__("zipfile").ZipFile(archive, "w") as zipped:
+        zipped.writestr("config.json", DEEP)
+        zipped.writestr("model.weights.h5", b"")
+    with pytest.raises(ResnetsError) as refused:
+        read_keras(archive)
+    message = str(refused.value)
+    assert f"config.json: {DEEP_LINE}" in message and "\n" not in message
+
+
+def test_deep_class_weights_are_one_line(images, tmp_path, run_cli):
+    weights = tmp_path / "weights.json"
+    weights.write_text(DEEP)
+    status, _, err = run_cli("train", "--model", "resnet20", "--data", images, "--epochs", "1",
+                             "--class-weights", weights, "--out", tmp_path / "run", "--no-progress")
+    assert f"--class-weights {weights}: {DEEP_LINE}" in one_line_error(status, err)
+
+
+def test_a_deep_run_config_is_one_line_on_resume_and_evaluate(images, tmp_path, run_cli):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(DEEP)
+    status, _, err = run_cli("train", "--resume", run, "--no-progress")
+    assert f"config.json: {DEEP_LINE}" in one_line_error(status, err)
+    status, _, err = run_cli("evaluate", run, "--data", images)
+    assert f"config.json: {DEEP_LINE}" in one_line_error(status, err)
+

@@ -21,6 +21,7 @@ from .inference import INT8_BACKENDS, check_backend
 from .metrics import collect_logits, topk_accuracy
 from .multilabel import MultiLabelReport, is_multi_label, multi_label_report, threshold_of
 from .predict import InferenceModel, load_for_inference
+from .textparse import MAX_TEXT_BYTES, load_json, read_limited
 
 
 @dataclass
@@ -380,8 +381,8 @@ def _run_config(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
     if not Path(checkpoint).is_dir() or not path.is_file():
         return None
     try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        config = load_json(read_limited(path, MAX_TEXT_BYTES), path.name)
+    except (OSError, ValueError) as error:  # ValueError: the bounded readers' ResnetsError (FIFO, size, depth, syntax)
         raise ResnetsError(f"{path} is unreadable ({error}); pass the weights file instead") from None
     if not isinstance(config, dict):
         raise ResnetsError(f"{path} is not a JSON object")

@@ -8,7 +8,6 @@ loss keeps its usual size and the learning rate its meaning.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Sequence
@@ -16,6 +15,7 @@ from typing import Sequence
 import torch
 
 from ..errors import ResnetsError
+from ..textparse import MAX_TEXT_BYTES, load_json, read_limited
 
 KINDS = ("auto", "effective")
 
@@ -50,8 +50,9 @@ def class_weights(spec: str | None, labels: Sequence[int] | torch.Tensor, class_
 
 def _weights_file(path: Path, class_names: list[str]) -> torch.Tensor:
     try:
-        given = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
+        given = load_json(read_limited(path, MAX_TEXT_BYTES), f"--class-weights {path}",
+                          invalid="not a readable JSON file")
+    except OSError as error:
         raise ResnetsError(f"--class-weights {path}: not a readable JSON file ({str(error).splitlines()[0]})") \
             from None
     if not isinstance(given, dict):

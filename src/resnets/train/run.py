@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ResnetsError, first_line
+from ..textparse import MAX_TEXT_BYTES, load_json, read_limited
 from . import checkpoint as ckpt
 from .callbacks import standard_callbacks
 from .config import RunResult, TrainConfig
@@ -125,10 +125,10 @@ def _resumed_config(requested: TrainConfig) -> TrainConfig:
     if not config_path.is_file():
         raise ResnetsError(f"cannot resume {run_dir}: no {ckpt.CONFIG} there; is it a run directory?")
     try:
-        stored = json.loads(config_path.read_text(encoding="utf-8"))
+        stored = load_json(read_limited(config_path, MAX_TEXT_BYTES), config_path.name)
         if not isinstance(stored, dict):
             raise ValueError(f"a JSON object was expected, found {type(stored).__name__}")
-    except ValueError as error:  # not JSON, not UTF-8
+    except ValueError as error:  # not a regular file, too large or deep, not JSON, not UTF-8
         raise ResnetsError(f"cannot resume {run_dir}: {config_path} is damaged ({first_line(error)})") from None
     stored.update({k: getattr(requested, k) for k in RESUME_OVERRIDES})
     if requested.minutes is not None:  # a fresh budget for the rest of a planned run (its plan is kept)

@@ -21,7 +21,6 @@ Mapping onto this project's models, exactly:
 from __future__ import annotations
 
 import io
-import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +31,12 @@ import torch
 
 from ..errors import ResnetsError
 from ..preprocessing import Preprocessing
+from ..textparse import load_json
 
 KERAS_BN_EPS = 1.001e-5
 TORCH_BN_EPS = 1e-5
 STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+MAX_CONFIG_BYTES = 16 << 20  # a .keras archive's config.json (a ResNet's is about 100 kB)
 _VAR_NAMES = {"Conv2D": ("kernel", "bias"), "BatchNormalization": ("gamma", "beta", "moving_mean", "moving_variance"),
               "Dense": ("kernel", "bias")}
 _AUTO_NAMES = {"conv2d": "Conv2D", "batch_normalization": "BatchNormalization", "dense": "Dense"}
@@ -87,7 +88,10 @@ def _read_layers(path: Path) -> Layers:
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
-                config = json.loads(archive.read("config.json"))
+                member = archive.getinfo("config.json")  # its declared size is all a read returns
+                if member.file_size > MAX_CONFIG_BYTES:
+                    raise ResnetsError(f"config.json: larger than {MAX_CONFIG_BYTES} bytes")
+                config = load_json(archive.read(member), "config.json", MAX_CONFIG_BYTES)
                 weights = io.BytesIO(archive.read("model.weights.h5"))
             order = [(layer["config"]["name"], layer["class_name"]) for layer in config["config"]["layers"]]
             with h5py.File(weights, "r") as h5:
