@@ -430,3 +430,65 @@ def test_a_deep_run_config_is_one_line_on_resume_and_evaluate(images, tmp_path, 
     status, _, err = run_cli("evaluate", run, "--data", images)
     assert f"config.json: {DEEP_LINE}" in one_line_error(status, err)
 
+
+# -- an atomic write's target -----------------------------------------------------------------------
+WRITE_OVER_LINK = """
+import os, resource, sys
+from resnets.fileio import atomic_write_bytes
+
+def no_hard_links(*args, **kwargs):
+    raise PermissionError(1, "Operation not permitted")
+
+os.link = no_hard_links  # a file system without hard links: the backup falls back to a copy
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))  # a copy of /dev/zero stops at 1 MiB
+atomic_write_bytes(sys.argv[1], b"new")
+"""
+
+
+def no_hard_links(*args, **kwargs):
+    raise PermissionError(1, "Operation not permitted")
+
+
+def test_a_link_to_dev_zero_at_a_write_target_is_replaced_not_followed(tmp_path):
+    """The backup of what stands at the target is the link itself: following it, the fallback copy
+    (where hard links fail) of ``/dev/zero`` never ended (here: stopped by a file-size limit, in a
+    child under a timeout)."""
+    target = tmp_path / "out.bin"
+    target.symlink_to("/dev/zero")
+    done = subprocess.run([sys.executable, "-c", WRITE_OVER_LINK, str(target)], capture_output=True, text=True,
+                          timeout=CHILD_TIMEOUT_S)
+    assert done.returncode == 0, done
+    assert not target.is_symlink() and target.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]  # no backup, no temporary file left
+
+
+@pytest.mark.parametrize("hard_links", [True, False])
+@pytest.mark.parametrize("dangling", [False, True])
+def test_a_link_at_a_target_is_restored_as_a_link_when_the_set_fails(tmp_path, monkeypatch, hard_links,
+                                                                    dangling):
+    """The second rename fails: the first target gets back what stood there, the link itself,
+    pointing where it did (a copy of the file it names, or nothing for a dangling link, before)."""
+    from resnets.fileio import atomic_paths
+
+    real = tmp_path / "real.bin"
+    if not dangling:
+        real.write_bytes(b"old")
+    first, second = tmp_path / "first.bin", tmp_path / "second.bin"
+    first.symlink_to(real)
+    if not hard_links:
+        monkeypatch.setattr(os, "link", no_hard_links)
+    replace = os.replace
+
+    def failing(src, dst, **kwargs):
+        if Path(dst) == second:
+            raise OSError(28, "No space left on device", str(dst))
+        return replace(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(OSError, match="No space"):
+        with atomic_paths(first, second) as (a, b):
+            a.write_bytes(b"new")
+            b.write_bytes(b"new")
+    assert first.is_symlink() and os.readlink(first) == str(real)
+    assert dangling or real.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first.bin"] + ["real.bin"] * (not dangling)

@@ -261,14 +261,17 @@ def _replace_all(temps: list[Path], targets: list[Path]) -> None:
 
 
 def _backup(target: Path) -> Path | None:
-    """A second name for ``target``'s current content (a hard link, a copy where links fail)."""
-    if not target.exists():
+    """A second name for what is at ``target`` (a hard link, a copy where links fail).
+
+    A symbolic link there is what gets replaced, so it is kept as itself, never followed: a link
+    to ``/dev/zero`` would otherwise be copied forever, a link to a big file copied whole."""
+    if not os.path.lexists(target):
         return None
     backup = _temp_name(target, ".bak")
     try:
-        os.link(target, backup)
-    except OSError:
-        shutil.copy2(target, backup)
+        os.link(target, backup, follow_symlinks=False)
+    except (OSError, NotImplementedError):
+        shutil.copy2(target, backup, follow_symlinks=False)
     return backup
 
 
@@ -292,8 +295,8 @@ def _remove_abandoned(target: Path, suffix: str) -> None:
     pattern = _leftover_pattern(target.name, suffix)
     for entry in os.scandir(target.parent):
         match = pattern.match(entry.name)
-        if match is None or not entry.is_file(follow_symlinks=False):
-            continue
+        if match is None or not (entry.is_file(follow_symlinks=False) or entry.is_symlink()):
+            continue  # a link is removed itself: the backup of a link that stood at the target
         with contextlib.suppress(OSError):  # gone already, or not ours to remove
             if _abandoned(entry.stat(follow_symlinks=False).st_mtime, match.group("pid")):
                 os.unlink(entry.path)
