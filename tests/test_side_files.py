@@ -492,3 +492,18 @@ def test_a_link_at_a_target_is_restored_as_a_link_when_the_set_fails(tmp_path, m
     assert first.is_symlink() and os.readlink(first) == str(real)
     assert dangling or real.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["first.bin"] + ["real.bin"] * (not dangling)
+
+
+def test_the_backup_link_a_killed_write_left_is_removed_by_the_next(tmp_path):
+    """A write killed between its renames leaves the link it kept as a backup (``.NAME.PID-HEX.bak``);
+    the next complete write removes it once its writer is gone, as it removes a backup file."""
+    from resnets.fileio import ABANDONED_S, atomic_write_bytes
+
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    target = tmp_path / "out.bin"
+    leftover = tmp_path / f".out.bin.{int(child.stdout)}-0123abcd.bak"
+    leftover.symlink_to("/dev/zero")
+    old = os.lstat(leftover).st_mtime - 2 * ABANDONED_S
+    os.utime(leftover, (old, old), follow_symlinks=False)
+    atomic_write_bytes(target, b"new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
