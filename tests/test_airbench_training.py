@@ -120,3 +120,16 @@ def test_without_decay_all_the_one_dimensional_parameters_do_not_decay():
 def test_muon_momentum_defaults_to_the_momentum():
     groups = {g["name"]: g for g in _recipe_optimizer(muon_momentum=None).param_groups}
     assert groups["body"]["momentum"] == groups["head"]["momentum"] == 0.85
+
+
+@pytest.mark.parametrize("total", [1, 2, 3, 4, 5, 8])
+def test_one_cycle_runs_on_the_shortest_runs(total):
+    """torch's OneCycleLR divides by each phase's length: a run of a few steps must not make one empty."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.4, momentum=0.9)
+    scheduler = build_scheduler(optimizer, "onecycle", total_steps=total, warmup_steps=0)
+    rates = []
+    for _ in range(total):
+        optimizer.step()
+        scheduler.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert all(0 <= rate <= 0.4 for rate in rates)

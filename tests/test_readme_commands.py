@@ -64,8 +64,7 @@ SUBSTITUTED: dict[str, tuple[tuple[tuple[str, str], ...], str]] = {
     "resnets train --model resnet20 --data cifar10-jpeg.zip --epochs 30 --batch-size 256 --lr 0.4 --sched onecycle "
     "--label-smoothing 0.1 --channels-last --out runs/c10": (
         (("--epochs 30", "--epochs 5 --stop-after 1"),),
-        "5 epochs, stopped (resumable) after the first, so that the next line's --resume has four to run "
-        "(not fewer: one-cycle over 4 steps or fewer, 1 a stand-in epoch, raises ZeroDivisionError in torch)"),
+        "5 epochs, stopped (resumable) after the first, so that the next line's --resume has four to run"),
     "resnets train --model resnet18 --weights imagenet --freeze backbone --data photos/ --epochs 10 --opt adamw "
     "--lr 3e-3 --out runs/ft": (
         (("--epochs 10", "--epochs 2"),), "2 epochs: each writes a ResNet-18 checkpoint"),

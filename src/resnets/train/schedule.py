@@ -22,7 +22,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, kind: str, total_steps: in
         pct = warmup_steps / total_steps if warmup_steps else 0.25
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total_steps,
-            pct_start=min(max(pct, 1 / total_steps), 0.99),
+            pct_start=min(max(pct, 2 / total_steps), 0.99),  # each phase at least one step: torch divides by its length
             cycle_momentum=optimizer.defaults.get("momentum", 0) > 0 or "betas" in optimizer.defaults)
     multiplier = {"step": warmup_step, "linear": warmup_linear}.get(kind, warmup_cosine)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: multiplier(step, total_steps, warmup_steps))
