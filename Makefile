@@ -21,5 +21,8 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/resnets demo --out runs/demo
 
+# Tests marked serial time things or race a signal: they run alone, once the parallel part is done,
+# so that another worker's training cannot slow them mid-measurement.
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not serial"
+	$(BIN)/python -m pytest -q -m serial

@@ -31,7 +31,7 @@ from resnets.cli import main
 
 KILLS = int(os.environ.get("RESNETS_FAULT_KILLS", "5"))
 SRC = Path(__file__).resolve().parents[1] / "src"
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]  # kills land by timing
 
 
 @pytest.fixture(scope="module")

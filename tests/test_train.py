@@ -177,6 +177,7 @@ def _stderr_until(proc: subprocess.Popen, text: bytes, timeout_s: float) -> byte
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # the signal must land while decoding
 def test_ctrl_c_while_decoding_exits_130_without_a_traceback(tmp_path):
     data = write_folder_dataset(tmp_path / "data", {"train": 200}, size=64)
     env = {**os.environ, "PYTHONPATH": str(SRC)}

@@ -15,6 +15,8 @@ from resnets.train.callbacks import OVERRUN_FRACTION, OVERRUN_SECONDS
 from resnets.train.checkpoint import load_state
 from resnets.train.plan import MARGIN_FRACTION, MARGIN_SECONDS, MAX_PLANNED_EPOCHS, plan_epochs
 
+pytestmark = pytest.mark.serial  # it measures step rates and keeps to a wall-clock budget
+
 
 def test_plan_fills_the_budget_with_steps_and_validations():
     # 600 s: 3 % and 5 s margin leave 577 s; an epoch is 10 steps of 1 s plus a 5 s validation
