@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 
 import pytest
 import torch
 from torch import nn
+
+# A suite started in the background (`make test &`, a CI step) inherits SIGINT ignored, and an
+# ignored signal stays ignored in every command the tests start, so the Ctrl-C tests' commands
+# would never see theirs. A handled signal is reset to the default in a started program.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # The inference backend probe's cache (resnets.inference) stays out of the user's home: one file per
 # test session, inherited by the commands the tests start.
