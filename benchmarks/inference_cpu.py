@@ -15,7 +15,7 @@ alike), at batch 1 and batch 32, 224 px, random weights (the same in every conte
 - ``matmul_peak``: a 4096 x 4096 fp32 matmul, for scale (GFLOP/s in the same rounds).
 
 Ratios are images/s over the best exact peer's (the three above). Each contender's turn in a
-round is an untimed call and a timed one (:func:`time_settled`): a call right after another
+round is an untimed call and a timed one (``resnets.bench.time_interleaved`` with ``settle``): a call right after another
 runtime's pays for that runtime's threads still spinning, which cost the contender that always
 came next up to 50 % at batch 1 when turns were single calls. ``--ablation`` instead times,
 in the same rounds, the ONNX Runtime and OpenVINO variants that each change one thing of the
@@ -33,7 +33,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -41,7 +40,7 @@ import torch
 import torchvision
 
 from resnets import create_model
-from resnets.bench import PEAK_PROBE, count_macs, matmul_probe, probe_gflops
+from resnets.bench import PEAK_PROBE, count_macs, matmul_probe, probe_gflops, time_interleaved
 from resnets.export import ONNX_INPUT, ONNX_OPSET, ONNX_OUTPUT
 from resnets.inference import (fold_batchnorm, onnxruntime_available, openvino_available, optimize_for_inference,
                                ort_session, pin_input_shape)
@@ -163,30 +162,11 @@ def ablation(ours: torch.nn.Module, batch: int, workdir: Path) -> dict:
     return runners
 
 
-def time_settled(calls: dict, reps: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds per call, in rounds of one turn of each contender; a turn is an untimed call and
-    a timed one. A call right after another runtime's pays for that runtime's threads still
-    spinning (PyTorch's OpenMP threads after eager or the matmul; ORT's with spinning on): up
-    to 50 % at batch 1, always on the same contender since the order is fixed. The untimed call
-    takes that cost; the timed one sees the contender as it runs in use, after itself."""
-    for _ in range(warmup):
-        for call in calls.values():
-            call()
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(reps):
-        for name, call in calls.items():
-            call()
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
 def time_batch(runners: dict, x: torch.Tensor, reps: int, warmup: int) -> tuple[dict, float]:
     """Median seconds per call of each runner on ``x``, and the matmul peak in the same rounds."""
     probe, flops = matmul_probe(4096)
     calls = {name: (lambda run=run: run(x)) for name, run in runners.items()}
-    times = time_settled(calls | {PEAK_PROBE: probe}, reps, warmup)
+    times = time_interleaved(calls | {PEAK_PROBE: probe}, reps, warmup, settle=True)
     peak = probe_gflops(times.pop(PEAK_PROBE), flops)
     return {name: statistics.median(seconds) for name, seconds in times.items()}, peak
 
