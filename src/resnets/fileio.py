@@ -16,6 +16,10 @@ file for reading only if it is a regular file (a FIFO, device, socket or folder 
 blocking: ``/dev/zero`` would never end, a FIFO would wait forever), and :func:`escapes_folder` is
 the one rule for a name read from a file (a label row, a zip member, a manifest entry) that must
 stay inside the folder it is relative to.
+
+A file read through a memory map (an LMDB database) that shrinks under the reader faults with
+SIGBUS, which Python cannot turn into an exception: :func:`exit_on_bus_error` makes that fault one
+line on stderr and exit status 2 (files written before are intact: every write is atomic).
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import stat
+import sys
 import time
 from pathlib import Path, PurePath
 from typing import IO, Any, Iterator
@@ -236,21 +242,21 @@ def _finish(tmp: Path, mode: int) -> None:
 def _replace_all(temps: list[Path], targets: list[Path]) -> None:
     """Rename every temp over its target; on any failure put the old targets back, then raise.
 
-    A backup is deleted only once it is no longer needed: if restoring fails too, the old
+    Every backup is taken before the first rename (a backup that fails leaves every target as it
+    was). A backup is deleted only once it is no longer needed: if restoring fails too, the old
     content stays on disk as ``.NAME.PID-RANDOM.bak``.
     """
-    backups = [_backup(target) for target in targets]
+    backups: list[Path | None] = []
     done = 0
     try:
+        for target in targets:
+            backups.append(_backup(target))
         for tmp, target in zip(temps, targets):
             os.replace(tmp, target)
             done += 1
     except BaseException:
-        for target, backup in zip(targets[:done], backups[:done]):
-            if backup is None:
-                target.unlink(missing_ok=True)
-            else:
-                os.replace(backup, target)
+        _restore(targets[:done], backups[:done])
+        backups = [None] * done + backups[done:]  # moved back, or kept on disk where that failed
         raise
     finally:
         for directory in {target.parent for target in targets}:
@@ -258,6 +264,19 @@ def _replace_all(temps: list[Path], targets: list[Path]) -> None:
         for backup in backups:
             if backup is not None:
                 backup.unlink(missing_ok=True)
+
+
+def _restore(targets: list[Path], backups: list[Path | None]) -> None:
+    """Put each backup back over its target (a target that had none is removed); a backup that
+    cannot be put back stays on disk beside the new file."""
+    for target, backup in zip(targets, backups):
+        try:
+            if backup is None:
+                target.unlink(missing_ok=True)
+            else:
+                os.replace(backup, target)
+        except OSError:
+            pass  # the old content stays as the backup file, beside the new one
 
 
 def _backup(target: Path) -> Path | None:
@@ -302,12 +321,26 @@ def _remove_abandoned(target: Path, suffix: str) -> None:
                 os.unlink(entry.path)
 
 
-def _leftover_pattern(name: str, suffix: str) -> re.Pattern[str]:
+def remove_leftovers(folder: str | os.PathLike) -> None:
+    """Remove every leftover of a killed write in ``folder`` (temporary files, backups) at once,
+    whatever its age: for a folder this process holds exclusively (a locked run folder), where
+    no other writer can be using one. Only names this module makes; this process's own are kept."""
+    patterns = [_leftover_pattern(r"[^/]+", suffix, literal=False) for suffix in (".tmp", ".bak")]
+    for entry in os.scandir(folder):
+        match = next((m for m in (p.match(entry.name) for p in patterns) if m), None)
+        if match is None or match.group("pid") == str(os.getpid()):
+            continue
+        if entry.is_file(follow_symlinks=False) or entry.is_symlink():
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+
+
+def _leftover_pattern(name: str, suffix: str, literal: bool = True) -> re.Pattern[str]:
     """``.NAME.PID-HEX8`` + suffix (``..NAME...tmp.PID-HEX8.tmp``: a temp of a temp, as a
     writer that writes atomically itself makes), or the ``.NAME.XXXXXXXX.tmp`` of mkstemp."""
     ours = r"(?P<pid>\d+)-[0-9a-f]{8}|[a-z0-9_]{8}"
     nested = r"(?:\.tmp\.\d+-[0-9a-f]{8})?" if suffix == ".tmp" else ""
-    return re.compile(rf"^\.\.?{re.escape(name)}\.(?:{ours}){nested}{re.escape(suffix)}$")
+    return re.compile(rf"^\.\.?{re.escape(name) if literal else name}\.(?:{ours}){nested}{re.escape(suffix)}$")
 
 
 def _abandoned(mtime: float, pid: str | None) -> bool:
@@ -355,3 +388,36 @@ def save_figure(figure: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
         figure.savefig(handle, format="png", dpi=dpi)
     plt.close(figure)
     return Path(path)
+
+
+# The SIGBUS handler (a ctypes callback, kept alive here) and the line it prints.
+_BUS_ERROR: dict[str, Any] = {}
+
+
+def exit_on_bus_error(message: str) -> None:
+    """On SIGBUS (a page of a memory-mapped file past its new end), print ``resnets: error:
+    <message>`` and exit with status 2 instead of dying silently (135).
+
+    The fault cannot be resumed: the handler, run on the faulting thread through ctypes (Python's
+    own handlers run only between bytecodes, after the faulting instruction, which would fault
+    forever), writes the line and ends the process with ``os._exit``. Checks before each read
+    (:class:`~resnets.data.lmdbstore.LmdbDataset`) catch almost every truncation first; this is the
+    net for the one that lands between a check and the read. Not on Windows (no SIGBUS there)."""
+    _BUS_ERROR["line"] = f"resnets: error: {printable(message)}\n".encode("utf-8", "replace")
+    if "handler" in _BUS_ERROR or not hasattr(signal, "SIGBUS") or sys.platform == "win32":
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        handler_type = ctypes.CFUNCTYPE(None, ctypes.c_int)
+        libc.signal.restype, libc.signal.argtypes = ctypes.c_void_p, [ctypes.c_int, handler_type]
+    except (OSError, AttributeError):  # no C library to ask: the default death stays
+        return
+    _BUS_ERROR["handler"] = handler = handler_type(_on_bus_error)
+    libc.signal(signal.SIGBUS, handler)
+
+
+def _on_bus_error(signum: int) -> None:
+    os.write(2, _BUS_ERROR["line"])
+    os._exit(2)

@@ -17,6 +17,14 @@ SIGBUS that kills the process, not an error. So before opening, the file's lengt
 against the last page its LMDB meta pages declare (:func:`check_complete`); LMDB itself refuses
 page numbers past that last page. The metadata is checked too (types, counts, spans), so a
 database that is not what ``pack_lmdb`` writes fails with one line.
+
+A database can also be truncated or rewritten in place *while* it is read (``cp new.lmdb
+data.lmdb`` during ``train --stream``). Every record read first compares the open file's size and
+modification time (``fstat``) with those it had when opened, so such a change is one line naming
+the file, and the run's last checkpoint, written before, stays. A truncation in the microseconds
+between that check and the read can still fault the map: :func:`~resnets.fileio.exit_on_bus_error`
+turns that SIGBUS into one line and exit status 2 instead of a silent death (the process cannot
+continue after it; in a ``--workers`` process the line comes from the worker).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import lmdb
 import numpy as np
 
 from ..errors import ResnetsError
+from ..fileio import exit_on_bus_error
 from ..textparse import load_json
 from .base import register_format
 from .dataset import EncodedImageDataset
@@ -86,27 +95,53 @@ def check_complete(data_file: Path) -> None:
 # One read-only environment per database file and process: LMDB forbids opening the same
 # file twice in a process, and handles do not survive fork. Keyed by process and inode, so a
 # forked worker or a database re-packed in place (a new file) gets a new environment.
-_ENVIRONMENTS: dict[tuple[int, str, int, int], lmdb.Environment] = {}
+class _Opened:
+    """An open environment, with a descriptor of its data file and that file's size and time then."""
+
+    def __init__(self, env: lmdb.Environment, data_file: Path):
+        self.env, self.data_file = env, data_file
+        self.fd = os.open(data_file, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        stat = os.fstat(self.fd)
+        self.size, self.mtime_ns = stat.st_size, stat.st_mtime_ns
+
+    def check_unchanged(self) -> None:
+        """ResnetsError if the data file was truncated or rewritten in place since it was opened."""
+        stat = os.fstat(self.fd)
+        if stat.st_size != self.size or stat.st_mtime_ns != self.mtime_ns:
+            what = "truncated" if stat.st_size < self.size else "rewritten"
+            raise ResnetsError(f"{printable(str(self.data_file))} was {what} in place while being read "
+                               f"({stat.st_size} bytes, {self.size} when opened); write a new database "
+                               f"under another name (or rename it into place) and resume from the last checkpoint")
+
+    def close(self) -> None:
+        self.env.close()
+        os.close(self.fd)
+
+
+_ENVIRONMENTS: dict[tuple[int, str, int, int], _Opened] = {}
 _ENVIRONMENTS_LOCK = threading.Lock()
 
 
-def _open_env(path: Path) -> lmdb.Environment:
+def _open_env(path: Path) -> _Opened:
     stat = path.stat()
     key = (os.getpid(), str(path.resolve()), stat.st_ino, stat.st_mtime_ns)
     with _ENVIRONMENTS_LOCK:
-        env = _ENVIRONMENTS.get(key)
-        if env is None:
+        opened = _ENVIRONMENTS.get(key)
+        if opened is None:
             # a stale file's environment, or one inherited through fork (see above)
             for stale in [k for k in _ENVIRONMENTS if k[1] == key[1]]:
                 _ENVIRONMENTS.pop(stale).close()
-            check_complete(path / "data.mdb" if path.is_dir() else path)
+            data_file = path / "data.mdb" if path.is_dir() else path
+            check_complete(data_file)
             try:
                 env = lmdb.open(os.fsencode(path), readonly=True, lock=False, readahead=False, meminit=False,
                                 subdir=path.is_dir(), max_readers=512)
             except lmdb.Error as error:
                 raise ResnetsError(f"cannot open LMDB database {printable(str(path))}: {error}") from None
-            _ENVIRONMENTS[key] = env
-        return env
+            opened = _ENVIRONMENTS[key] = _Opened(env, data_file)
+            exit_on_bus_error(f"{printable(str(data_file))} was truncated in place while being read "
+                              f"(a memory-mapped LMDB database); files written before are intact")
+        return opened
 
 
 def record_key(index: int) -> bytes:
@@ -124,12 +159,14 @@ class LmdbDataset(EncodedImageDataset):
         self.path, self.start = path, start
         self.targets, self.classes = labels, classes
         self.source = f"{path}" + (f" [{split}]" if split else "")
-        self._env: tuple[int, lmdb.Environment] | None = None
+        self._env: tuple[int, _Opened] | None = None
 
     def _record(self, index: int) -> tuple[str, bytes]:
         if self._env is None or self._env[0] != os.getpid():
             self._env = (os.getpid(), _open_env(self.path))
-        with self._env[1].begin() as txn:
+        opened = self._env[1]
+        opened.check_unchanged()  # a page past a truncated end would be a SIGBUS, not an error
+        with opened.env.begin() as txn:
             value = txn.get(record_key(self.start + index))
         where = f"{printable(str(self.path))} record {self.start + index}"
         if value is None:
@@ -159,7 +196,7 @@ class LmdbSource:
         self.path = path
         name = printable(str(path))
         try:
-            with _open_env(path).begin() as txn:
+            with _open_env(path).env.begin() as txn:
                 meta, labels = txn.get(b"__meta__"), txn.get(b"__labels__")
         except lmdb.Error as error:
             raise ResnetsError(f"cannot read LMDB database {name}: {error}") from None

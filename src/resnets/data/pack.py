@@ -29,7 +29,9 @@ from .dataset import ImageDataset
 from .images import BadImageError, SkippedImages, decode_image, printable
 from .sources import open_source
 
-_MAP_SIZE = 2**40  # address space only: LMDB files grow as written
+# The LMDB map reserves address space, not disk: it starts small and grows with what is written
+# (a terabyte reserved up front fails under `ulimit -v`, common on shared clusters).
+_FIRST_MAP_SIZE = 64 * 2**20
 _WINDOW = 1024  # images decoded ahead of the writer, and written per transaction
 
 
@@ -39,9 +41,9 @@ def _write_error(error: Exception, dst: Path) -> Exception:
     if "No space left" in message or (_disk_full(dst) and ("Input/output" in message
                                                            or isinstance(error, lmdb.DiskError))):
         return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))  # lmdb says EIO when its mmap hits it
-    if isinstance(error, lmdb.MapFullError):
-        return ResnetsError(f"the images need more than the LMDB map's {_MAP_SIZE / 2**30:.0f} GiB; pack them "
-                            "in parts or with --size")
+    if isinstance(error, lmdb.MemoryError):  # the map could not grow: an address-space limit
+        return ResnetsError(f"cannot map {printable(str(dst))} in memory ({first_line(message)}): the process's "
+                            f"address space is limited (ulimit -v); raise the limit or pack in parts or with --size")
     return ResnetsError(f"cannot write {printable(str(dst))}: {first_line(message)}")
 
 
@@ -73,32 +75,50 @@ def pack_lmdb(src: str | os.PathLike, dst: str | os.PathLike, size: int | None =
     skipped = SkippedImages()
     with atomic_path(dst) as tmp, ThreadPoolExecutor(max(1, workers)) as pool, \
             tqdm(total=total, desc="packing", unit="img", disable=not progress) as bar:
-        env = lmdb.open(os.fsencode(tmp), subdir=False, lock=False, map_size=_MAP_SIZE, meminit=False)
+        env = None
         try:
+            env = lmdb.open(os.fsencode(tmp), subdir=False, lock=False, map_size=_FIRST_MAP_SIZE, meminit=False)
             for split, dataset in datasets.items():
                 start = len(labels)
                 for window in _checked_windows(dataset, size, pool, bar, skipped):
-                    with env.begin(write=True) as txn:  # one commit per window
-                        for index, record in window:
-                            txn.put(lmdbstore.record_key(len(labels)), lmdbstore.encode_record(
-                                dataset.targets[index], dataset.describe(index), record))
-                            labels.append(dataset.targets[index])
+                    _put_all(env, [(lmdbstore.record_key(len(labels) + k), lmdbstore.encode_record(
+                        dataset.targets[index], dataset.describe(index), record))
+                        for k, (index, record) in enumerate(window)])  # one commit per window
+                    labels.extend(dataset.targets[index] for index, _ in window)
                 spans[split or ""] = [start, len(labels)]
             meta = {"format": lmdbstore.FORMAT, "version": lmdbstore.VERSION, "classes": source.classes,
                     "splits": spans}
-            with env.begin(write=True) as txn:
-                txn.put(b"__meta__", json.dumps(meta).encode())
-                txn.put(b"__labels__", np.asarray(labels, dtype="<i4").tobytes())
+            _put_all(env, [(b"__meta__", json.dumps(meta).encode()),
+                           (b"__labels__", np.asarray(labels, dtype="<i4").tobytes())])
             env.sync(True)
         except lmdb.Error as error:
             raise _write_error(error, dst) from None
         finally:
-            env.close()
+            if env is not None:
+                env.close()
         if not labels:
             raise ResnetsError(f"no readable images in {printable(str(src))}")
     skipped.warn_count(printable(str(src)), total=total)
     counts = {name or "all": stop - start for name, (start, stop) in spans.items()}
     return {"path": printable(str(dst)), "classes": source.classes, "splits": counts, "skipped": skipped.names}
+
+
+def _put_all(env: lmdb.Environment, items: list[tuple[bytes, bytes]]) -> None:
+    """Write ``items`` in one transaction, growing the map first when they may not fit in it (and
+    again if LMDB still finds it full: pages and tree overhead are not known exactly)."""
+    needed = sum(len(key) + len(value) for key, value in items)
+    info, stat = env.info(), env.stat()
+    used = (info["last_pgno"] + 1) * stat["psize"]
+    if used + 2 * needed + 2**20 > info["map_size"]:
+        env.set_mapsize(max(2 * info["map_size"], used + 2 * needed + 2**20))
+    while True:
+        try:
+            with env.begin(write=True) as txn:
+                for key, value in items:
+                    txn.put(key, value)
+            return
+        except lmdb.MapFullError:  # aborted: grow and write the window again
+            env.set_mapsize(2 * env.info()["map_size"])
 
 
 def _check_destination(dst: Path) -> None:

@@ -12,7 +12,9 @@ needs clearing by hand. A new run refuses a folder that already holds files, unl
 them or is told to overwrite them; ``--overwrite`` first moves the old files into
 ``RUN/.overwritten/`` and deletes them only once the new run has written its first checkpoint
 (:func:`drop_overwritten`), so a new run that fails or is killed early costs nothing: the old
-files can still be moved back from there.
+files can still be moved back from there. Once the lock is held, the temporary files and backups
+of a save that was killed are removed at once (:func:`~resnets.fileio.remove_leftovers`): no other
+process can be writing them, however recent they are.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any, Iterator
 import torch
 
 from ..errors import ResnetsError
-from ..fileio import atomic_path, atomic_write_text, open_for_writing, open_no_follow, save_figure
+from ..fileio import atomic_path, atomic_write_text, open_for_writing, open_no_follow, remove_leftovers, save_figure
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -55,6 +57,7 @@ def own_run_dir(run_dir: str | Path, resume: bool, overwrite: bool) -> Iterator[
         raise ResnetsError(f"--out {run_dir} is a file, not a run directory")
     run_dir.mkdir(parents=True, exist_ok=True)
     with _flock(run_dir):
+        remove_leftovers(run_dir)  # a killed save's temporary files: no other writer can be in here now
         if not resume:
             _claim_for_new_run(run_dir, overwrite)
         yield run_dir
