@@ -137,11 +137,24 @@ def _index_shard(path: Path, shard: int) -> list[tuple[Sample, int | None]]:
                         labels[key] = _read_label(handle, member)
                     elif is_image_name(f".{extension}") and key not in images:
                         images[key] = Sample(shard, member.offset_data, member.size, printable(member.name))
+                _check_end(handle, archive.offset, name)
     except tarfile.ReadError as error:
         raise ResnetsError(f"shard {name} is not an uncompressed tar file ({first_line(error)})") from None
     except (tarfile.TarError, OSError, EOFError) as error:
         raise ResnetsError(f"cannot read shard {name}: {first_line(error)}") from None
     return [(sample, labels.get(key)) for key, sample in images.items()]
+
+
+def _check_end(handle: io.BufferedReader, offset: int, name: str) -> None:
+    """Warn when a shard stops where a tar header should be, without the zero blocks that end every
+    tar: it was cut short (an interrupted copy or download), and tarfile would end there silently,
+    dropping the samples that followed."""
+    size = os.fstat(handle.fileno()).st_size
+    handle.seek(min(offset, size))
+    if not handle.read(tarfile.BLOCKSIZE):  # at or past the end of the file: no end-of-archive block
+        warnings.warn(f"shard {name} is cut short: it ends at byte {size} without tar's end-of-archive "
+                      f"blocks, so samples after its last complete member are missing; copy it again",
+                      BadImageWarning, stacklevel=2)
 
 
 def _index_path(shard: Path) -> Path:
