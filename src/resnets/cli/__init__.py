@@ -24,18 +24,34 @@ closed pipe (``resnets predict ... | head``) ends quietly with 141, as a shell t
 
 from __future__ import annotations
 
-import argparse
-import difflib
-import errno
-import importlib
-import json
-import os
+import signal
 import sys
-import time
-import warnings
-from typing import Any, Callable, Sequence
 
-from ..errors import ResnetsError, first_line
+
+def _interrupted_while_starting(signum: int, frame: object) -> None:
+    """Ctrl-C while Python imports the command line, before :func:`main` handles it: one line, 130."""
+    print("resnets: interrupted", file=sys.stderr, flush=True)
+    raise SystemExit(130)
+
+
+# Installed first, so that Ctrl-C in the first fifth of a second, while the imports below run, is
+# one line, not a KeyboardInterrupt traceback; Python's own handler is back once they are done (a
+# process that imports this module without running main(), a spawned worker, keeps its usual
+# KeyboardInterrupt). A SIGINT that was ignored (a command started in the background) stays so.
+if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+import argparse  # noqa: E402
+import difflib  # noqa: E402
+import errno  # noqa: E402
+import importlib  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from typing import Any, Callable, Sequence  # noqa: E402
+
+from ..errors import ResnetsError, first_line  # noqa: E402
 
 # Every command, in the order `resnets --help` lists them: name -> (module, one-line help). The
 # top-level parser is built from this table alone, so `resnets --help` imports no command (nor
@@ -214,23 +230,62 @@ def _no_progress_monitor_thread() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns (and exits with) the status."""
     started = time.time()  # budgets (train --minutes) count from here
+    command_line = argv is None  # the console script, not a caller in Python
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
         args = build_parser(argv).parse_args(argv)
         args.started = started
-        _no_progress_monitor_thread()
+        import tqdm  # no monitor thread: see resnets.train.callbacks
+
+        tqdm.tqdm.monitor_interval = 0
         warnings.showwarning = _show_warning
         status = args.handler(args)
     except ResnetsError as error:
-        _fail(str(error))
+        _fail(_worker_message(str(error)))
     except KeyboardInterrupt as interrupt:  # training says what it saved: "interrupted in epoch 3 ..."
         print(f"resnets: {str(interrupt) or 'interrupted'}", file=sys.stderr)
-        raise SystemExit(130)
+        _exit(130, command_line)
     except BrokenPipeError:
         _quiet_broken_pipe()
     except OSError as error:
         _fail(os_error_line(error))
-    raise SystemExit(status or 0)
+    except RuntimeError as error:
+        if not str(error).startswith(_WORKER_DIED):
+            raise
+        _fail(f"a data-loading process died ({first_line(error)}); files written before are intact, "
+              f"and --resume continues from the last checkpoint")
+    _exit(status or 0, command_line)
+
+
+# torch's DataLoader: a worker killed (the out-of-memory killer, a signal) or one that raised.
+_WORKER_DIED = "DataLoader worker (pid"
+_WORKER_RAISED = "Caught "
+
+
+def _worker_message(message: str) -> str:
+    """The error a DataLoader worker process raised, whose text torch wraps as ``Caught
+    ResnetsError in DataLoader worker process 0.`` + its traceback: the last line, its message."""
+    if not message.startswith(_WORKER_RAISED) or "Traceback" not in message:
+        return message
+    last = message.strip().splitlines()[-1]
+    return last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].endswith("Error") else last
+
+
+def _exit(status: int, command_line: bool) -> None:
+    """Exit with ``status``. From the console script, a Ctrl-C while the interpreter then shuts down
+    (threads joined, files closed) ends it at once with 130 instead of an "Exception ignored" traceback."""
+    if command_line and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupted_while_ending)
+    raise SystemExit(status)
+
+
+def _interrupted_while_ending(signum: int, frame: object) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(130)
 
 
 def os_error_line(error: OSError) -> str:
@@ -254,3 +309,7 @@ def _quiet_broken_pipe() -> None:
     except (OSError, ValueError):
         pass
     raise SystemExit(141)
+
+
+if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:  # the imports above are done
+    signal.signal(signal.SIGINT, signal.default_int_handler)
