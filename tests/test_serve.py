@@ -78,11 +78,16 @@ def png_header(width: int, height: int) -> bytes:
 class RunningServer:
     """`resnets serve` in a child process, bound to 127.0.0.1 on a free port."""
 
-    def __init__(self, model: Path, *args: str, name: str | None = NAME) -> None:
+    def __init__(self, model: Path, *args: str, name: str | None = NAME, log: Path | None = None) -> None:
+        """``log``: a file for the server's stderr (a server logging every request would fill a pipe)."""
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         named = ["--name", name] if name else []  # None: the model's architecture names it
         command = [sys.executable, "-m", "resnets", "serve", str(model), "--port", "0", *named, *args]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        self.log = log
+        stderr = subprocess.PIPE if log is None else open(log, "w")  # noqa: SIM115 - the child holds it
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+        if log is not None:
+            stderr.close()
         self.url = self._read_url()
         self.wait_ready()
 
@@ -96,7 +101,7 @@ class RunningServer:
                 if match:
                     return match.group(1)
             if self.process.poll() is not None:
-                raise AssertionError(f"the server exited: {self.process.stderr.read()}")
+                raise AssertionError(f"the server exited: {self.stderr()}")
         self.stop()
         raise AssertionError("the server did not start in time")
 
@@ -110,6 +115,10 @@ class RunningServer:
                 pass
             time.sleep(0.2)
         raise AssertionError("the server never became ready")
+
+    def stderr(self) -> str:
+        """What the server wrote on stderr (read once it has exited)."""
+        return self.log.read_text() if self.log is not None else self.process.stderr.read()
 
     def stop(self) -> int:
         if self.process.poll() is None:

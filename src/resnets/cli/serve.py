@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import socket
 import warnings
@@ -33,6 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "process may use)")
     p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (not on / and /v2/health/*)")
     p.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body accepted")
+    p.add_argument("--max-images", type=int, default=256, help="most images in one request (default 256; a "
+                   "request over it is a 413 before anything is decoded; it runs in batches of --max-batch)")
+    p.add_argument("--max-pixels", type=int, default=2**27, help="most decoded pixels in one request, all its "
+                   "images together, read from their headers before decoding (default 134217728: the decode "
+                   "budget of one image)")
     p.add_argument("--topk", type=int, default=5, help="classes in each answer")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
 
@@ -49,6 +55,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise ResnetsError(f"--max-wait-ms must be in 0..10000, got {args.max_wait_ms}")
     if not 0 < args.max_body_mb <= 4096:
         raise ResnetsError(f"--max-body-mb must be in (0, 4096], got {args.max_body_mb}")
+    if not 1 <= args.max_images <= 65536:
+        raise ResnetsError(f"--max-images must be in 1..65536, got {args.max_images}")
+    if not 1 <= args.max_pixels <= 2**34:
+        raise ResnetsError(f"--max-pixels must be in 1..{2**34}, got {args.max_pixels}")
     if args.token is not None and not args.token.strip():
         raise ResnetsError("--token must not be empty")
 
@@ -92,10 +102,17 @@ def run(args: argparse.Namespace) -> int:
     cores = process_cores()
     config = ServeConfig(name=name, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                          workers=args.workers or cores, threads=args.threads or cores, token=args.token,
-                         max_body_mb=args.max_body_mb, topk=args.topk)
+                         max_body_mb=args.max_body_mb, topk=args.topk, max_images=args.max_images,
+                         max_pixels=args.max_pixels)
     # The whole process is the server: an image between one and two times PIL's pixel limit is
     # refused, not decoded with a warning.
     warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+    request_log = logging.getLogger("resnets.serve")  # one line per request (INFO), 5xx at ERROR
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s resnets.serve: %(message)s"))
+    request_log.addHandler(handler)
+    request_log.setLevel(args.log_level.upper())
+    request_log.propagate = False
     app = create_app(predictor, config)
     host, port = sock.getsockname()[:2]
     print(f"resnets: serving {name} ({predictor.backend}) on http://{host}:{port}/", flush=True)

@@ -16,7 +16,11 @@ Endpoints (``{model}`` is the served model's name; any other name is a 404):
 - ``GET /metrics``: Prometheus text format.
 
 Every refusal is a JSON ``{"error": "..."}`` with a 4xx status; nothing a client sends takes
-the server down. With a token, every endpoint but the page and the two health checks needs
+the server down. What a request may ask for is checked before anything is decoded
+(:mod:`resnets.serve.admission`: ``--max-images``, ``--max-pixels``), and its CPU work runs in the
+decode threads, so ``/v2/health/live`` answers while a large request is worked on. Each request
+is one log line (logger ``resnets.serve``: INFO, ERROR with the traceback for a 5xx), never one
+per image. A watchdog starts again a worker thread that died; meanwhile ``/v2/health/ready`` is a 503. With a token, every endpoint but the page and the two health checks needs
 ``Authorization: Bearer TOKEN`` (a load balancer's probes carry no secrets).
 """
 
@@ -39,6 +43,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import ResnetsError, first_line
 from ..explain import explain_image
 from ..predict import InferenceModel
+from ..textparse import shorten
+from .admission import admit_images
 from .metrics import endpoint_of
 from .server import ServeConfig, ServeError, Server, decode_request_image
 from .v2 import add_v2_routes
@@ -49,10 +55,34 @@ OPEN_PATHS = ("/", "/favicon.ico", "/v2/health/live", "/v2/health/ready")
 # Raw bodies declared as these are decoded as an image without a look at their bytes first; any
 # other declared type is taken when the bytes are an image (see read_image_body).
 RAW_IMAGE_TYPES = ("", "application/octet-stream")
+ERROR_KEY = "resnets.error"  # the scope entry where a refusal leaves its message for the request's log line
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def noted_error(request: Request, status: int, message: str) -> JSONResponse:
+    """The error answer, its message noted for the request's one log line."""
+    request.scope[ERROR_KEY] = message
+    return error_response(status, message)
+
+
+def internal_error(error: BaseException) -> tuple[int, str]:
+    """The status and message of a failure that is not the client's (503 when memory ran out)."""
+    if isinstance(error, MemoryError):
+        return 503, "the server ran out of memory for this request; try again, or send fewer or smaller images"
+    return 500, f"internal error: {first_line(error)}"
+
+
+def log_request(scope: dict, status: int, seconds: float, failure: BaseException | None = None) -> None:
+    """The one log line of a request (a 5xx: ERROR, with the traceback of what failed)."""
+    level = logging.ERROR if status >= 500 else logging.INFO
+    if not log.isEnabledFor(level):
+        return
+    line = f"{scope.get('method', '')} {shorten(scope.get('path', ''), 200)} {status} {1e3 * seconds:.0f} ms"
+    message = scope.get(ERROR_KEY)
+    log.log(level, "%s", f"{line}: {shorten(message, 300)}" if message else line, exc_info=failure)
 
 
 # -- the application --------------------------------------------------------------------------
@@ -68,8 +98,9 @@ class Guard:
             await self.app(scope, receive, send)
             return
         endpoint = endpoint_of(scope["path"])
-        status = [500]
+        status: list[int | None] = [None]
         start = time.perf_counter()
+        failure = None
 
         async def send_noting_status(message: dict) -> None:
             if message["type"] == "http.response.start":
@@ -82,8 +113,15 @@ class Guard:
                 await refusal(scope, receive, send_noting_status)
             else:
                 await self.app(scope, self._limited(receive), send_noting_status)
+        except Exception as error:  # noqa: BLE001 - answered and logged here, once
+            failure = error
+            if status[0] is None:
+                code, scope[ERROR_KEY] = internal_error(error)
+                await error_response(code, scope[ERROR_KEY])(scope, receive, send_noting_status)
         finally:
-            self.server.metrics.observe(endpoint, status[0], time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            self.server.metrics.observe(endpoint, status[0] or 500, seconds)
+            log_request(scope, status[0] or 500, seconds, failure)
 
     def _refusal(self, scope: dict) -> Response | None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
@@ -91,15 +129,17 @@ class Guard:
         if token and scope["path"] not in OPEN_PATHS:
             given = headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                return error_response(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)",
-                                      {"WWW-Authenticate": "Bearer"})
+                scope[ERROR_KEY] = "missing or wrong bearer token (Authorization: Bearer TOKEN)"
+                return error_response(401, scope[ERROR_KEY], {"WWW-Authenticate": "Bearer"})
         length = headers.get("content-length")
         if length is not None:
             if not length.isdigit():
-                return error_response(400, f"invalid Content-Length {length!r}")
+                scope[ERROR_KEY] = f"invalid Content-Length {shorten(length)!r}"
+                return error_response(400, scope[ERROR_KEY])
             if int(length) > self.server.config.max_body_bytes:
-                return error_response(413, f"body of {length} bytes is over the limit of "
-                                           f"{self.server.config.max_body_bytes} (--max-body-mb)")
+                scope[ERROR_KEY] = (f"body of {length} bytes is over the limit of "
+                                    f"{self.server.config.max_body_bytes} (--max-body-mb)")
+                return error_response(413, scope[ERROR_KEY])
         return None
 
     def _limited(self, receive: Any) -> Any:
@@ -120,8 +160,18 @@ class Guard:
 def create_app(predictor: InferenceModel, config: ServeConfig) -> FastAPI:
     """The FastAPI application serving ``predictor`` (batcher and decode threads start now)."""
     server = Server(predictor, config)
+    watchdog: list[asyncio.Task] = []
+
+    async def start_watchdog() -> None:
+        watchdog.append(asyncio.create_task(supervise(server)))
+
+    async def stop() -> None:
+        for task in watchdog:
+            task.cancel()
+        server.close()
+
     app = FastAPI(title="resnets serve", version="1", docs_url=None, redoc_url=None, openapi_url=None,
-                  on_startup=[server.warm_up], on_shutdown=[server.close])
+                  on_startup=[server.warm_up, start_watchdog], on_shutdown=[stop])
     app.state.server = server
     _add_error_handlers(app)
     _add_routes(app, server)
@@ -130,28 +180,37 @@ def create_app(predictor: InferenceModel, config: ServeConfig) -> FastAPI:
     return app
 
 
+async def supervise(server: Server) -> None:
+    """The watchdog: every ``watchdog_s``, start again the worker threads that died (readiness is
+    false until then: :attr:`Server.ready`)."""
+    while True:
+        await asyncio.sleep(server.config.watchdog_s)
+        restarted = server.supervise()
+        if restarted:
+            log.warning("started %d worker thread(s) again after they died", restarted)
+
+
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServeError)
     async def _serve_error(request: Request, error: ServeError) -> JSONResponse:
-        return error_response(error.status, error.message)
+        return noted_error(request, error.status, error.message)
 
     @app.exception_handler(ResnetsError)
     async def _resnets_error(request: Request, error: ResnetsError) -> JSONResponse:
-        return error_response(400, str(error))
+        return noted_error(request, 400, str(error))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        return error_response(error.status_code, str(error.detail))
+        return noted_error(request, error.status_code, str(error.detail))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in error.errors())
-        return error_response(422, f"invalid request: {problems}")
+        return noted_error(request, 422, f"invalid request: {shorten(problems, 300)}")
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, error: Exception) -> JSONResponse:
-        log.exception("internal error on %s", request.url.path)
-        return error_response(500, f"internal error: {first_line(error)}")
+        return noted_error(request, *internal_error(error))  # Guard answers these first; kept as a backstop
 
 
 async def read_image_body(request: Request) -> bytes:
@@ -225,8 +284,7 @@ def _add_routes(app: FastAPI, server: Server) -> None:
                       layer: str | None = None) -> Response:
         server.check_model(model)
         data = await read_image_body(request)
-        loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(server.pool, _explain, server, data, method, _target(target), layer)
+        result = await server.run(_explain, server, data, method, _target(target), layer)
         return Response(result.overlay_png, media_type="image/png",
                         headers={"X-Top-Class": _header_safe(_top_name(result)),
                                  "X-Target-Class": _header_safe(str(getattr(result, "target_class", "")))})
@@ -247,6 +305,7 @@ def _target(target: str | None) -> int | str | None:
 
 
 def _explain(server: Server, data: bytes, method: str, target: Any, layer: str | None) -> Any:
+    admit_images([(data, "request body")], server.config.limits)
     image = decode_request_image(data, "request body")
     with server.explain_lock:
         return explain_image(server.predictor, image, method=method, target=target, layer=layer,

@@ -7,7 +7,14 @@ runs, new requests queue; when it ends, the worker takes everything queued (up t
 images) as the next batch. Under load batches grow by themselves to what arrives during one
 forward pass, the throughput a timer would buy, without the timer's wait when the server is quiet.
 ``max_wait_ms`` > 0 adds the timer back: the first request of a batch then waits up to that long
-for others to share it.
+for others to share it. A request of more than ``max_batch`` images is split into pieces of at
+most ``max_batch``, answered together: the model never sees a larger batch.
+
+The worker is supervised (issue 24): a failure of a batch, whatever it is, is answered to the
+requests of that batch and the worker goes on; a failure that ends its thread anyway (a
+``SystemExit`` from the model) is answered too, :attr:`DynamicBatcher.alive` turns false (the
+server's readiness), and the next :meth:`~DynamicBatcher.submit` or the server's watchdog
+(:meth:`~DynamicBatcher.ensure_running`) starts a new thread, which takes over the queue.
 
 A single thread owning the model keeps backends that are not thread-safe safe and lets the
 backend use every core for one large batch, which is where the throughput of a CPU server
@@ -40,8 +47,8 @@ class DynamicBatcher:
     """Runs ``model`` on batches gathered from concurrent :meth:`submit` calls.
 
     ``on_batch(size)`` is called with the number of images of each forward pass (metrics).
-    A request carrying more than ``max_batch`` images runs as a batch of its own. ``threads``:
-    torch's intra-op threads for the forward passes (None: leave torch's setting).
+    A request carrying more than ``max_batch`` images is split into batches of ``max_batch``.
+    ``threads``: torch's intra-op threads for the forward passes (None: leave torch's setting).
     """
 
     def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], max_batch: int = 32,
@@ -53,24 +60,52 @@ class DynamicBatcher:
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.on_batch = on_batch
+        self.restarts = 0  # worker threads started again after one died
         self._queue: queue.Queue = queue.Queue()
         self._carry: _Item | None = None  # an item taken that did not fit the last batch
-        self._thread = threading.Thread(target=self._run, name="resnets-batcher", daemon=True)
-        self._thread.start()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread = self._start()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker thread runs (false while a dead one waits to be started again)."""
+        return not self._closed and self._thread.is_alive()
+
+    def ensure_running(self) -> bool:
+        """Start a new worker thread if the last one died; whether one was started."""
+        with self._lock:
+            if self._closed or self._thread.is_alive():
+                return False
+            self._thread = self._start()
+            self.restarts += 1
+            return True
 
     def submit(self, batch: torch.Tensor) -> Future:
-        """Queue a normalised float batch; the future resolves to its float32 probabilities."""
-        item = _Item(batch)
-        if not self._thread.is_alive():
-            item.future.set_exception(RuntimeError("the batcher is stopped"))
-        else:
+        """Queue a normalised float batch; the future resolves to its float32 probabilities
+        (a batch over ``max_batch`` runs as several, answered as one)."""
+        if self._closed:
+            future: Future = Future()
+            future.set_exception(RuntimeError("the batcher is stopped"))
+            return future
+        self.ensure_running()
+        items = [_Item(piece) for piece in batch.split(self.max_batch)] if len(batch) else [_Item(batch)]
+        for item in items:
             self._queue.put(item)
-        return item.future
+        return items[0].future if len(items) == 1 else joined([item.future for item in items])
 
     def close(self, timeout: float = 30.0) -> None:
         """Answer what is queued, then stop the worker."""
+        with self._lock:
+            self._closed = True
+            thread = self._thread
         self._queue.put(_STOP)
-        self._thread.join(timeout)
+        thread.join(timeout)
+
+    def _start(self) -> threading.Thread:
+        thread = threading.Thread(target=self._run, name="resnets-batcher", daemon=True)
+        thread.start()
+        return thread
 
     # -- worker ----------------------------------------------------------------------------
     def _run(self) -> None:
@@ -90,6 +125,8 @@ class DynamicBatcher:
         self._carry = None
         if first is _STOP:
             return [], True
+        if not first.future.set_running_or_notify_cancel():  # its request went away: skip it
+            return [], False
         items, count = [first], len(first.batch)
         deadline = time.monotonic() + self.max_wait
         while count < self.max_batch:
@@ -103,22 +140,54 @@ class DynamicBatcher:
             if count + len(item.batch) > self.max_batch:
                 self._carry = item
                 break
+            if not item.future.set_running_or_notify_cancel():
+                continue
             items.append(item)
             count += len(item.batch)
         return items, False
 
     def _infer(self, items: list[_Item]) -> None:
+        """Run one batch and answer its requests; any failure is answered to each of them (one
+        that is not an ``Exception`` then ends this thread, and the supervisor starts another)."""
         try:
             with torch.inference_mode():
                 batch = torch.cat([item.batch for item in items]) if len(items) > 1 else items[0].batch
                 probs = probabilities(self.model(batch), self.multi_label).cpu()
-        except Exception as error:  # noqa: BLE001 - every waiting request learns of it
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
+        except BaseException as error:  # noqa: BLE001 - every waiting request learns of it
+            answer = error if isinstance(error, Exception) else RuntimeError(
+                f"the model's worker thread failed ({type(error).__name__}); it is being restarted")
             for item in items:
-                item.future.set_exception(error)
+                item.future.set_exception(answer)
+            if not isinstance(error, Exception):
+                raise
             return
-        if self.on_batch is not None:
-            self.on_batch(len(batch))
         start = 0
         for item in items:
             item.future.set_result(probs[start:start + len(item.batch)])
             start += len(item.batch)
+
+
+def joined(futures: list[Future]) -> Future:
+    """One future for the pieces of a split request: their results concatenated in order, or the
+    first failure."""
+    whole: Future = Future()
+    whole.set_running_or_notify_cancel()
+    lock, left = threading.Lock(), [len(futures)]
+
+    def done(piece: Future) -> None:
+        with lock:
+            if whole.done():
+                return
+            error = piece.exception() if not piece.cancelled() else RuntimeError("a piece was cancelled")
+            if error is not None:
+                whole.set_exception(error)
+                return
+            left[0] -= 1
+            if left[0] == 0:
+                whole.set_result(torch.cat([f.result() for f in futures]))
+
+    for future in futures:
+        future.add_done_callback(done)
+    return whole
