@@ -28,6 +28,7 @@ from .fileio import save_figure
 from .inference import INT8_BACKENDS, check_backend, optimize_for_inference
 from .models import get_model_spec, list_models
 from .summarize import summary
+from .weights.onnx import is_onnx_path
 
 REFERENCE = "torchvision"
 
@@ -209,6 +210,10 @@ def check_model_names(names: Sequence[str]) -> None:
 
     known = set(list_models()) | set(torchvision.models.list_models(module=torchvision.models))
     for name in names:
+        if name not in known and is_onnx_path(name):
+            raise ResnetsError(f"bench measures architectures by name, each against torchvision's own, not files: "
+                               f"name the architecture {name!r} was exported from (its speed does not depend on "
+                               "the weights)")
         if name not in known:
             raise ResnetsError(f"unknown model {name!r}: neither a resnets model (`resnets models`) "
                                "nor a torchvision classification model")

@@ -18,10 +18,11 @@ from .errors import ResnetsError
 from .explain import cam_class, class_activation_maps, shorten
 from .fileio import atomic_write_text, save_figure
 from .inference import INT8_BACKENDS, check_backend
-from .metrics import collect_logits, topk_accuracy
+from .metrics import collect_logits, topk_accuracy, tta_views
 from .multilabel import MultiLabelReport, is_multi_label, multi_label_report, threshold_of
 from .predict import InferenceModel, load_for_inference
 from .textparse import MAX_TEXT_BYTES, load_json, read_limited
+from .weights.onnx import OnnxModel, is_onnx_path
 
 
 @dataclass
@@ -255,7 +256,7 @@ def _label_map(data_classes: list[str], model_classes: list[str]) -> tuple[torch
 
 def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, batch_size: int = 128,
              tta: str | None = None, device: str = "cpu", workers: int = 2,
-             confusion_png: str | os.PathLike | None = None, backend: str = "eager",
+             confusion_png: str | os.PathLike | None = None, backend: str = "auto",
              split: str = "auto", report_dir: str | os.PathLike | None = None,
              report_cam: bool = False, recall_floor: float = 0.5,
              threshold: float | str | None = None) -> EvalReport | MultiLabelReport:
@@ -266,7 +267,10 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, batch_size:
     Classes are matched to the model's by name: a class the model does not know is left out and
     reported (``report.skipped_classes``).
 
-    ``backend``: any of :func:`resnets.optimize_for_inference`'s. The int8 ones are calibrated on
+    ``backend``: any of :func:`resnets.optimize_for_inference`'s; ``auto`` (the default) counts
+    the images it will run (views of test-time augmentation included) and runs eager where an
+    export and probe would not pay back (:func:`resnets.inference.worth_probing`). The int8
+    ones are calibrated on
     ``CALIBRATION_IMAGES`` images drawn (seed 0) from the training split, or from the evaluated
     images when the data has no other split, so that their accuracy cost can be read here.
 
@@ -284,7 +288,9 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, batch_size:
     if report_cam:  # the missing extra is said before the images are scored, not after
         cam_class("gradcam")
     chosen, train_set = evaluation_data(data, split, _run_config(checkpoint))
-    predictor, label_map, unknown = _prepared_model(checkpoint, device, backend, chosen.dataset, train_set, workers)
+    runs = len(chosen.dataset) * (len(tta_views(tta)) if tta else 1)
+    predictor, label_map, unknown = _prepared_model(checkpoint, device, backend, chosen.dataset, train_set, workers,
+                                                    runs, report_cam)
     multi_label = _multi_label(predictor, chosen.dataset, report_dir, report_cam)
     images, labels, kept = decode_to_memory(chosen.dataset, workers=workers, preprocessing=predictor.preprocessing,
                                             return_kept=True)
@@ -308,11 +314,17 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, batch_size:
 
 
 def _prepared_model(checkpoint: str | os.PathLike, device: str, backend: str, dataset: Any, train_set: Any,
-                    workers: int) -> tuple[InferenceModel, torch.Tensor, list[str]]:
-    """The model through ``backend``, and :func:`_label_map` of the data's classes onto its own
-    (refused, if none matches, before an int8 backend is calibrated)."""
+                    workers: int, images: int | None = None,
+                    report_cam: bool = False) -> tuple[InferenceModel, torch.Tensor, list[str]]:
+    """The model through ``backend`` (``images``: how many it will run, for ``auto``), and
+    :func:`_label_map` of the data's classes onto its own (refused, if none matches, before an
+    int8 backend is calibrated)."""
     int8 = backend in INT8_BACKENDS
-    predictor = load_for_inference(checkpoint, device, backend="eager" if int8 else backend)
+    first = ("onnxruntime" if is_onnx_path(checkpoint) else "eager") if int8 else backend  # calibrated below
+    predictor = load_for_inference(checkpoint, device, backend=first, images=images)
+    if report_cam and isinstance(predictor.plain, OnnxModel):
+        raise ResnetsError(f"--report-cam needs gradients through the model, which the ONNX file {checkpoint} does "
+                           "not give; pass its weights file, or drop --report-cam")
     label_map, unknown = _label_map(list(dataset.classes), predictor.class_names)
     if int8:  # calibrated on images the model is then not scored on, where the data allows
         predictor = predictor.with_backend(backend, _calibration_images(train_set, predictor.preprocessing, workers))

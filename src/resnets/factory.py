@@ -8,7 +8,9 @@ A reference is, in this order:
 
 1. a run directory (its ``weights.safetensors``);
 2. a weights file of any supported format (the project's safetensors, a torchvision/timm
-   checkpoint, Keras, Paddle), read and converted in memory;
+   checkpoint, Keras, Paddle), read and converted in memory; or the project's own ONNX file
+   (``resnets export``: its record in the metadata), which comes back as an
+   :class:`~resnets.weights.onnx.OnnxModel` run by onnxruntime (no parameters, no gradients);
 3. ``NAME:TAG``: a registered model with pretrained weights (``resnet50:IMAGENET1K_V2``,
    ``resnet18:imagenet``), from the download cache;
 4. ``NAME``: a registered model. Commands that need trained weights (``predict``,
@@ -31,6 +33,7 @@ from .errors import ResnetsError
 from .models import ResNet, list_models
 from .models.builder import build_registered_model
 from .weights.load import load_model_weights
+from .weights.onnx import OnnxModel, is_onnx_path, read_onnx_model
 
 
 def create_model(name: str | None = None, num_classes: int | None = None, in_chans: int | None = None,
@@ -82,13 +85,17 @@ def split_tag(reference: str) -> tuple[str, str | None]:
     return name, (tag or None) if sep else None
 
 
-def load_model(reference: str | os.PathLike, *, pretrained: bool = True) -> ResNet:
+def load_model(reference: str | os.PathLike, *, pretrained: bool = True) -> ResNet | OnnxModel:
     """The model ``reference`` names, in eval mode (see the module docstring for the forms).
 
     ``pretrained``: what a bare registered name means: its ``imagenet`` weights (True) or a
     freshly initialised model (False).
     """
+    if str(reference) == "":
+        raise ResnetsError("no model given: pass a run directory, a weights or ONNX file, or a model name")
     path = weights_path(reference)
+    if path is not None and is_onnx_path(path):
+        return read_onnx_model(path).eval()
     if path is not None:
         return create_model(weights=str(path)).eval()
     name, tag = split_tag(str(reference))

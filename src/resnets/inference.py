@@ -22,10 +22,11 @@ Backends then differ in who executes the folded graph:
   weights, bias correction), calibrated on ``calibration_data``. Not exact.
 - ``auto`` (the default): the fastest of the exact backends installed (``onnxruntime``,
   ``openvino``, ``eager``), chosen by a short timed probe (:func:`probe_backends`) at the input
-  shape and batch of ``example_input``. The choice is cached per (model fingerprint, input
-  shape, batch, machine): in memory, and on disk in ``$XDG_CACHE_HOME/resnets`` (default
-  ``~/.cache/resnets``; ``RESNETS_BACKEND_CACHE`` names another file, or ``off``). The module
-  returned says what was chosen and why in ``auto_probe``.
+  shape and batch of ``example_input``. Given the number of ``images`` to run, it first asks
+  whether an export and probe would pay back (:func:`worth_probing`), and runs eager if not. The
+  choice is cached per (model fingerprint, input shape, batch, machine): in memory, and on disk
+  in ``$XDG_CACHE_HOME/resnets`` (default ``~/.cache/resnets``; ``RESNETS_BACKEND_CACHE`` names
+  another file, or ``off``). The module returned says what was chosen and why in ``auto_probe``.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from .fileio import atomic_write_text, open_regular
 from .models import get_model_spec
 from .openvino import OpenVinoModule
 from .textparse import load_json
+from .weights.onnx import OnnxModel, checked_session, ort_session  # noqa: F401 - ort_session: its home was here
 
 BACKENDS: tuple[str, ...] = ("eager", "compile", "onnxruntime", "int8", "openvino", "openvino-int8")
 INT8_BACKENDS = ("int8", "openvino-int8")
@@ -60,6 +62,10 @@ DEFAULT_BACKEND = "auto"
 # ``auto``'s candidates, where installed: exact (fp32) and ready without compiling for minutes
 # (``compile`` is as fast once warm, but compiles for about a minute per input shape on 2 cores).
 AUTO_CANDIDATES: tuple[str, ...] = ("onnxruntime", "openvino", "eager")
+# Below this many images (and with no remembered probe to say better), ``auto`` with a known
+# image count runs eager: exporting ResNet-50, building its session and probing costs about
+# 5 s on 2 cores, and saves about 15 ms an image (benchmarks/RESULTS.md).
+AUTO_MIN_IMAGES = 256
 PROBE_WARMUP, PROBE_RUNS = 0, 3  # untimed, then timed rounds (a turn: a call, then a timed call)
 CACHE_ENV = "RESNETS_BACKEND_CACHE"  # a file for auto's choices, or "off"
 CACHE_FILE = "inference-backends.json"
@@ -174,7 +180,7 @@ class OnnxRuntimeModule(nn.Module):
         """The session for inputs of ``image_shape`` (C, H, W), built on first use."""
         session = self.sessions.get(image_shape)
         if session is None:
-            session = ort_session(pin_input_shape(self.graph, image_shape))
+            session = checked_session(pin_input_shape(self.graph, image_shape), "the ONNX graph")
             self.sessions[image_shape] = session
         return session
 
@@ -185,34 +191,16 @@ class OnnxRuntimeModule(nn.Module):
         return torch.from_numpy(logits)
 
 
-def ort_session(graph: bytes | str, threads: int | None = None, level: str = "all", spinning: bool = False):
-    """An ONNX Runtime CPU session as the onnxruntime backend runs it.
-
-    ``threads``: intra-op threads (default PyTorch's thread count); ``level``: graph
-    optimisation (``basic``, ``extended``, ``all``). Idle ORT threads spin for a while after
-    each run unless ``spinning`` is off, stealing the cores from whatever the process does next
-    (PyTorch, data loading, another model).
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                                        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                                        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
-    options.intra_op_num_threads = torch.get_num_threads() if threads is None else threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-
-
 def optimize_for_inference(model: nn.Module, backend: str = DEFAULT_BACKEND,
                            example_input: Tensor | None = None,
-                           calibration_data: Tensor | Iterable[Tensor] | None = None) -> nn.Module:
+                           calibration_data: Tensor | Iterable[Tensor] | None = None,
+                           images: int | None = None) -> nn.Module:
     """A fast, eval-mode copy of ``model``; the model itself stays trainable and unchanged.
 
     Args:
-        model: any fx-traceable image model (ours or torchvision's).
+        model: any fx-traceable image model (ours or torchvision's), or the
+            :class:`~resnets.weights.onnx.OnnxModel` of an ONNX file (its graph runs in
+            onnxruntime or OpenVINO only: ``eager`` and ``compile`` refuse it).
         backend: ``auto`` (the fastest exact one installed, by a cached timed probe),
             ``eager``, ``compile``, ``onnxruntime``, ``int8``, ``openvino``, ``openvino-int8``
             (see the module doc).
@@ -221,6 +209,9 @@ def optimize_for_inference(model: nn.Module, backend: str = DEFAULT_BACKEND,
             ``compile`` warms up on it. Defaults to one image of the model's input size.
         calibration_data: int8 backends only, required: a tensor of images or an iterable of
             batches from the training distribution (a few hundred images is enough).
+        images: ``auto`` only: how many images the caller will run (None: unbounded, a
+            server). Too few to pay back an export and a probe, and ``auto`` runs the model as
+            it is (eager; an ONNX file in onnxruntime) without them: see :func:`worth_probing`.
 
     The module returned names its backend in ``backend``; ``auto``'s also holds the choice and
     the probe's median milliseconds per candidate in ``auto_probe``.
@@ -229,9 +220,11 @@ def optimize_for_inference(model: nn.Module, backend: str = DEFAULT_BACKEND,
     if backend in INT8_BACKENDS and calibration_data is None:
         raise ResnetsError(f"backend {backend!r} needs calibration_data: a few hundred representative images")
     example = example_input if example_input is not None else _default_input(model)
+    if isinstance(model, OnnxModel):
+        return _onnx_file_module(model, backend, example, calibration_data, images)
     folded = fold_batchnorm(model).to(memory_format=torch.channels_last)
     if backend == "auto":
-        return _auto_module(folded, example)
+        return _auto_module(folded, example, images)
     if backend == "eager":
         return InferenceModule(folded, backend)
     if backend == "compile":
@@ -246,7 +239,9 @@ def optimize_for_inference(model: nn.Module, backend: str = DEFAULT_BACKEND,
 
 def _default_input(model: nn.Module) -> Tensor:
     name = getattr(model, "model_name", None)
-    size = get_model_spec(name).input_size if name is not None else 224
+    preprocessing = getattr(model, "preprocessing", None)
+    size = preprocessing.input_size if isinstance(model, OnnxModel) else \
+        get_model_spec(name).input_size if name is not None else 224
     return torch.randn(1, getattr(model, "in_chans", 3), size, size)
 
 
@@ -264,33 +259,106 @@ def _onnx_module(onnx_path: Path, backend: str, example: Tensor,
     return OnnxRuntimeModule(onnx_path, backend, example)
 
 
+def _onnx_file_module(model: OnnxModel, backend: str, example: Tensor,
+                      calibration_data: Tensor | Iterable[Tensor] | None, images: int | None) -> nn.Module:
+    """An ONNX file's graph through ``backend``: an ONNX runtime (``auto``: the faster one)."""
+    if backend in ("eager", "compile"):
+        raise ResnetsError(f"{model.source} is an ONNX file: it runs in onnxruntime or OpenVINO, not backend "
+                           f"{backend!r} (give its weights file for {backend})")
+    if example.device.type != "cpu":
+        raise ResnetsError(f"{model.source} is an ONNX file, which runs on the CPU here; use --device cpu")
+    with tempfile.TemporaryDirectory(prefix="resnets-onnx-") as workdir:
+        onnx_path = Path(workdir) / "model.onnx"
+        onnx_path.write_bytes(model.onnx_graph)
+        if backend == "auto":
+            return _auto_module(model, example, images, onnx_path)
+        return _onnx_module(onnx_path, backend, example, calibration_data)
+
+
 # -- auto: the fastest exact backend, by a timed probe ------------------------------------------
-def _auto_module(folded: nn.Module, example: Tensor) -> nn.Module:
-    """The fastest of :func:`auto_candidates` for ``folded`` at ``example``'s shape: remembered
-    (this process, then the disk cache) or probed now and remembered."""
-    candidates = auto_candidates(example.device)
-    key = probe_key(folded, example, candidates)
-    choice = _CHOICES.get(key)
-    source = "memory"
+def _auto_module(model: nn.Module, example: Tensor, images: int | None = None,
+                 onnx_file: Path | None = None) -> nn.Module:
+    """The fastest of the candidates for ``model`` (folded; or an ONNX file's, whose graph is
+    at ``onnx_file``) at ``example``'s shape: remembered (this process, then the disk cache) or
+    probed now and remembered; or, for too few ``images``, the candidate that needs no export
+    and no probe (:func:`worth_probing`)."""
+    candidates = auto_candidates(example.device) if onnx_file is None else onnx_candidates()
+    plain = candidates[-1] if onnx_file is None else candidates[0]  # runs without export and probe
+    key = probe_key(model, example, candidates)
+    choice, source = _CHOICES.get(key), "memory"
     if choice is None or choice["backend"] not in candidates:
         choice, source = read_cached_choice(key, candidates), "disk"
-    with tempfile.TemporaryDirectory(prefix="resnets-auto-") as workdir:
-        onnx_path = Path(workdir) / "model.onnx"
-        needed = candidates if choice is None else [choice["backend"]]
-        if needed != ["eager"]:
-            export_onnx(folded, onnx_path, example, check=False)
-        modules = {name: InferenceModule(folded, name) if name == "eager" else _onnx_module(onnx_path, name, example)
-                   for name in needed}
     if choice is None and len(candidates) == 1:  # nothing to choose from (off the CPU, or eager alone)
         choice, source = {"backend": candidates[0], "probe_ms": {}}, "only candidate"
+    worth, why = worth_probing(choice, plain, images, example.shape[0])
+    if not worth:
+        choice, source = {"backend": plain, "probe_ms": (choice or {}).get("probe_ms", {})}, why
+    needed = candidates if choice is None else [choice["backend"]]
+    modules, setup_ms = _build_candidates(model, example, needed, onnx_file)
     if choice is None:
         probe_ms = probe_backends(modules, example)
-        choice, source = {"backend": min(probe_ms, key=probe_ms.get), "probe_ms": probe_ms}, "probe"
+        choice, source = {"backend": min(probe_ms, key=probe_ms.get), "probe_ms": probe_ms,
+                          "setup_ms": setup_ms}, "probe"
         write_cached_choice(key, choice)
     module = modules[choice["backend"]]
-    _CHOICES[key] = choice
+    if worth:
+        _CHOICES[key] = choice
     module.auto_probe = {**choice, "source": source, "candidates": candidates}
     return module
+
+
+def onnx_candidates() -> list[str]:
+    """The runtimes ``auto`` chooses among for an ONNX file: the installed ones of onnxruntime, OpenVINO."""
+    candidates = [name for name, available in (("onnxruntime", onnxruntime_available()),
+                                               ("openvino", openvino_available())) if available]
+    if not candidates:
+        raise ResnetsError("running an ONNX file needs onnxruntime: pip install 'resnets[onnx]'")
+    return candidates
+
+
+def _build_candidates(model: nn.Module, example: Tensor, names: Sequence[str],
+                      onnx_file: Path | None) -> tuple[dict[str, nn.Module], dict[str, float]]:
+    """The modules of ``names`` and what each cost to build in milliseconds (an ONNX backend's
+    share: the export, once, and its own session): what ``auto`` weighs against the images."""
+    modules: dict[str, nn.Module] = {}
+    setup_ms: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="resnets-auto-") as workdir:
+        onnx_path, export_ms = onnx_file, 0.0
+        if onnx_path is None and any(name != "eager" for name in names):
+            onnx_path, start = Path(workdir) / "model.onnx", time.perf_counter()
+            export_onnx(model, onnx_path, example, check=False)
+            export_ms = 1e3 * (time.perf_counter() - start)
+        for name in names:
+            start = time.perf_counter()
+            modules[name] = InferenceModule(model, name) if name == "eager" else _onnx_module(onnx_path, name, example)
+            setup_ms[name] = round(1e3 * (time.perf_counter() - start) + (export_ms if name != "eager" else 0), 1)
+    return modules, setup_ms
+
+
+def worth_probing(choice: dict | None, plain: str, images: int | None, batch: int = 1) -> tuple[bool, str]:
+    """Whether ``auto`` should export and probe (or use its remembered choice) for ``images``
+    images, rather than run ``plain`` (eager; an ONNX file's onnxruntime), which costs nothing
+    to set up; and why not, in words.
+
+    The rule: with a remembered probe that measured both, the export pays when the images times
+    the milliseconds it saves per image (the probe's, at ``batch`` images a call) exceed what
+    it cost to set up; with none (or one from before setup times were kept), when there are at
+    least ``AUTO_MIN_IMAGES``. ``images`` None (a server, a benchmark): always.
+    """
+    if images is None or (choice is not None and choice["backend"] == plain):
+        return True, ""
+    probe_ms, setup_ms = (choice or {}).get("probe_ms", {}), (choice or {}).get("setup_ms", {})
+    best = (choice or {}).get("backend")
+    if best in setup_ms and best in probe_ms and plain in probe_ms:
+        saved_ms = images * (probe_ms[plain] - probe_ms[best]) / max(1, batch)
+        cost_ms = setup_ms[best] - setup_ms.get(plain, 0.0)
+        if saved_ms > cost_ms:
+            return True, ""
+        return False, (f"{plain}: {images} image(s) would save {saved_ms / 1e3:.2f} s through {best}, "
+                       f"less than its {cost_ms / 1e3:.2f} s setup")
+    if images >= AUTO_MIN_IMAGES:
+        return True, ""
+    return False, f"{plain}: {images} image(s), fewer than the {AUTO_MIN_IMAGES} an export and probe pay back"
 
 
 def probe_backends(modules: dict[str, Callable[[Tensor], Tensor]], example: Tensor,
@@ -317,6 +385,8 @@ def model_fingerprint(model: nn.Module) -> str:
     tensors (not the values: a fine-tuned copy runs as fast as its start)."""
     digest = hashlib.sha256(type(model).__qualname__.encode())
     digest.update(str(getattr(model, "code", repr(model))).encode())
+    if isinstance(model, OnnxModel):  # its graph is its code
+        digest.update(hashlib.sha256(model.onnx_graph).digest())
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
     return digest.hexdigest()
@@ -383,11 +453,17 @@ def _valid_choice(entry: object, candidates: Sequence[str]) -> dict | None:
     """``entry`` as a choice if it is one among ``candidates`` with its probe's timings."""
     if not isinstance(entry, dict) or entry.get("backend") not in candidates:
         return None
-    probe_ms = entry.get("probe_ms")
-    if not isinstance(probe_ms, dict) or not all(
-            isinstance(name, str) and type(ms) in (int, float) and ms >= 0 for name, ms in probe_ms.items()):
+    probe_ms, setup_ms = entry.get("probe_ms"), entry.get("setup_ms", {})
+    if not _timings(probe_ms) or not _timings(setup_ms):
         return None
-    return {"backend": entry["backend"], "probe_ms": {name: float(ms) for name, ms in probe_ms.items()}}
+    return {"backend": entry["backend"], "probe_ms": {name: float(ms) for name, ms in probe_ms.items()},
+            "setup_ms": {name: float(ms) for name, ms in setup_ms.items()}}
+
+
+def _timings(value: object) -> bool:
+    """Whether ``value`` is a {name: milliseconds} record (finite, not negative)."""
+    return isinstance(value, dict) and all(isinstance(name, str) and type(ms) in (int, float) and 0 <= ms < 1e12
+                                           for name, ms in value.items())
 
 
 def read_cached_choice(key: str, candidates: Sequence[str]) -> dict | None:

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from .data.collection import open_collection
+from .data.collection import ImageCollection, open_collection
 from .data.dataset import ImageDataset
 from .data.images import BadImageError, SkippedImages, decode_image, read_image_file
 from .device import resolve_device
@@ -37,21 +37,25 @@ class InferenceModel:
     def img_size(self) -> int:
         return self.preprocessing.input_size
 
-    def with_backend(self, backend: str, calibration_u8: torch.Tensor | None = None) -> "InferenceModel":
+    def with_backend(self, backend: str, calibration_u8: torch.Tensor | None = None,
+                     images: int | None = None) -> "InferenceModel":
         """The same model through another inference backend (:func:`optimize_for_inference`).
 
         ``calibration_u8``: int8 backends only, a few hundred uint8 (N, 3, S, S) images at
         ``img_size`` from the training distribution. Backends other than ``eager`` and
         ``compile`` run on the CPU; ``auto`` probes at one image of ``img_size`` (the ONNX
-        graphs are pinned to that size) and chooses ``eager`` off the CPU. ``backend`` then
-        names the backend chosen.
+        graphs are pinned to that size) and chooses ``eager`` off the CPU, or for fewer
+        ``images`` than an export and probe pay back (:func:`resnets.inference.worth_probing`).
+        ``backend`` then names the backend chosen. An ONNX file's model runs in onnxruntime or
+        OpenVINO only.
         """
         backend = check_backend(backend)
         if backend not in ("eager", "compile", "auto") and self.device.type != "cpu":
             raise ResnetsError(f"backend {backend!r} runs on the CPU; use --device cpu or backend eager")
         calibration = None if calibration_u8 is None else self.normalise(calibration_u8)
         example = torch.zeros(1, self.plain.in_chans, self.img_size, self.img_size, device=self.device)
-        model = optimize_for_inference(self.plain, backend, example_input=example, calibration_data=calibration)
+        model = optimize_for_inference(self.plain, backend, example_input=example, calibration_data=calibration,
+                                       images=images)
         return replace(self, model=model, backend=getattr(model, "backend", backend))
 
     def normalise(self, images_u8: torch.Tensor) -> torch.Tensor:
@@ -60,21 +64,23 @@ class InferenceModel:
 
 
 def load_for_inference(checkpoint: str | os.PathLike, device: str | torch.device = "cpu",
-                       backend: str = "eager", calibration_u8: torch.Tensor | None = None) -> InferenceModel:
+                       backend: str = "eager", calibration_u8: torch.Tensor | None = None,
+                       images: int | None = None) -> InferenceModel:
     """THE one place that prepares a trained model for inference (eval mode, device, record).
 
     ``checkpoint`` is anything :func:`resnets.factory.load_model` takes (run directory,
-    weights file of any format, ``NAME`` for its ImageNet weights, ``NAME:TAG``). Every
-    inference path (``evaluate``, ``predict``) goes through here. The model comes back in its
-    fast form (:func:`resnets.inference.optimize_for_inference`: BatchNorm folded into the
-    convolutions, channels-last, inference mode) through ``backend``; int8 backends need
-    ``calibration_u8`` (see :meth:`InferenceModel.with_backend`).
+    weights file of any format, the project's ONNX file, ``NAME`` for its ImageNet weights,
+    ``NAME:TAG``). Every inference path (``evaluate``, ``predict``, ``serve``) goes through
+    here. The model comes back in its fast form (:func:`resnets.inference.optimize_for_inference`:
+    BatchNorm folded into the convolutions, channels-last, inference mode) through ``backend``;
+    int8 backends need ``calibration_u8``; ``images``, the number of images to run, lets ``auto``
+    skip an export that would not pay back (see :meth:`InferenceModel.with_backend`).
     """
     device = resolve_device(device)
     plain = load_model(checkpoint).to(device)
     classes = plain.class_names or [str(i) for i in range(plain.num_classes)]
     unoptimized = InferenceModel(plain, classes, plain.preprocessing, device, plain, backend="plain")
-    return unoptimized.with_backend(backend, calibration_u8)
+    return unoptimized.with_backend(backend, calibration_u8, images)
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
@@ -120,13 +126,14 @@ def predict_files(predictor: InferenceModel, inputs: Iterable[str | os.PathLike]
     """Top-k (class, probability) for each readable image, like Keras' ``decode_predictions``.
 
     ``inputs``: image files, folders (recursive), zips and list files of images
-    (:func:`resnets.data.collection.open_collection`). A multi-label model gives instead every
-    class whose sigmoid probability is at or above ``threshold`` (default: the model's recorded
-    one), most probable first (``"labels"``). Unreadable images are skipped with one warning each,
-    or passed to ``on_error(name, message)``. Images are read one batch at a time.
+    (:func:`resnets.data.collection.open_collection`), or the collection it opened. A
+    multi-label model gives instead every class whose sigmoid probability is at or above
+    ``threshold`` (default: the model's recorded one), most probable first (``"labels"``).
+    Unreadable images are skipped with one warning each, or passed to ``on_error(name,
+    message)``. Images are read one batch at a time.
     """
     label_threshold = _multi_label_threshold(predictor, threshold)
-    collection = open_collection(inputs)
+    collection = inputs if isinstance(inputs, ImageCollection) else open_collection(inputs)
     results = []
     for start in range(0, len(collection), batch_size):
         chunk = read_items(collection, range(start, min(start + batch_size, len(collection))),

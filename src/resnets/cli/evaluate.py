@@ -24,9 +24,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", choices=TTA_MODES,
                    help="test-time augmentation, logits averaged over views: flip (the image and its mirror), "
                    "multicrop (those two, each also shifted one pixel up-left and down-right with reflection: 6)")
-    p.add_argument("--backend", default="eager",
-                   help="inference backend: auto, eager, compile, onnxruntime, openvino, or int8 / openvino-int8 "
-                   "(calibrated on 256 training images, so that the accuracy cost of int8 shows here)")
+    p.add_argument("--backend", default="auto",
+                   help="inference backend: auto (default: eager for fewer images, views of --tta counted, than an "
+                   "export pays back: 256, or the break-even a cached probe of this model on this machine measured; "
+                   "else the fastest of onnxruntime, OpenVINO and eager by a timed probe cached per model, size and "
+                   "machine), eager, compile, onnxruntime, openvino, or int8 / openvino-int8 (calibrated on 256 "
+                   "training images, so that the accuracy cost of int8 shows here)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="cpu")
     p.add_argument("--confusion", help="confusion-matrix PNG (default: confusion.png in the run directory, "

@@ -35,9 +35,13 @@ def run(args: argparse.Namespace) -> int:
     from ..explain import check_method, check_topk, default_layer, explain_files
     from ..predict import load_for_inference
     from ..terminal import printable
+    from ..weights.onnx import is_onnx_path
 
     check_method(args.method)
     check_topk(args.topk)
+    if is_onnx_path(args.model):
+        raise ResnetsError(f"explain needs gradients through the model, which an ONNX file ({printable(args.model)}) "
+                           "does not give; pass the weights file it was exported from")
     predictor = load_for_inference(args.model, args.device)
     layer = args.layer or default_layer(predictor.plain)
     records, failures = explain_files(predictor, args.images, args.out, args.method, args.target, layer, args.topk)
