@@ -1,25 +1,15 @@
 """The ``resnets`` command line: argument parsing and error reporting only.
 
-Each command lives in its own module here (``resnets.cli.<command>``) exposing
-``register(subparsers)``, which adds its parser and sets ``handler`` to a function taking the
-parsed arguments and returning an exit status. The work itself is done by the library API.
-The top-level parser is built from :data:`COMMANDS` (names and one-line helps), and only the
-module of the command being run is imported, so ``resnets --help`` and ``--version`` load
-neither the other commands nor torch. A misspelt command, choice or flag is answered with the
-nearest one (``--batchsize (did you mean --batch-size?)``); every help shows the defaults.
+Each command's module here (``resnets.cli.<command>``) has ``register(subparsers)``, which adds
+its parser with a ``handler`` that calls the library and returns an exit status. Only the module
+of the command being run is imported (:data:`COMMANDS`), so ``resnets --help`` loads no torch.
 
-Exit status: 0 done, 2 user error (one line ``resnets: error: ...`` on stderr), 1 internal
-failure, 130 interrupted.
-
-Errors of the environment are the user's to fix too, so they also get one line and status 2:
-a read-only or full disk, a missing permission, a folder given where a file is expected or the
-reverse (``PermissionError``, ``IsADirectoryError``, ``NotADirectoryError``, ``OSError`` with
-``ENOSPC``, ``EROFS``, ``EDQUOT``...) print ``resnets: error: <path>: <cause>``. Nothing already
-on disk is damaged by such a failure: every file is written to a temporary name and renamed
-(:mod:`resnets.fileio`), so the old file stays. Status 1 with a traceback stays for bugs.
-Ctrl-C at any moment of :func:`main`, parsing and imports included, exits 130 with one line;
-a training run first saves what it has (see :mod:`resnets.train.loop`). Output cut short by a
-closed pipe (``resnets predict ... | head``) ends quietly with 141, as a shell tool does.
+Exit status: 0 done, 1 a bug (with its traceback), 2 a user error, 130 interrupted, 141 a closed
+pipe (``resnets predict ... | head``). User errors, environment ones included (a full or read-only
+disk, a missing permission: ``resnets: error: <path>: <cause>``), are one line on stderr; files are
+written to a temporary name and renamed (:mod:`resnets.fileio`), so what is on disk stays whole.
+Ctrl-C exits 130 at any moment; a training run first saves what it has
+(:mod:`resnets.train.callbacks`).
 """
 
 from __future__ import annotations
@@ -216,15 +206,6 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     from ..terminal import printable
 
     print(f"resnets: warning: {printable(message)}", file=sys.stderr if file is None else file)
-
-
-def _no_progress_monitor_thread() -> None:
-    """tqdm starts a monitor thread for every bar (disabled ones too) and never joins it; woken
-    while the interpreter finalises it can abort the process ("PyThreadState_Get: the GIL is
-    released"). Progress bars refresh on each update anyway."""
-    import tqdm
-
-    tqdm.tqdm.monitor_interval = 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,8 +1,5 @@
-"""``resnets lr-find``: the learning-rate range test (see :mod:`resnets.lr_find`).
-
-The training settings it takes are those :class:`resnets.train.config.TrainConfig` declares for
-``lr-find``; only the sweep's own options are declared here.
-"""
+"""``resnets lr-find``: the learning-rate range test (see :mod:`resnets.lr_find`); its training
+settings are those :class:`resnets.train.config.TrainConfig` declares for ``lr-find``."""
 
 from __future__ import annotations
 

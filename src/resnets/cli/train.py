@@ -1,9 +1,8 @@
 """``resnets train``: train, fine-tune or resume a model (see :mod:`resnets.train`).
 
-Its options are generated from :class:`resnets.train.config.TrainConfig`'s declarations; an
-option not given on the command line is left out of the parsed arguments (``SUPPRESS``), so the
-settings are layered once, in :func:`settings_from_args`: declared defaults, then the recipe of
-``--config``, then the flags given, wherever they stand.
+Its options are generated from :class:`resnets.train.config.TrainConfig`; one not given is left
+out of the parsed arguments (``SUPPRESS``), so that :func:`settings_from_args` layers the
+declared defaults, the recipe of ``--config`` and the flags given.
 """
 
 from __future__ import annotations
