@@ -1,8 +1,5 @@
-"""Augmentation presets applied to whole uint8 batches as tensor operations.
-
-One call augments a batch (B, 3, H, W) with per-image random crops and flips done by
-indexing (``cifar``) or by ``torchvision.ops.roi_align`` (``imagenet``'s random-resized crop),
-on the batch's own device, with no per-image Python or PIL work.
+"""Augmentation presets applied to whole uint8 batches as tensor operations: per-image random
+crops and flips by indexing or ``roi_align``, on the batch's device, with no per-image Python.
 
 Presets:
     cifar: train: zero-pad 4, random ``img_size`` crop, horizontal flip (He et al. 2016);

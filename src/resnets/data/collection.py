@@ -1,26 +1,10 @@
 """Collections of images without classes: what ``predict``, ``explain``, ``embed`` and ``search`` read.
 
-An input is any of:
-
-* a folder, walked recursively as image folders are (:func:`~.imagetree.walk_files`: symbolic
-  links to folders not followed, FIFOs and devices left out, each named in a warning);
-* a zip archive, read in place (its image members, as :class:`~.imagetree.ZipDataset` reads
-  them: size-capped, a bad CRC or an encrypted member fails like a corrupt image); members with an
-  absolute path or a ``.``/``..``/empty part are skipped with a warning, as the class-tree reader
-  skips them;
-* a list file (``.txt`` or ``.lst``): one image path per line, relative paths taken from the list
-  file's folder; blank lines and lines starting with ``#`` ignored;
-* an image file (any name: the bytes decide).
-
-Hidden files (``.name``, ``__MACOSX/``) in folders and zips are left out, as class trees leave
-them out. Every image is read through :func:`~.images.read_image_file` (regular files only, at
-most ``MAX_IMAGE_BYTES``), so an unreadable one fails as :class:`~.images.BadImageError` when read
-and readers skip it with one warning (:class:`~.images.SkippedImages`).
-
-:func:`is_collection` says whether a data path is such a collection rather than a data set with
-classes: a list file, or a folder or zip that the class-tree reader would not read whole (no
-class folders, or images outside them) or would read as a single class. Class-folder data sets
-(two classes or more, every image in one) are read by :mod:`.sources` as before.
+An input is a folder (recursive) or a zip archive, read as :mod:`.imagetree` reads class trees
+(the same rules for links, hidden files and unsafe members); a list file (``.txt`` or ``.lst``:
+one image path per line, relative to the list file's folder, ``#`` comments); or an image file
+(any name: the bytes decide). An unreadable image fails as :class:`~.images.BadImageError` when
+read, and readers skip it with one warning (:class:`~.images.SkippedImages`).
 """
 
 from __future__ import annotations
@@ -93,15 +77,10 @@ def open_collection(inputs: Iterable[str | os.PathLike]) -> ImageCollection:
 
 
 def is_collection(path: str | os.PathLike) -> bool:
-    """Whether the data at ``path`` is images without classes rather than a data set with classes.
-
-    True for a list file, and for a folder or zip with images that the class-tree reader
-    (:func:`~.imagetree.layout_tree`) would not read whole (none in class folders, or some
-    outside them: a photo folder with a few subfolders) or would read as one class (a zip of a
-    folder of photos, ``photos/*.jpg``: a class means something only next to another). False for
-    everything else (every other format, and a folder or zip holding no image at all), which
-    :mod:`.sources` opens.
-    Looking is quiet: the reader that then opens ``path`` warns about what it skips.
+    """Whether the data at ``path`` is images without classes rather than a data set with classes:
+    a list file, or a folder or zip with images that :func:`~.imagetree.layout_tree` would not
+    read whole (some outside class folders) or would read as one class (a class means something
+    only next to another). Looking is quiet: the reader that opens ``path`` warns about skips.
     """
     path = Path(path)
     if is_list_file(path):

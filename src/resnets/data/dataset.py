@@ -20,13 +20,8 @@ from .images import decode_image
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """A labelled image collection.
-
-    Attributes:
-        classes: class names; label ``k`` is ``classes[k]``.
-        targets: the label of every item, in order.
-        source: where the items come from (a path, with the split), for messages.
-    """
+    """A labelled image collection: label ``k`` is ``classes[k]``, ``targets`` every item's label,
+    ``source`` where the items come from (a path, with the split), for messages."""
 
     classes: list[str]
     targets: list[int]

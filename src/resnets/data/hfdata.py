@@ -8,14 +8,11 @@ Two layouts:
 * a folder written by ``Dataset.save_to_disk`` (``state.json`` + ``data-*.arrow``) or
   ``DatasetDict.save_to_disk`` (``dataset_dict.json`` + one such folder per split).
 
-The image column is the one the ``huggingface`` schema metadata declares an ``Image``
-feature (a struct of ``bytes`` and ``path``), else a struct with a ``bytes`` field or a
-binary column named like an image. The label column is the ``ClassLabel`` one (its names are
-the classes), else an integer or string column named ``label``, ``labels``, ``class`` ...
-Labels are read up front; image bytes when an item is read: Arrow files through a memory map,
-Parquet a whole row group at a time, kept in a bounded cache. Shuffled reads of a Parquet set much
-larger than that cache read a row group per image: pack such a set once with
-``resnets data pack SRC DIR --format wds`` (shards are read at random with one seek per image).
+The image and label columns are the ``Image`` and ``ClassLabel`` features the schema's
+metadata declares, else found by type and name. Labels are read up front, image bytes when an
+item is read: Arrow files through a memory map, Parquet a row group at a time, kept in a bounded
+cache. Shuffled reads of a Parquet set much larger than that cache read a row group per image:
+pack such a set once with ``resnets data pack SRC DIR --format wds`` (one seek per image).
 """
 
 from __future__ import annotations

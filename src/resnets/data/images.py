@@ -75,13 +75,9 @@ def is_image_name(name: str) -> bool:
 
 
 def read_image_file(path: str | os.PathLike, limit: int = MAX_IMAGE_BYTES) -> bytes:
-    """The bytes of the image file at ``path``; BadImageError unless it is a readable regular file.
-
-    The file is opened by :func:`resnets.fileio.open_regular` (non-blocking, so a FIFO cannot hang
-    the open, and checked on the open descriptor, so what is checked is what is read): devices
-    (``/dev/zero``), FIFOs and folders are refused, and so is a file of more than ``limit`` bytes,
-    before any is read.
-    """
+    """The bytes of the image file at ``path``; BadImageError unless it is a regular file (see
+    :func:`resnets.fileio.open_regular`: a FIFO, device or folder is refused) of at most ``limit``
+    bytes, checked before any is read."""
     name = printable(os.fspath(path))
     try:
         handle = open_regular(path)
@@ -104,12 +100,9 @@ def read_image_file(path: str | os.PathLike, limit: int = MAX_IMAGE_BYTES) -> by
 
 
 def decode_image(data: bytes, name: str) -> Image.Image:
-    """Fully decode ``data`` (the bytes of file ``name``) to an RGB image.
-
-    Decoding is complete (not lazy), so a truncated file fails here rather than later inside
-    a transform. Any decoder failure becomes :class:`BadImageError`; an image declaring more pixels
-    than the decode budget, :class:`OversizedImageError` (both).
-    """
+    """Fully decode ``data`` (the bytes of file ``name``) to an RGB image: not lazily, so that a
+    truncated file fails here, as :class:`BadImageError` (:class:`OversizedImageError` over the
+    decode budget), rather than later inside a transform."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             check_pixels(*image.size)
@@ -126,12 +119,8 @@ def decode_image(data: bytes, name: str) -> Image.Image:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB from any PIL mode.
-
-    Alpha is dropped (as torchvision's ``ImageFolder`` loader does, so pixels match it);
-    16-bit and 32-bit integer images are scaled to 8 bits instead of being clipped at 255,
-    which is what a plain ``convert("RGB")`` would do to them.
-    """
+    """8-bit RGB from any PIL mode: alpha dropped (as torchvision's ``ImageFolder`` loader does),
+    16- and 32-bit integer images scaled to 8 bits, where ``convert("RGB")`` would clip them."""
     if image.mode == "RGB":
         return image
     if image.mode.startswith("I") or image.mode == "F":

@@ -6,20 +6,11 @@ one level deeper per split: ``root/train/<class>/...`` and ``root/val/<class>/..
 read as if the wrapper were the root. Class labels are the sorted union of the class folders
 of all splits, so a label means the same class in every split.
 
-Hostile trees and archives are read without harm:
-
-* folders are walked without following symbolic links to folders (each such link is named in
-  a warning). Following them can loop forever (``cat/up -> ..``) or reach another class's
-  images under this class's name, and "at most once" would still label images by whichever
-  path the walk met first. Links to files are followed, and kept when they lead to a regular
-  file; FIFOs, devices and sockets are left out (with a warning when they have an image name),
-  and every file is read through :func:`~resnets.data.images.read_image_file` (regular files
-  of at most ``MAX_IMAGE_BYTES`` only);
-* zip members with an absolute path or a ``.``/``..``/empty path part are ignored with a
-  warning; members that cannot be read (bad CRC, encrypted, unsupported compression, larger
-  than ``MAX_IMAGE_BYTES``) fail like corrupt images, so readers skip them with a warning;
-* class names are :func:`~resnets.data.images.printable`: a folder name that is not UTF-8
-  keeps its undecodable bytes as ``\\xNN``.
+Hostile trees and archives are read without harm: symbolic links to folders are not followed
+(they can loop, ``cat/up -> ..``, or reach another class's images under this class's name), each
+named in a warning, as are FIFOs and devices, which are left out; zip members with an absolute
+path or a ``.``/``..``/empty part are skipped with a warning; unreadable members (bad CRC,
+encrypted, too large) fail like corrupt images; class names are ``printable``.
 """
 
 from __future__ import annotations
@@ -68,12 +59,8 @@ def layout_tree(paths: list[str], where: str) -> tuple[Layout, list[str]]:
 
 
 def walk_files(root: Path) -> list[str]:
-    """The regular files under ``root``, as sorted "/"-separated paths relative to it.
-
-    Symbolic links to folders are not followed (see the module docstring); entries that are
-    not regular files are left out. Both are named in a warning (non-regular entries only when
-    they have an image name); so is a subfolder that cannot be listed.
-    """
+    """The regular files under ``root``, as sorted "/"-separated paths relative to it (see the
+    module docstring for what is left out, with a warning)."""
     files: list[str] = []
     pending = [""]
     while pending:

@@ -24,18 +24,13 @@ from .sampling import EpochPlan, PlanSampler, mix_seed, shard_indices
 
 
 class TensorLoader:
-    """Iterable of (x, y) batches from uint8 images held in memory.
+    """Iterable of (x, y) batches on ``device`` from uint8 images held in memory: ``x`` is
+    ``augment(images)`` (the raw batch without one), ``y`` int64.
 
     Each epoch's shuffle and augmentation come from generators seeded by (seed, epoch) (and the
-    rank, for augmentation), so a resumed run that calls :meth:`set_epoch` sees the very batches
-    the interrupted run would have. Iterating without :meth:`set_epoch` advances the epoch by one
-    after each full pass, so successive epochs differ.
-
-    ``x`` is ``augment(images)`` (float32; given each image's item index, the epoch and the seed,
-    for :class:`BatchAugment`'s alternating flip) or the raw uint8 batch when ``augment`` is None;
-    ``y`` is int64. Both are on ``device``. When shuffling, ``plan`` (an :class:`EpochPlan`:
-    class-balanced, repeated) replaces the plain shuffle; ``policy`` is run on each image first,
-    seeded per image as the streaming path does (:mod:`resnets.data.policy`).
+    rank), so a resumed run that calls :meth:`set_epoch` sees the very batches the interrupted run
+    would have; each full pass advances the epoch. ``plan`` (an :class:`EpochPlan`) replaces the
+    shuffle; ``policy`` runs on each image first, seeded per image as the streaming path does.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 128,
@@ -185,13 +180,10 @@ def make_dataloader(dataset: ImageDataset, preset: str, preprocessing: Preproces
                     policy: AugmentPolicy | None = None) -> torch.utils.data.DataLoader:
     """A torch DataLoader decoding from disk, for data sets too large for :func:`decode_to_memory`.
 
-    Training loaders shuffle (seeded; call ``loader.sampler.set_epoch(e)`` each epoch) and drop
-    the last partial batch. With ``world_size > 1`` a ``DistributedSampler`` shards the epoch.
-    Unreadable images are skipped with a warning, so a batch can be smaller than ``batch_size``.
-    Training augmentation is seeded per image from (seed, ``loader.dataset.epoch``, index); set
-    that epoch before iterating, with ``persistent=False`` so that fresh workers see it.
-    A training ``plan`` (class-balanced, repeated draws) replaces the shuffle, sharded the same
-    way; ``policy`` adds an augmentation policy (:mod:`resnets.data.policy`).
+    Training loaders shuffle (call ``loader.sampler.set_epoch(e)`` each epoch, or a ``plan``
+    replaces the shuffle) and drop the last partial batch; unreadable images are skipped, so a
+    batch can be smaller. Augmentation is seeded per image from (seed, ``loader.dataset.epoch``,
+    index): set that epoch before iterating, with ``persistent=False`` so fresh workers see it.
     """
     transformed = _Transformed(dataset, torchvision_transform(preset, preprocessing, train, policy),
                                seed if train else None)

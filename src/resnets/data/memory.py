@@ -35,21 +35,12 @@ def fits_in_memory(dataset: ImageDataset, size: tuple[int, int], limit: int = ME
 def decode_to_memory(dataset: ImageDataset, size: tuple[int, int] | int | None = None, workers: int = 2,
                      progress: bool = True, preprocessing: Any = None,
                      return_kept: bool = False) -> tuple[torch.Tensor, ...]:
-    """All images of ``dataset`` as uint8 (N, 3, H, W) and their labels as int64 (N,).
+    """All readable images of ``dataset`` as uint8 (N, 3, H, W) and their labels as int64 (N,)
+    (``return_kept``: and their indices); the unreadable ones are skipped with warnings.
 
-    Args:
-        size: (H, W) (or one int for square) to which each image is resized, shorter side
-            first, then centre-cropped; None keeps the images' own size, which must then be
-            the same for all of them.
-        workers: decoding threads.
-        progress: show a tqdm bar on stderr.
-        preprocessing: a model's :class:`resnets.preprocessing.Preprocessing`: each image goes
-            through its ``resize_crop`` (the model's own resize, crop and interpolation) instead
-            of being fitted to ``size``, which is then its ``input_size``.
-        return_kept: also return the indices (into ``dataset``) of the images kept.
-
-    Unreadable files are skipped: one :class:`BadImageWarning` naming each, and one with the
-    count at the end. N counts the images kept.
+    ``size``: (H, W) or a side to which each image is resized and centre-cropped (None: the
+    images' own, equal size); ``preprocessing``: a model's record, whose ``resize_crop`` is used
+    instead (its ``input_size`` is then the size).
     """
     if preprocessing is not None:
         size = (preprocessing.input_size, preprocessing.input_size)

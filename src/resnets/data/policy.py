@@ -1,12 +1,8 @@
 """Augmentation policies (torchvision transforms.v2), one description for both training paths.
 
-:class:`AugmentPolicy` builds the per-image pipeline (uint8 (3, H, W) in, uint8 out):
-TrivialAugmentWide, RandAugment, AutoAugment (ImageNet policy) or AugMix, then ColorJitter
-(brightness, contrast and saturation by ``color_jitter``), then RandomErasing with probability
-``random_erasing``. The in-memory loader runs it on each stored image and the streaming loader
-on each decoded image, both before the preset's crop and flip, with the global RNG seeded from
-(seed, epoch, draw) (:func:`resnets.data.sampling.mix_seed`), so the same image, seed and epoch
-give the same pixels in both paths (where the two decoders give the same uint8 image).
+:class:`AugmentPolicy` builds the per-image uint8 pipeline (a policy, ColorJitter, RandomErasing)
+that both loaders run before the preset's crop and flip, with the global RNG seeded from (seed,
+epoch, draw), so the same image, seed and epoch give the same pixels in both paths.
 """
 
 from __future__ import annotations

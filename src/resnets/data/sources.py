@@ -37,13 +37,9 @@ def open_source(path: str | os.PathLike) -> DataSource:
 
 
 def open_dataset(path: str | os.PathLike, split: str | None = None) -> ImageDataset:
-    """The data set at ``path`` (a split of it when the source has several).
-
-    ``split`` names a split (``"train"``, ``"val"``, ``"test"``...); it is required when the
-    source has several splits and must be None for a single unsplit tree.
-    """
-    source = open_source(path)
-    return _split_of(source, split)
+    """The data set at ``path``, or its ``split`` (``"train"``, ``"test"``...: required when the
+    source has several, None for a single unsplit tree)."""
+    return _split_of(open_source(path), split)
 
 
 def _split_of(source: DataSource, split: str | None) -> ImageDataset:
