@@ -1,12 +1,8 @@
 """The learning-rate range test (Smith 2015; fastai's ``lr_find``): ``resnets lr-find``.
 
-The rate grows exponentially from ``start`` to ``end`` over ``steps`` optimizer steps of a
-normal training set-up (the same model, data, loaders, augmentation, optimizer and step as
-``resnets train``: :func:`resnets.train.setup.prepare` and the engine's
-:class:`~resnets.train.engine.Trainer`, with the :class:`LRFinder` callback replacing the schedule), the
-loss is smoothed (exponential average, debiased) and the sweep stops once it exceeds 4x its
-minimum. Suggested, read only where the smoothed loss still falls (up to its minimum): the rate
-of its steepest descent, the rate of its minimum divided by 10, and fastai's "valley". The model's weights are thrown away.
+The rate grows exponentially over the steps of ``resnets train``'s own set-up and engine (the
+:class:`LRFinder` callback replacing the schedule) until the smoothed loss exceeds 4x its minimum;
+the suggestions are read where it still falls. The model's weights are thrown away.
 """
 
 from __future__ import annotations

@@ -5,9 +5,7 @@ rule and choices, and everything else is generated from it.
 From the dataclass, :func:`add_arguments` builds the argparse options, :func:`check_settings`
 validates an instance (the Python API, a resumed ``config.json``), :func:`recipe_values` checks a
 YAML recipe's keys and values, and :func:`settings_yaml` prints the settings as such a recipe.
-The standard library's field metadata is enough for this; jsonargparse or tyro would add a
-dependency and their own parsing rules, which a recipe file and the error messages would then
-follow instead of the project's one-line errors.
+(Why not jsonargparse or tyro: see ARCHITECTURE.md.)
 """
 
 from __future__ import annotations

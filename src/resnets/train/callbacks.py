@@ -1,9 +1,5 @@
-"""The callbacks of a training run (:func:`standard_callbacks` lists them in the order they run).
-
-Each owns one concern around :class:`resnets.train.engine.Trainer`'s loop: the checkpoint of
-every epoch and resuming from it, Ctrl-C, divergence, the weight EMA, progress bars and the
-epoch lines, unfreezing, and the session's limits (epochs, minutes).
-"""
+"""The callbacks of a training run, one concern each around :class:`resnets.train.engine.Trainer`'s
+loop (:func:`standard_callbacks` lists them in the order they run)."""
 
 from __future__ import annotations
 

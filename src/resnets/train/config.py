@@ -1,9 +1,5 @@
-"""What a training run is asked to do (:class:`TrainConfig`) and what it produced (:class:`RunResult`).
-
-Every setting is declared once, as a field of :class:`TrainConfig` (see :mod:`resnets.settings`):
-its type, default, help and number rule. The ``resnets train`` and ``resnets lr-find`` parsers,
-recipe files, ``--print-config`` and the checks of the Python API are generated from it.
-"""
+"""What a training run is asked to do (:class:`TrainConfig`: every setting declared once, see
+:mod:`resnets.settings`) and what it produced (:class:`RunResult`)."""
 
 from __future__ import annotations
 
@@ -193,7 +189,6 @@ class TrainConfig:
         # JSON turns tuples (layers=(1, 1, 1)) into lists; the model config wants tuples back.
         values["model_options"] = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
         return cls(**values)
-
 
 
 # Every numeric setting's rule, read from the declarations (the hostile-value tests iterate it).

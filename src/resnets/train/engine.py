@@ -1,11 +1,7 @@
 """The training engine: a small :class:`Trainer` loop and :class:`Callback` hooks around it, as
-fastai's ``Learner`` is a loop with callbacks for everything else.
-
-The loop does only what every use shares: an epoch of steps (forward, loss, backward, optimizer
-and schedule step), running sums kept on the device and read every ``log_interval`` steps (one
-host sync), and validation. Checkpoints, interrupts, divergence, the EMA, progress and logging,
-time limits, unfreezing and the learning-rate sweep are callbacks (:mod:`.callbacks`,
-:mod:`resnets.lr_find`). Callbacks run in list order.
+fastai's ``Learner`` is a loop with callbacks for everything else (:mod:`.callbacks`,
+:mod:`resnets.lr_find`). The loop keeps its running sums on the device and reads them every
+``log_interval`` steps (one host sync).
 """
 
 from __future__ import annotations

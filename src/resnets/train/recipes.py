@@ -1,10 +1,8 @@
 """Training recipes as YAML files: ``resnets train --config FILE|NAME``, ``--print-config``.
 
-A recipe maps ``resnets train`` flags (``lr``, ``batch-size`` or ``batch_size``...) to values;
-the command line overrides it. The keys and values are checked against the settings' one
-declaration (:class:`resnets.train.config.TrainConfig`: number rules, choices, on/off flags), so a
-recipe holds exactly what the command line could say. Shipped
-recipes live in ``resnets/recipes/*.yaml`` and are addressed by their name.
+A recipe maps ``resnets train`` flags (``lr``, ``batch-size`` or ``batch_size``...) to values,
+checked as the flags are; the command line overrides it. Shipped recipes live in
+``resnets/recipes/*.yaml`` and are addressed by their name.
 """
 
 from __future__ import annotations

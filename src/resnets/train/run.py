@@ -1,13 +1,8 @@
 """A training run: :func:`train` runs a :class:`TrainConfig` and returns a :class:`RunResult`.
 
 It owns the run directory, reads a resumed run's settings, starts the processes of ``--procs``,
-and then in each process builds the set-up (:mod:`.setup`) and trains it with the engine
-(:mod:`.engine`) and the run's callbacks (:mod:`.callbacks`).
-
-Speed: the data lives in memory as uint8 and is augmented per batch on the training device;
-losses and accuracy are summed on the device and read once per log interval (no host sync
-per step); channels-last, bf16 autocast, torch.compile and fused optimizers are options.
-Reproducibility: every random draw derives from ``seed`` and the epoch, and the RNG state is
+and then in each process builds the set-up (:mod:`.setup`) and trains it (:mod:`.engine`,
+:mod:`.callbacks`). Every random draw derives from ``seed`` and the epoch, and the RNG state is
 checkpointed at epoch ends, so ``--resume`` reaches bitwise the weights of an unbroken run.
 """
 
@@ -40,23 +35,13 @@ RESUME_OVERRIDES = ("device", "progress", "workers", "log_interval", "val_every"
 
 def train(config: TrainConfig, data: InMemoryData | None = None, stop_after: int | None = None,
           overwrite: bool = False, started: float | None = None) -> RunResult:
-    """Train (or fine-tune, or resume) a model as ``config`` says.
+    """Train (or fine-tune, or resume) a model as ``config`` says; with ``config.procs > 1`` in
+    that many new processes (DDP), returning rank 0's result.
 
-    Args:
-        config: the run's settings; ``config.resume`` names a run directory to continue.
-        data: decoded images to train on instead of reading ``config.data`` (the Python API,
-            the demo); must be given again when resuming such a run.
-        stop_after: stop (checkpointed, resumable) after this many epochs of this session
-            (``config.stop_after`` otherwise).
-        overwrite: start a new run in ``config.out`` even if it holds an older run's files (they
-            are deleted once this run has its first checkpoint); otherwise such a folder is refused.
-        started: when the command started (``time.time()``), from which ``minutes`` and
-            ``max_minutes`` count; default: now.
-
-    The run directory is locked for the whole call (a second run into it is refused). With
-    ``config.procs > 1`` the run happens in that many new processes (DDP), and the result of
-    rank 0 is returned; ``config.max_minutes`` counts from this call. A run whose loss stops
-    being finite ends with a :class:`ResnetsError` and publishes none of its non-finite weights.
+    ``data``: decoded images to train on instead of reading ``config.data`` (given again to
+    resume such a run). ``stop_after`` and ``overwrite`` override the config's. ``started``: when
+    the command started (``time.time()``, default now), from which the minutes count. The run
+    directory is locked for the whole call.
     """
     started = time.time() if started is None else started
     if stop_after is not None:  # checked by TrainConfig, as the flag is
