@@ -1,14 +1,9 @@
 """Image embeddings and similarity search: a trained ResNet as a feature extractor.
 
-:func:`embed_dataset` runs a model over a data set (any format :mod:`resnets.data` reads) or a
-collection of images without classes (a folder, zip or list file of photos:
-:mod:`resnets.data.collection`) and keeps each image's pooled pre-logit features
-(``model.forward_head(model.forward_features(x), pre_logits=True)``), L2-normalised, with its
-path and label (empty for a collection), in an *index file*: Parquet
-(``.parquet``, the vectors a fixed-size list column) or NumPy (``.npy`` + a ``.json`` sidecar
-with the rows). Either way the file records which model made it (the reference as given,
-made absolute for files, its record and a fingerprint of its weights), so :func:`search`
-embeds query images with that same model and refuses an index whose model has changed.
+:func:`embed_dataset` keeps each image's pooled pre-logit features, L2-normalised, with its path
+and label, in an *index file* (Parquet, or ``.npy`` + a ``.json`` sidecar) that records which
+model made it (its reference, record and a fingerprint of its weights), so that :func:`search`
+embeds queries with that same model and refuses an index whose model has changed.
 
 Search is cosine similarity: inner product of normalised vectors in a FAISS ``IndexFlatIP``
 (exact, no training; a few million vectors of 512 floats stay interactive).
@@ -115,15 +110,9 @@ def embed_images(model: nn.Module, images_u8: torch.Tensor) -> np.ndarray:
 def embed_dataset(model: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike | None = None,
                   batch_size: int = 64, device: str = "cpu", workers: int = 2,
                   map_png: str | os.PathLike | None = None, progress: bool = True) -> EmbeddingIndex:
-    """Embed every image of ``data`` with ``model`` (any reference the resolver takes).
-
-    ``data``: a data set with classes (every split), or a collection of images without classes
-    (:func:`resnets.data.collection.is_collection`: a list file, or a folder or zip of images not
-    all in class folders), whose rows get an empty label. ``out``: the index file (``.parquet`` or
-    ``.npy``), written atomically; ``map_png``: a 2-D t-SNE map of the embeddings coloured by
-    class, or for a collection by folder (one colour when all share one). Unreadable images are
-    skipped with a warning.
-    """
+    """Embed every image of ``data`` (every split of a data set, or a collection of images without
+    classes, whose rows get an empty label) with ``model``, skipping unreadable ones; write the
+    index to ``out`` (``.parquet`` or ``.npy``) and a t-SNE map to ``map_png`` when given."""
     from tqdm.auto import tqdm
 
     if batch_size < 1:
@@ -281,13 +270,9 @@ def _read_parquet(path: Path) -> tuple[Any, list[Any], np.ndarray]:
 # -- search -------------------------------------------------------------------------------------
 def search(index: str | os.PathLike | EmbeddingIndex, queries: Iterable[str | os.PathLike], topk: int = 5,
            device: str = "cpu", out_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """The ``topk`` most similar indexed images of each query image, by cosine similarity.
-
-    ``queries``: image files, folders (recursive), zips and list files of images
-    (:func:`resnets.data.collection.open_collection`); a missing or unreadable one is an error.
-    Queries are embedded by the model the index records (refused if its weights changed).
-    ``out_dir``: one PNG strip per query (the query, then its hits with score and label).
-    Returns ``[{"query": path, "hits": [{"rank", "path", "label", "score", "item"}]}]``.
+    """The ``topk`` most similar indexed images of each query (an image collection: a missing or
+    unreadable one is an error), embedded by the model the index records; ``out_dir``: one PNG
+    strip per query. Returns ``[{"query": path, "hits": [{"rank", "path", "label", "score", "item"}]}]``.
     """
     check_topk(topk)
     faiss = _require("faiss", "search")

@@ -1,19 +1,10 @@
 """Class-activation maps: where in a photo a model looked for the class it names.
 
-The maps come from the maintained ``grad-cam`` package (``pytorch_grad_cam``); this module only
+The maps come from the maintained ``grad-cam`` package (``pytorch_grad_cam``); this module
 chooses the layer and the target, runs them on the plain eval model (they need gradients, so
-never on the inference-optimised copy) and draws the result over the whole photo:
-
-* :func:`explain_image` explains one PIL image (what ``resnets explain`` and ``serve``'s
-  ``POST /explain/{model}`` call);
-* :func:`class_activation_maps` is the batch primitive (``evaluate --report-cam`` uses it).
-
-A model's default layer is the last block of its last stage (``model.default_target_layer()``,
-e.g. ``layer4.1``); any module name of ``model.named_modules()`` can be given instead.
-
-The map is of one class's score: its logit for a single-label model (a softmax would mix in
-every other class), its sigmoid for a multi-label model (:func:`resnets.multilabel.is_multi_label`),
-where classes are independent and the probabilities shown are sigmoids too.
+never on the inference-optimised copy) and draws the result over the whole photo. The map is of
+one class's logit (a softmax would mix in every other class), or of its sigmoid for a
+multi-label model, whose classes are independent.
 """
 
 from __future__ import annotations
@@ -192,13 +183,9 @@ def peak_of(cam: np.ndarray) -> dict[str, float]:
 
 def explain_image(predictor: Any, image: Any, method: str = "gradcam", target: int | str | None = None,
                   layer: str | None = None, topk: int = 5) -> "Explanation":
-    """Explain one PIL image with ``predictor`` (a :class:`resnets.predict.InferenceModel`).
-
-    ``target``: the class to map (index or name); default the top prediction. ``layer``: a
-    module name of the model (default ``model.default_target_layer()``). The top-k come from
-    the predictor's inference model (sigmoid probabilities for a multi-label model), the map
-    from its plain model (``predictor.plain``).
-    """
+    """Explain one PIL image with ``predictor`` (a :class:`resnets.predict.InferenceModel`): the
+    map of ``target`` (index or name; default the top prediction) at ``layer`` from its plain
+    model, the top-k from its inference model."""
     check_method(method)
     check_topk(topk)
     plain = predictor.plain
@@ -301,13 +288,8 @@ def label_font(size: int) -> Any:
 def explain_files(predictor: Any, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                   method: str = "gradcam", target: int | str | None = None, layer: str | None = None,
                   topk: int = 5) -> tuple[list[dict[str, Any]], list[str]]:
-    """Explain images into ``out_dir``: one PNG each and ``explanations.json``.
-
-    ``inputs``: image files, folders (recursive), zips and list files of images
-    (:func:`resnets.data.collection.open_collection`). Returns (one record per explained image,
-    the one-line reasons of the images that could not be read). The records are also written to
-    ``out_dir/explanations.json``.
-    """
+    """Explain the images of ``inputs`` (an image collection) into ``out_dir``: one PNG each, and
+    the records in ``explanations.json``. Returns (the records, the reasons of unreadable images)."""
     check_method(method)
     check_topk(topk)
     find_layer(predictor.plain, layer or default_layer(predictor.plain))

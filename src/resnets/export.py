@@ -1,13 +1,8 @@
 """Export a model to ONNX, TorchScript, safetensors or a Caffe prototxt, checked and atomic.
 
-Every export is verified before it is kept: the ONNX graph is run in onnxruntime at a batch
-size and image size that differ from the traced ones (batch, height and width are dynamic)
-and compared to PyTorch; the TorchScript file is reloaded and run. A mismatch fails the
-export, and nothing is written in place of ``out`` unless it passed. A Caffe export is a pair
-of files (prototxt + caffemodel) replaced together: either the old pair or the new one.
-
-:func:`export_onnx` is the project's one ONNX exporter: ``resnets export`` and the
-onnxruntime / int8 / OpenVINO inference backends all run the graph it writes.
+Every export is verified against PyTorch before it replaces ``out`` (ONNX at another batch and
+image size than the traced ones; TorchScript reloaded and run). :func:`export_onnx` is the
+project's one ONNX exporter: the onnxruntime / int8 / OpenVINO backends run the graph it writes.
 """
 
 from __future__ import annotations

@@ -1,22 +1,11 @@
 """Logits and what is read from them, in plain torch: one way for training, evaluation,
 prediction and serving alike.
 
-* :func:`collect_logits` runs a model over a loader (optionally with test-time augmentation),
-  :func:`extract_features` keeps its pooled pre-logits features instead;
-* :func:`topk_accuracy` scores logits against labels;
-* :func:`probabilities` and :func:`top_classes` turn logits into named top-k probabilities.
-
-Test-time augmentation (:func:`tta_logits`) averages a model's logits over a few shifted and
-mirrored views. Each view is ``(dy, dx, flip)``: the image translated by reflect-padding it and
-cropping back to its own size with the window moved by ``(dy, dx)`` pixels (rows, columns), then
-mirrored left-right when ``flip``. ``(-1, -1)`` is the crop one pixel up and left of centre, so
-output pixel ``(r, c)`` is input pixel ``(r - 1, c - 1)`` (reflected at the border). Modes:
-
-    flip: the image and its mirror image (He et al. 2016 evaluate on flips; David Page,
-          "How to train your ResNet", 2018).
-    multicrop: the image and its mirror, each also translated by one pixel up-left and
-          down-right: six views weighted as airbench weights them (Keller Jordan, 2024, TTA level
-          2): the untranslated pair 1/2, each translated pair 1/4.
+Test-time augmentation (:func:`tta_logits`) averages a model's logits over views ``(dy, dx,
+flip)``: the image reflect-padded and cropped back to its size with the window moved by ``(dy,
+dx)`` pixels, then mirrored when ``flip``. ``flip``: the image and its mirror (He et al. 2016;
+Page 2018). ``multicrop``: that pair, and each also translated by one pixel up-left and
+down-right, weighted as airbench's TTA level 2 (Keller Jordan, 2024): 1/2 untranslated, 1/4 each.
 """
 
 from __future__ import annotations

@@ -10,9 +10,6 @@ forward/backward pass as twice (activations and their gradients) the output byte
 of a leaf layer that has parameters (convolutions, norms, the classifier: activations of ReLU,
 pooling and additions are not counted); the parameters' bytes (torchinfo adds those of leaf
 layers only: the same here, where every parameter lives in a leaf layer); and their total.
-
-Pass ``device="meta"`` to count without computing anything: shapes flow through the network
-but no arithmetic is done, so even ResNet-152 is summarised in milliseconds.
 """
 
 from __future__ import annotations
@@ -166,14 +163,10 @@ def summary(model: nn.Module, input_size: int | Sequence[int] = 224, *, depth: i
             device: str | torch.device | None = None) -> Summary:
     """Run one forward pass with hooks and tabulate every module call.
 
-    Args:
-        model: any ``nn.Module`` taking one image batch.
-        input_size: side, (H, W), (C, H, W) or (B, C, H, W); batch 1 and the model's
-            ``in_chans`` (else 3) when not given.
-        depth: how deep ``str()`` shows the module tree (1: direct children); None: all leaves.
-        device: where to run; ``"meta"`` counts without computing. Defaults to the model's device.
-
-    The input is zeros of the model's dtype, so the memory lines follow it (float64: twice float32).
+    ``input_size``: side, (H, W), (C, H, W) or (B, C, H, W) (batch 1, the model's ``in_chans``);
+    ``depth``: how deep ``str()`` shows the module tree (None: all leaves); ``device``: default
+    the model's; ``"meta"`` counts without computing (ResNet-152 in milliseconds). The input is
+    zeros of the model's dtype, so the memory lines follow it.
     """
     size = _normalise_input_size(input_size, getattr(model, "in_chans", 3))
     check_input_size(model, size[2], size[3])

@@ -25,16 +25,12 @@ STEMS = ("imagenet", "deep", "cifar", "patch")
 class ResNetConfig:
     """The architecture. Runtime choices (classes, input channels, regularisation) are not here.
 
-    block: ``basic``, ``bottleneck``, ``preact_basic``, ``preact_bottleneck`` or ``conv_pool``
-        (Page's ResNet-9: each stage is conv-BN-ReLU-max-pool, then ``layers[i]`` residual pairs,
-        which may be 0).
-    layers: blocks per stage.
-    widths: the ``planes`` of each stage (a bottleneck stage outputs 4x that).
+    block: ``basic``, ``bottleneck``, their ``preact_`` forms, or ``conv_pool`` (Page's ResNet-9:
+        each stage is conv-BN-ReLU-max-pool, then ``layers[i]`` residual pairs, which may be 0).
+    layers, widths: blocks and ``planes`` per stage (a bottleneck stage outputs 4x its planes).
     stem: ``imagenet`` (7x7/2 conv + 3x3/2 max-pool), ``deep`` (three 3x3 convs, ResNet-C/D,
         + max-pool), ``cifar`` (one 3x3/1 conv, no pool) or ``patch`` (airbench's whitening layer:
-        one 2x2 conv without padding but with a bias, then the activation, no norm, no pool;
-        32 px in, 31 out; ``--patch-whitening`` sets its filters).
-    stem_width: output channels of the stem.
+        an unpadded 2x2 conv with a bias, then the activation; 32 px in, 31 out).
     shortcut: ``projection`` (1x1 conv + BN, option B), ``avg_down`` (ResNet-D) or
         ``zero_pad`` (parameter-free option A of the CIFAR nets).
     stride_in_1x1: v1 stride placement (first 1x1 conv) instead of v1.5 (3x3 conv).
@@ -48,11 +44,10 @@ class ResNetConfig:
     stem_pool_caffe: Caffe's stem max-pool (MSRA's ``pool1``): no padding, output size rounded
         up. Same 56x56 as the default at 224 pixels, but every window sits one pixel further
         down and right, so Caffe-trained weights need it; default off (torchvision's pool).
-    head_pool: ``avg`` (global average, the default) or ``max`` (global max, Page's ResNet-9).
-    head_scale: the logits are multiplied by this (Page's ResNet-9: 0.125).
-    head_bias: the classifier has a bias (Page's ResNet-9 has none).
-    head_init_std: rescale the classifier's initial weight to this standard deviation (airbench: 1,
-        with a small ``head_scale``); None keeps PyTorch's initialisation.
+    head_pool, head_scale, head_bias: global ``avg`` or ``max`` pool, a factor on the logits, a
+        classifier bias (Page's ResNet-9: max, 0.125, no bias).
+    head_init_std: the classifier's initial weight's standard deviation (airbench: 1, with a small
+        ``head_scale``); None keeps PyTorch's initialisation.
     residual: a ``conv_pool`` stage's ``layers[i]`` blocks are residual pairs; False makes each one a
         plain conv-BN-act unit without a shortcut (airbench's net: ResNet-9 with the shortcuts removed).
     pool_before_norm: a ``conv_pool`` stage's entry is conv, pool, BN, act (airbench) instead of
@@ -199,16 +194,10 @@ def _validate(config: ResNetConfig, num_classes: int, in_chans: int, drop_path_r
 
 
 class ResNet(nn.Module):
-    """A residual network built from a :class:`ResNetConfig`.
-
-    Args:
-        config: the architecture.
-        num_classes: outputs of the classifier; 0 builds no head (``forward`` returns embeddings).
-        in_chans: channels of the input image.
-        zero_init_residual: start every residual branch at zero (each block begins as identity).
-        drop_path_rate: stochastic depth, rising linearly from 0 to this rate over the blocks.
-        drop_rate: dropout before the classifier.
-    """
+    """A residual network built from a :class:`ResNetConfig`. ``num_classes`` 0 builds no head
+    (``forward`` returns embeddings); ``zero_init_residual`` starts each block as the identity;
+    ``drop_path_rate``: stochastic depth, rising linearly over the blocks to this rate;
+    ``drop_rate``: dropout before the classifier."""
 
     def __init__(self, config: ResNetConfig, num_classes: int = 1000, in_chans: int = 3,
                  zero_init_residual: bool = False, drop_path_rate: float = 0.0,
