@@ -17,6 +17,7 @@ import math
 import os
 import re
 import reprlib
+import tokenize
 from typing import Any
 
 import numpy as np
@@ -178,7 +179,9 @@ def load_npy(path: str | os.PathLike, where: str, max_bytes: int = MAX_ARRAY_BYT
                 raise ValueError(f"unsupported .npy version {version}")
             read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
             shape, _, dtype = read(handle)
-        except (ValueError, SyntaxError, TypeError) as error:
+        except (ValueError, SyntaxError, TypeError, tokenize.TokenError, RecursionError, MemoryError) as error:
+            # numpy tokenizes and literal_evals the header text (at most 10,000 bytes): a header cut
+            # inside a bracket is a TokenError, a deeply nested one a RecursionError (found by fuzzing)
             raise ResnetsError(f"{where}: not a NumPy .npy file ({shorten(first_line(error))})") from None
         if dtype.hasobject:
             raise ResnetsError(f"{where}: holds Python objects; only numeric arrays are read")
