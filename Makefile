@@ -15,7 +15,7 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install -q -e ".[test,demo]"
 	touch $@
 
-.PHONY: install demo test
+.PHONY: install demo test fuzz
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -26,3 +26,8 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not serial"
 	$(BIN)/python -m pytest -q -m serial
+
+# The fuzz tests with many more examples per property (about ten minutes on two cores); shrunk
+# failures are kept as plain tests in tests/test_fuzz_*.py, which `make test` runs at the default budget.
+fuzz: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q -p no:cacheprovider --hypothesis-profile=fuzz --hypothesis-show-statistics tests/test_fuzz_readers.py
