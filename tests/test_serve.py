@@ -356,6 +356,12 @@ def bad_requests(images: list[Path]) -> list[tuple[str, dict, int, str]]:
     jpeg = images[1].read_bytes()
     predictions, infer = f"/predictions/{NAME}", f"/v2/models/{NAME}/infer"
     tensor = {"name": "input", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": [0.0] * 3072}
+    pixel = io.BytesIO()
+    Image.new("RGB", (1, 1), (10, 200, 30)).save(pixel, "PNG")
+    small = pixel.getvalue()
+    header = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                     "parameters": {"binary_data_size": 4}}]}).encode()
+    empty_element = (header + struct.pack("<I", 0), {"Inference-Header-Content-Length": str(len(header))})
     return [
         ("not an image", {"url": predictions, "content": b"GIF? no, just some text"}, 400, "not an image"),
         ("truncated JPEG", {"url": predictions, "content": jpeg[:len(jpeg) // 2]}, 400, "truncated"),
@@ -395,6 +401,11 @@ def bad_requests(images: list[Path]) -> list[tuple[str, dict, int, str]]:
         ("unknown output", {"url": infer, "json": {"inputs": [tensor], "outputs": [{"name": "logits"}]}},
          400, "unknown output"),
         ("body over --max-body-mb", {"url": predictions, "content": b"\xff" * (2**20 + 10)}, 413, "limit"),
+        ("257 images, over --max-images", {"url": infer, "json": {"inputs": [{
+            "name": "image", "datatype": "BYTES", "shape": [257], "data": [base64.b64encode(small).decode()] * 257}]}},
+         413, "--max-images"),
+        ("a zero-length binary element", {"url": infer, "content": empty_element[0], "headers": empty_element[1]},
+         400, "empty image[0]"),
     ]
 
 
@@ -541,3 +552,6 @@ def test_cli_errors_are_one_line(assets, run_cli):
     assert status == 2 and err.count("\n") == 1 and "cannot listen" in err
     status, _, err = run_cli("serve", str(model), "--max-batch", "0")
     assert status == 2 and "--max-batch" in err
+    for flag in ("--max-images", "--max-pixels"):
+        status, _, err = run_cli("serve", str(model), flag, "0")
+        assert status == 2 and err.count("\n") == 1 and flag in err

@@ -102,7 +102,7 @@ def test_max_batch_splits_what_queued(fake):
         first.result(timeout=30)
     finally:
         batcher.close()
-    assert fake.sizes == [1, 3, 2, 3]  # in order; a request is never split, nor over max_batch
+    assert fake.sizes == [1, 3, 2, 3]  # in order; a request within max_batch is never split, no batch is over it
 
 
 def test_max_wait_ms_keeps_its_timer(fake):
