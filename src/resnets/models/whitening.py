@@ -1,10 +1,12 @@
 """Patch-whitening initialisation of a network's first convolution.
 
 Source: David Page, "How to train your ResNet" part 8 (2019), and Keller Jordan's airbench (2024):
-the first layer's filters are the eigenvectors of the covariance of the training images' k x k
+the first layer's filters are the eigenvectors of the second moment of the training images' k x k
 patches, each divided by sqrt(eigenvalue + eps), so that the layer's outputs are decorrelated
-with unit variance from the first step. Each filter is used with both signs, so that a ReLU
-after the layer passes both halves of every whitened direction.
+with unit second moment from the first step. Each filter is used with both signs, so that a ReLU
+after the layer passes both halves of every whitened direction. As in airbench94_muon, the moment
+is uncentred (the images are already normalised, so their mean is near zero) and the
+convolution's bias keeps its initialisation.
 """
 
 from __future__ import annotations
@@ -46,12 +48,12 @@ def patch_covariance(images: Tensor, kernel_size: int) -> tuple[Tensor, Tensor]:
 
 
 def whitening_filters(images: Tensor, kernel_size: int, eps: float = 5e-4) -> Tensor:
-    """(2*C*k*k, C, k, k) filters: the patch covariance's eigenvectors by decreasing eigenvalue,
+    """(2*C*k*k, C, k, k) filters: the patches' second moment's eigenvectors by decreasing eigenvalue,
     each scaled by 1/sqrt(eigenvalue + eps), followed by the same filters negated."""
     if not eps > 0:
         raise ResnetsError(f"whitening eps must be positive, got {eps}")
-    _, cov = patch_covariance(images, kernel_size)
-    eigenvalues, eigenvectors = torch.linalg.eigh(cov)  # ascending
+    mean, cov = patch_covariance(images, kernel_size)
+    eigenvalues, eigenvectors = torch.linalg.eigh(cov + torch.outer(mean, mean))  # the second moment; ascending
     eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.flip(1)
     scaled = eigenvectors.T / (eigenvalues.clamp(min=0) + eps).sqrt()[:, None]
     filters = scaled.reshape(-1, images.shape[1], kernel_size, kernel_size).to(images.dtype)
@@ -61,8 +63,8 @@ def whitening_filters(images: Tensor, kernel_size: int, eps: float = 5e-4) -> Te
 def fit_patch_whitening(conv: nn.Conv2d, images: Tensor, eps: float = 5e-4) -> int:
     """Write the top ``out_channels // 2`` whitening filters, then their negatives, into ``conv``.
 
-    With more output channels than 2*C*k*k, the channels beyond are left as initialised. The bias,
-    if any, is zeroed. Returns the number of channels written.
+    With more output channels than 2*C*k*k, the channels beyond are left as initialised, and so is
+    the bias. Returns the number of channels written.
     """
     _check_conv(conv, images)
     kernel_size = conv.kernel_size[0]
@@ -72,8 +74,6 @@ def fit_patch_whitening(conv: nn.Conv2d, images: Tensor, eps: float = 5e-4) -> i
         weight = conv.weight
         weight[:half] = filters[:half].to(weight)
         weight[half:2 * half] = -filters[:half].to(weight)
-        if conv.bias is not None:
-            conv.bias.zero_()
     return 2 * half
 
 

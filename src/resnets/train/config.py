@@ -44,6 +44,8 @@ class TrainConfig:
     muon_momentum: float | None = setting(None, "with --opt muon, the filters' momentum (default: --momentum; "
                                           "airbench: 0.6, and 0.85 for the rest)",
                                           rule=Bound(float, 0, 1, low_open=True, high_open=True))
+    muon_ns_steps: int = setting(5, "with --opt muon, Newton-Schulz iterations that orthogonalise each filter "
+                                 "update (torch's default 5; airbench94_muon: 3)", rule=Bound(int, 1, 20))
     decay_all: bool = setting(False, "weight decay on every parameter, biases and norms included (airbench); "
                               "default: none on 1-D parameters")
     lr_coupled_decay: bool = setting(False, "--weight-decay is the product of rate and decay: each parameter group "

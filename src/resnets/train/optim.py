@@ -8,6 +8,8 @@ from torch.optim.sgd import sgd as sgd_update
 
 from ..errors import ResnetsError
 
+DEFAULT_NS_STEPS = 5  # torch.optim.Muon's Newton-Schulz iterations
+
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05, "muon": 5e-4}
 
 
@@ -63,14 +65,16 @@ def _norm_bias_ids(model: nn.Module) -> set[int]:
 
 
 def build_optimizer(name: str, groups: list[dict], momentum: float, device: torch.device,
-                    renormalize: bool = False, muon_momentum: float | None = None) -> torch.optim.Optimizer:
+                    renormalize: bool = False, muon_momentum: float | None = None,
+                    muon_ns_steps: int | None = None) -> torch.optim.Optimizer:
     """SGD (Nesterov momentum) or AdamW, fused where the device supports it, else foreach;
     ``muon``: :class:`MuonSGD` (Muon on the body's filters at ``muon_momentum``, default
-    ``momentum``; SGD-Nesterov on the rest; with ``renormalize`` each filter tensor is rescaled to
+    ``momentum``, ``muon_ns_steps`` Newton-Schulz iterations, default torch's 5; SGD-Nesterov on the rest; with ``renormalize`` each filter tensor is rescaled to
     norm sqrt(out channels) before its update, and the filters get no weight decay: their norm is
     fixed, so decay has nothing to do, and airbench has none)."""
     if name == "muon":
-        muon_group = {"momentum": momentum if muon_momentum is None else muon_momentum}
+        muon_group = {"momentum": momentum if muon_momentum is None else muon_momentum,
+                      "ns_steps": muon_ns_steps or DEFAULT_NS_STEPS}
         if renormalize:
             muon_group["weight_decay"] = 0.0
         groups = [{**group, **muon_group} if group.get("name") == "body" else group for group in groups]
@@ -132,7 +136,7 @@ def _sgd_step(params: list[torch.Tensor], group: dict, state: dict) -> None:
 
 def _muon_step(params: list[torch.Tensor], group: dict, state: dict) -> None:
     # torch's Muon step function (torch >= 2.9); imported here so that other optimizers need no Muon
-    from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, DEFAULT_NS_STEPS, EPS, muon
+    from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, EPS, muon
 
     for p in params:
         if "momentum_buffer" not in state[p]:
@@ -145,7 +149,7 @@ def _muon_step(params: list[torch.Tensor], group: dict, state: dict) -> None:
          [state[p]["momentum_buffer"].view(p.shape[0], -1) for p in params],
          lr=group["lr"], weight_decay=group["weight_decay"], momentum=group["momentum"],
          nesterov=group["nesterov"], ns_coefficients=(DEFAULT_A, DEFAULT_B, DEFAULT_C),
-         ns_steps=DEFAULT_NS_STEPS, eps=EPS, adjust_lr_fn=None, has_complex=False)
+         ns_steps=group.get("ns_steps", DEFAULT_NS_STEPS), eps=EPS, adjust_lr_fn=None, has_complex=False)
     for p, m in zip(params, matrix):
         if m.data_ptr() != p.data_ptr():
             p.copy_(m.view(p.shape))

@@ -140,7 +140,7 @@ def build_run_optimizer(config: TrainConfig, trainee: nn.Module, classifier: nn.
     if config.lr_coupled_decay:  # airbench: weight_decay=wd/lr per group, so each shrinks by the same lr x wd
         groups = [{**group, "weight_decay": group["weight_decay"] / group["lr"]} for group in groups]
     return build_optimizer(config.opt, groups, config.momentum, device, renormalize=config.muon_renormalize,
-                           muon_momentum=config.muon_momentum)
+                           muon_momentum=config.muon_momentum, muon_ns_steps=config.muon_ns_steps)
 
 
 def build_model(config: TrainConfig) -> ResNet:
@@ -214,7 +214,11 @@ def whiten_first_conv(setup: TrainingSetup) -> None:
     if not isinstance(first, nn.Conv2d):
         raise ResnetsError(f"--patch-whitening needs a single first convolution; {setup.model.model_name}'s stem "
                            "has several")
-    sample = setup.data.train_images[:WHITENING_IMAGES]
+    # a random sample, as airbench's first 5,000 of CIFAR's shuffled order: a class-sorted folder's
+    # first images are all of one class (CIFAR-10's airplanes, whose sky whitens differently)
+    images = setup.data.train_images
+    chosen = torch.randperm(len(images), generator=torch.Generator().manual_seed(setup.config.seed))
+    sample = images[chosen[:WHITENING_IMAGES].sort().values]
     with torch.no_grad():
         fit_patch_whitening(first, augmentation(setup, train=False)(sample))  # normalised as the model sees them
     if setup.config.whiten_bias_epochs is not None:
