@@ -13,7 +13,7 @@ from torch import nn
 
 # `make fuzz` (`pytest --hypothesis-profile=fuzz tests/test_fuzz_*.py`): many more examples per
 # property, RESNETS_FUZZ_EXAMPLES each; `make test` keeps Hypothesis' default budget.
-settings.register_profile("fuzz", max_examples=int(os.environ.get("RESNETS_FUZZ_EXAMPLES", "5000")), deadline=None,
+settings.register_profile("fuzz", max_examples=int(os.environ.get("RESNETS_FUZZ_EXAMPLES", "10000")), deadline=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 # A suite started in the background (`make test &`, a CI step) inherits SIGINT ignored, and an

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -71,7 +71,18 @@ def child():
     reader.close()
 
 
+# Failures make fuzz found in modules this test's author does not own, each kept below as a strict
+# xfail test (test_found_*) naming the module to fix: the properties skip these examples (reject),
+# so that they go on checking everything else. Remove an entry once its module is fixed.
+KNOWN = [
+    ("OSError", "File name too long"),  # data/labelfile.py: _check_images' is_file() on a 400-digit name
+    ("MemoryError", "in is_cifar_tar"),  # data/cifar.py: tarfile.is_tarfile's lzma probe of any file
+]
+
+
 def assert_contained(answer: dict) -> None:
+    if any(answer["outcome"] == kind and text in answer["detail"] for kind, text in KNOWN):
+        reject()
     assert answer["outcome"] in ("ok", "ResnetsError"), f"{answer['outcome']}\n{answer['detail']}"
     assert answer["grew_mb"] < MAX_GROWTH_MB, answer
 
@@ -328,3 +339,26 @@ def test_found_npy_header_cut_inside_its_dict(tmp_path):
     path.write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + b"\0" * 48)
     with pytest.raises(ResnetsError, match="not a NumPy .npy file"):
         load_npy(path, "x.npy")
+
+
+# The start of the shrunk shard: an LZMA-alone header (properties 0, a 2 GiB dictionary, 6.4 MB unpacked)
+LZMA_ALONE_2GIB = b"\x00" + struct.pack("<I", 0x80000000) + struct.pack("<Q", 0x670000) + b"\0" * 1024
+
+
+@pytest.mark.xfail(strict=True, reason="data/cifar.py (not this test's author's): is_cifar_tar calls "
+                   "tarfile.is_tarfile, whose xz probe of any file lets an LZMA-alone header allocate "
+                   "its declared dictionary (2 GiB): a MemoryError under ulimit -v, not a ResnetsError")
+def test_found_a_shard_that_looks_like_lzma_is_no_memory_error(child):
+    assert_contained_strictly(child.read("source", {"data-000000.tar": LZMA_ALONE_2GIB}))
+
+
+@pytest.mark.xfail(strict=True, reason="data/labelfile.py (not this test's author's): _check_images' "
+                   "Path.is_file() raises OSError(ENAMETOOLONG) for a row naming a 400-digit file; the CLI "
+                   "shows it as one line, the API raises OSError rather than ResnetsError")
+def test_found_a_label_row_with_a_name_too_long_is_a_resnets_error(child):
+    rows = b"path,labels\n" + b"9" * 400 + b".png,cat\n"
+    assert_contained_strictly(child.read("source", {"labels.csv": rows}))
+
+
+def assert_contained_strictly(answer: dict) -> None:
+    assert answer["outcome"] in ("ok", "ResnetsError"), f"{answer['outcome']}\n{answer['detail']}"
