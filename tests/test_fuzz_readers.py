@@ -71,13 +71,10 @@ def child():
     reader.close()
 
 
-# Failures make fuzz found in modules this test's author does not own, each kept below as a strict
-# xfail test (test_found_*) naming the module to fix: the properties skip these examples (reject),
-# so that they go on checking everything else. Remove an entry once its module is fixed.
-KNOWN = [
-    ("OSError", "File name too long"),  # data/labelfile.py: _check_images' is_file() on a 400-digit name
-    ("MemoryError", "in is_cifar_tar"),  # data/cifar.py: tarfile.is_tarfile's lzma probe of any file
-]
+# Failures make fuzz found and not fixed yet, as (outcome, text in its detail): the properties skip
+# them (reject) so that they go on checking everything else, and each has a strict xfail test
+# (test_found_*) naming the module to fix. Empty: every one found is fixed and kept as a test below.
+KNOWN: list[tuple[str, str]] = []
 
 
 def assert_contained(answer: dict) -> None:
@@ -345,16 +342,13 @@ def test_found_npy_header_cut_inside_its_dict(tmp_path):
 LZMA_ALONE_2GIB = b"\x00" + struct.pack("<I", 0x80000000) + struct.pack("<Q", 0x670000) + b"\0" * 1024
 
 
-@pytest.mark.xfail(strict=True, reason="data/cifar.py (not this test's author's): is_cifar_tar calls "
-                   "tarfile.is_tarfile, whose xz probe of any file lets an LZMA-alone header allocate "
-                   "its declared dictionary (2 GiB): a MemoryError under ulimit -v, not a ResnetsError")
+# Found by make fuzz: tarfile.is_tarfile's LZMA probe allocated the header's declared 2 GiB
+# dictionary (a MemoryError under the child's RLIMIT_AS); data/cifar.py now tells tars by their bytes.
 def test_found_a_shard_that_looks_like_lzma_is_no_memory_error(child):
     assert_contained_strictly(child.read("source", {"data-000000.tar": LZMA_ALONE_2GIB}))
 
 
-@pytest.mark.xfail(strict=True, reason="data/labelfile.py (not this test's author's): _check_images' "
-                   "Path.is_file() raises OSError(ENAMETOOLONG) for a row naming a 400-digit file; the CLI "
-                   "shows it as one line, the API raises OSError rather than ResnetsError")
+# Found by make fuzz: Path.is_file() raised OSError(ENAMETOOLONG) for a row naming a 400-digit file.
 def test_found_a_label_row_with_a_name_too_long_is_a_resnets_error(child):
     rows = b"path,labels\n" + b"9" * 400 + b".png,cat\n"
     assert_contained_strictly(child.read("source", {"labels.csv": rows}))

@@ -15,6 +15,7 @@ import torchvision
 from safetensors.torch import load_file, save_file
 
 from resnets import create_model
+from resnets.errors import ResnetsError
 from resnets.weights import save_weights
 from resnets.weights.format import METADATA_KEY
 
@@ -38,6 +39,20 @@ def test_malformed_metadata_is_one_line(weights, tmp_path, run_cli, metadata):
     save_file(load_file(weights), bad, metadata={METADATA_KEY: metadata})
     status, _, err = run_cli("predict", bad, weights)  # the second argument: any file, never reached
     one_line(status, err)
+
+
+def test_fewer_class_names_than_the_head_is_refused_not_dropped(weights, tmp_path, run_cli):
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as file:
+        record = json.loads(file.metadata()[METADATA_KEY])
+    record["class_names"] = ["a", "b"]  # a head of 3 outputs
+    short = tmp_path / "short.safetensors"
+    save_file(load_file(weights), short, metadata={METADATA_KEY: json.dumps(record)})
+    with pytest.raises(ResnetsError, match="2 class names for a head of 3 outputs"):
+        create_model(weights=short)
+    status, _, err = run_cli("predict", short, weights)
+    assert "2 class names for a head of 3 outputs" in one_line(status, err)
 
 
 def test_partial_resnet_state_dict_is_one_line(tmp_path, run_cli):

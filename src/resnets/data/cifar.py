@@ -139,12 +139,28 @@ def is_cifar_dir(path: Path) -> bool:
     return path.is_dir() and detect_layout(set(_regular_files(path))) is not None
 
 
+def _tar_mode(path: Path) -> str | None:
+    """tarfile's mode for a plain, gzip or bzip2 tar, by its first bytes; None for anything else.
+
+    Not ``tarfile.is_tarfile``: it also tries LZMA, whose header may declare a dictionary of
+    gigabytes that the probe allocates (a MemoryError under ``ulimit -v``). CIFAR ships as .tar.gz.
+    """
+    with open(path, "rb") as file:
+        head = file.read(512)
+    if head.startswith(b"\x1f\x8b"):
+        return "r:gz"
+    if head.startswith(b"BZh"):
+        return "r:bz2"
+    return "r:" if head[257:262] == b"ustar" else None
+
+
 def is_cifar_tar(path: Path) -> bool:
     """Whether ``path`` is a tarball holding CIFAR batches; ResnetsError if it is a tar that cannot be read."""
     try:
-        if not path.is_file() or not tarfile.is_tarfile(path):
+        mode = _tar_mode(path) if path.is_file() else None
+        if mode is None:
             return False
-        with tarfile.open(path) as archive:
+        with tarfile.open(path, mode) as archive:
             return detect_layout({Path(n).name for n in archive.getnames()}) is not None
     except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
         raise ResnetsError(f"cannot read archive {printable(str(path))}: {first_line(error)}") from None

@@ -173,7 +173,7 @@ class LabelFileSource:
 
     def _check_images(self) -> None:
         root = self.path.parent
-        missing = [path for path, _ in self.rows if not (root / path).is_file()]
+        missing = [path for path, _ in self.rows if not _is_file(root / path)]
         if missing:
             more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
             raise ResnetsError(f"{printable(str(self.path))} names missing image {printable(missing[0])}{more} "
@@ -192,3 +192,11 @@ def random_split(count: int, fraction: float, seed: int) -> tuple[list[int], lis
     order = np.random.default_rng(seed).permutation(count)
     n_val = min(max(int(round(count * fraction)), 1 if count > 1 else 0), count - 1)
     return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+
+
+def _is_file(path: Path) -> bool:
+    """``Path.is_file``, False for a name the file system refuses (too long: ENAMETOOLONG)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False

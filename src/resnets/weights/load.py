@@ -180,7 +180,10 @@ def build_model(imported: ImportedWeights, num_classes: int | None = None, drop_
         if key.endswith("num_batches_tracked") and key not in state:
             state[key] = torch.zeros_like(tensor)
     load_state_dict_checked(model, state, imported.source)
-    if imported.class_names is not None and len(imported.class_names) == model.num_classes:
+    if imported.class_names is not None and not drop_head:
+        if len(imported.class_names) != model.num_classes:  # as model_from_weights refuses it
+            raise ResnetsError(f"{imported.source}: {len(imported.class_names)} class names for a head of "
+                               f"{model.num_classes} outputs")
         model.class_names = list(imported.class_names)
     if imported.task and not drop_head:  # the head's outputs are sigmoids (multi-label)
         model.task_record = dict(imported.task)
