@@ -238,3 +238,22 @@ def test_oversized_prototxt_is_refused_before_parsing(tmp_path):
         handle.truncate(MAX_PROTOTXT_BYTES + 1)  # sparse: costs no disk
     with pytest.raises(ResnetsError, match="more than any network definition"):
         parse_prototxt(path)
+
+
+# Found by make fuzz: "03" in a prototxt was a ValueError traceback (int("03", 0)). protobuf's text
+# format reads a leading 0 as octal; a leading 0 before 8 or 9, or a number of more digits than
+# Python converts, is one line.
+@pytest.mark.parametrize("text, value", [("03", 3), ("-017", -15), ("0x1F", 31), ("12", 12), ("0", 0),
+                                         ("2.5f", 2.5), ("09.5", 9.5)])
+def test_prototxt_numbers_read_as_protobuf_reads_them(text, value):
+    from resnets.weights.caffe.prototxt import parse_prototxt
+
+    assert parse_prototxt(f"layer {{ top: \"x\" num_output: {text} }}")["layer"][0]["num_output"] == [value]
+
+
+@pytest.mark.parametrize("text", ["09", "-08", "9" * 5000])
+def test_prototxt_numbers_python_cannot_read_are_one_line(text):
+    from resnets.weights.caffe.prototxt import parse_prototxt
+
+    with pytest.raises(ResnetsError, match="invalid number"):
+        parse_prototxt(f"layer {{ num_output: {text} }}")

@@ -80,6 +80,24 @@ def test_the_resolver_reads_the_record_of_an_exported_onnx_file(exported):
         torch.testing.assert_close(model(x), original(x), rtol=0, atol=1e-4)
 
 
+def test_a_multi_label_model_stays_multi_label_through_its_onnx_file(tmp_path, photos, capsys):
+    from resnets.multilabel import is_multi_label, mark_multi_label, threshold_of
+
+    torch.manual_seed(0)
+    model = mark_multi_label(create_model("resnet20", num_classes=10), threshold=0.3).eval()
+    model.class_names = list(CLASSES)
+    weights = save_weights(tmp_path / "ml.safetensors", model)
+    status, _, err = run_cli(["export", weights, "--format", "onnx", "--out", tmp_path / "ml.onnx"], capsys)
+    assert status in (0, None), err
+    onnx_model = load_model(tmp_path / "ml.onnx")
+    assert is_multi_label(onnx_model) and threshold_of(onnx_model) == 0.3
+    answers = [json.loads(run_cli(["predict", path, photos[0], "--json", "--threshold", "0.01"], capsys)[1])[0]
+               for path in (weights, tmp_path / "ml.onnx")]
+    assert len(answers[0]["labels"]) == len(answers[1]["labels"]) == 10  # sigmoids: all over 0.01
+    for mine, theirs in zip(answers[0]["labels"], answers[1]["labels"]):
+        assert mine["class"] == theirs["class"] and abs(mine["probability"] - theirs["probability"]) < 1e-4
+
+
 def test_predict_on_the_onnx_file_agrees_with_the_weights_file(exported, photos, capsys):
     weights, onnx_file = exported
     status, out, _ = run_cli(["predict", onnx_file, *photos, "--topk", "3", "--json"], capsys)

@@ -96,14 +96,14 @@ def _caffe_pair(model: nn.Module, prototxt: Path, input_size: tuple[int, ...]) -
 
 def onnx_metadata(model: nn.Module) -> dict[str, str]:
     """What an ONNX file records of ``model`` beside its graph: JSON strings of its name,
-    class names and preprocessing, where the model has them."""
+    class names, preprocessing and, for a multi-label model, its task record, where it has them."""
     preprocessing: Any = getattr(model, "preprocessing", None)
     if hasattr(preprocessing, "to_dict"):
         preprocessing = preprocessing.to_dict()
     class_names = getattr(model, "class_names", None)
     values = {"model_name": getattr(model, "model_name", None),
               "class_names": list(class_names) if class_names is not None else None,
-              "preprocessing": preprocessing}
+              "preprocessing": preprocessing, "task": getattr(model, "task_record", None) or None}
     return {key: json.dumps(value) for key, value in values.items() if value is not None}
 
 

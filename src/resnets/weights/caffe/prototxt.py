@@ -203,10 +203,10 @@ class _Parser:
             # Non-ASCII text survives as \uXXXX escapes, which unicode_escape turns back.
             return value.encode("latin-1", "backslashreplace").decode("unicode_escape")
         if kind == "number":
-            number = text.rstrip("fF") if not text.lower().startswith(("0x", "-0x", "+0x")) else text
-            if re.fullmatch(r"[-+]?(0[xX][0-9a-fA-F]+|\d+)", number):
-                return int(number, 0)
-            return float(number)
+            try:
+                return _number(text)
+            except ValueError:  # "09" (not octal), or more digits than Python converts
+                raise self._error(line, f"invalid number {text[:40]!r} for {name!r}") from None
         if kind == "word":
             if text in _TRUE:
                 return True
@@ -217,6 +217,21 @@ class _Parser:
                 return -value if text.startswith("-") else value
             return EnumValue(text)
         raise self._error(line, f"expected a value for {name!r}, found {text!r}")
+
+
+def _number(text: str) -> int | float:
+    """A number token as protobuf's text format reads it: hexadecimal after 0x, octal after a
+    leading 0, else decimal; a float with an optional f suffix."""
+    if re.fullmatch(r"[-+]?0[xX][0-9a-fA-F]+", text):
+        return int(text, 16)
+    number = text.rstrip("fF")
+    if re.fullmatch(r"[-+]?0[0-7]+", number):
+        return int(number, 8)
+    if re.fullmatch(r"[-+]?0\d+", number):
+        raise ValueError(f"invalid octal number {text!r}")
+    if re.fullmatch(r"[-+]?\d+", number):
+        return int(number)
+    return float(number)
 
 
 def format_prototxt(message: Message, indent: int = 0) -> str:
