@@ -28,6 +28,7 @@ REFUSED = {
     "norm-bias-lr-scale": ["0", "-1", "inf", "1e5"], "translate": ["-1", "65", "1.5"],
     "grad-clip": ["0", "-1", "nan", "inf"], "minutes": ["0", "-1", "nan", "inf"],
     "whiten-bias-epochs": ["0", "-2", "nan"], "muon-momentum": ["0", "1", "-0.5", "nan"],
+    "muon-ns-steps": ["0", "21", "2.5", "-1"],
 }
 
 
