@@ -14,14 +14,17 @@ Ctrl-C exits 130 at any moment; a training run first saves what it has
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
 
 def _interrupted_while_starting(signum: int, frame: object) -> None:
-    """Ctrl-C while Python imports the command line, before :func:`main` handles it: one line, 130."""
+    """Ctrl-C while Python imports the command line, before :func:`main` handles it: one line, 130.
+    ``os._exit``, not an exception: one raised inside a C extension's import (numpy's) comes out
+    as an ImportError traceback."""
     print("resnets: interrupted", file=sys.stderr, flush=True)
-    raise SystemExit(130)
+    os._exit(130)
 
 
 # Installed first, so that Ctrl-C in the first fifth of a second, while the imports below run, is
@@ -36,7 +39,6 @@ import difflib  # noqa: E402
 import errno  # noqa: E402
 import importlib  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from typing import Any, Callable, Sequence  # noqa: E402
@@ -214,7 +216,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     command_line = argv is None  # the console script, not a caller in Python
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
+        if command_line and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _interrupted_while_starting)  # while the command's module is imported
         args = build_parser(argv).parse_args(argv)
+        if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         args.started = started
         import tqdm  # no monitor thread: see resnets.train.callbacks
 
