@@ -30,8 +30,8 @@ def _image(path: Path) -> None:
     from resnets.data.images import decode_image, read_image_file
     from resnets.preprocessing import Preprocessing
 
-    image = decode_image(read_image_file(path), path.name)
-    Preprocessing().resize_crop(image)  # what predict/serve/explain do next: pixels out checked too
+    preprocessing = Preprocessing()  # predict's and serve's path: the resize checked before the decode
+    preprocessing.resize_crop(decode_image(read_image_file(path), path.name, preprocessing.resized_size))
 
 
 def _npy(path: Path) -> None:

@@ -124,3 +124,24 @@ def test_pack_skips_bad_files_too(tmp_path):
         warnings.simplefilter("always")
         reference, _ = decode_to_memory(open_dataset(tmp_path / "tree"), progress=False)
     assert torch.equal(images, reference)
+
+
+def test_sixteen_and_thirty_two_bit_scaling_is_exact_and_frugal():
+    """Every 16-bit value maps to round(v * 255 / 65535), 32-bit values are clipped to 16 bits
+    first, and a 32 M-pixel 16-bit image converts with one byte-sized temporary, not int64 ones."""
+    import tracemalloc
+
+    from resnets.data.images import to_rgb
+
+    every = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    expected = ((every.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)
+    assert np.array_equal(np.asarray(to_rgb(Image.fromarray(every)))[..., 0], expected)
+    wide = np.array([[-5, 0, 300, 65535, 70000]], dtype=np.int32)
+    assert np.asarray(to_rgb(Image.fromarray(wide)))[0, :, 0].tolist() == [0, 0, 1, 255, 255]
+    tall = Image.new("I;16", (9, 3_538_951))
+    tracemalloc.start()
+    to_rgb(tall)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    # about 4 bytes a pixel (the array copy, the 8-bit result); int64 intermediates took 16 and more
+    assert peak < 6 * 9 * 3_538_951, peak

@@ -356,3 +356,22 @@ def test_found_a_label_row_with_a_name_too_long_is_a_resnets_error(child):
 
 def assert_contained_strictly(answer: dict) -> None:
     assert answer["outcome"] in ("ok", "ResnetsError"), f"{answer['outcome']}\n{answer['detail']}"
+
+
+# Found by make fuzz: a 248-byte 16-bit TIFF whose header says 9 x 3,538,951 pixels (32 M, inside
+# the decode budget; PIL fills the rows its one strip lacks). Its resize to 256 on the shorter side
+# would be 100 M pixels tall and was refused, but only after the decode, whose int64 16-to-8-bit
+# conversion grew memory by 620 MB. The resize is now checked from the header, before decoding.
+TALL_16_BIT_TIFF = bytes.fromhex(
+    "49492a0008000000090000010400010000000900000001010400010000000700360002010300010000001000000003"
+    "010300010000000100000006010300010000000100000011010400010000007a000000160104000100000007000000"
+    "17010400010000007e0000001c0103000100000001000000000000007e00d4006700cd00ba009a007d005c009c0074"
+    "001a009f0070006e0081009800a8007600790096005c00b500ba002800c0004800b1004200d3009e007d00dd009400"
+    "a3007a006e003f00ce0081009d00bd00d00067003000d000860070004b003b00bb00c900a40050005e00a800550027"
+    "007f00bf006400ad00a5004400")
+
+
+def test_found_a_tall_tiff_is_refused_before_its_decode(child):
+    answer = child.read("image", {"x.tif": TALL_16_BIT_TIFF})
+    assert answer["outcome"] == "ResnetsError" and "would become 256x100663495" in answer["detail"], answer
+    assert answer["grew_mb"] < 50, answer  # nothing decoded

@@ -96,7 +96,7 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
 
 def read_image(path: Path, preprocessing: Preprocessing) -> torch.Tensor:
     """One file as the uint8 (3, S, S) its model's record asks for (resize, centre crop)."""
-    return preprocessing.to_uint8(decode_image(read_image_file(path), str(path)))
+    return preprocessing.to_uint8(decode_image(read_image_file(path), str(path), preprocessing.resized_size))
 
 
 def read_items(dataset: ImageDataset, indices: Iterable[int], preprocessing: Preprocessing,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
@@ -99,13 +99,19 @@ def read_image_file(path: str | os.PathLike, limit: int = MAX_IMAGE_BYTES) -> by
     return data
 
 
-def decode_image(data: bytes, name: str) -> Image.Image:
+def decode_image(data: bytes, name: str, fits: Callable[[int, int], object] | None = None) -> Image.Image:
     """Fully decode ``data`` (the bytes of file ``name``) to an RGB image: not lazily, so that a
     truncated file fails here, as :class:`BadImageError` (:class:`OversizedImageError` over the
-    decode budget), rather than later inside a transform."""
+    decode budget), rather than later inside a transform.
+
+    ``fits(width, height)``, called with the header's size before any pixel is decoded, checks
+    what comes next (a model's resize: ``Preprocessing.resized_size``), so an image whose resize
+    would be over the budget is refused before its decode is paid for."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             check_pixels(*image.size)
+            if fits is not None:
+                fits(*image.size)
             image.load()
             return to_rgb(image)
     except PixelBudgetError as error:
@@ -131,9 +137,18 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
+    """8 bits from a float or integer image, with one temporary the size of the image at most:
+    a 16-bit image at the decode budget would otherwise take gigabytes of int64 intermediates."""
     if mode == "F":  # float images are taken as 0..1
-        return (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    values = array.astype(np.int64)
-    if mode.startswith("I;16") or values.max(initial=0) > 255:
-        values = (np.clip(values, 0, 65535) * 255 + 32767) // 65535
-    return np.clip(values, 0, 255).astype(np.uint8)
+        values = np.clip(array, 0.0, 1.0, dtype=np.float32)
+        values *= 255.0
+        values += 0.5
+        return values.astype(np.uint8)
+    if mode.startswith("I;16") or int(array.max(initial=0)) > 255:
+        sixteen = array if array.dtype == np.uint16 else np.clip(array, 0, 65535).astype(np.uint16)
+        return _SIXTEEN_TO_EIGHT_BITS[sixteen]
+    return np.clip(array, 0, 255).astype(np.uint8)
+
+
+# v -> round(v * 255 / 65535), the 16-to-8-bit scaling, as a table looked up once per pixel
+_SIXTEEN_TO_EIGHT_BITS = ((np.arange(65536, dtype=np.int64) * 255 + 32767) // 65535).astype(np.uint8)

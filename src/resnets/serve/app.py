@@ -306,7 +306,7 @@ def _target(target: str | None) -> int | str | None:
 
 def _explain(server: Server, data: bytes, method: str, target: Any, layer: str | None) -> Any:
     admit_images([(data, "request body")], server.config.limits)
-    image = decode_request_image(data, "request body")
+    image = decode_request_image(data, "request body", server.predictor.preprocessing.resized_size)
     with server.explain_lock:
         return explain_image(server.predictor, image, method=method, target=target, layer=layer,
                              topk=server.config.topk)

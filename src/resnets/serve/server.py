@@ -76,13 +76,14 @@ class ServeConfig:
 
 
 # -- decoding ----------------------------------------------------------------------------------
-def decode_request_image(data: bytes, name: str) -> Image.Image:
+def decode_request_image(data: bytes, name: str, fits: Callable[[int, int], object] | None = None) -> Image.Image:
     """Image bytes a client sent -> the PIL image; a 400 or 413 :class:`ServeError` otherwise (413: over
-    the decode budget, :func:`resnets.preprocessing.check_pixels`)."""
+    the decode budget, :func:`resnets.preprocessing.check_pixels`, of the image or of what ``fits``
+    says the model's resize would make of it, checked before decoding)."""
     if not data:
         raise ServeError(400, f"empty {name}: send the bytes of an image")
     try:
-        return decode_image(data, name)
+        return decode_image(data, name, fits)
     except PixelBudgetError as error:
         raise ServeError(413, str(error)) from None
     except ResnetsError as error:
@@ -91,7 +92,7 @@ def decode_request_image(data: bytes, name: str) -> Image.Image:
 
 def decode_to_uint8(predictor: InferenceModel, data: bytes, name: str) -> torch.Tensor:
     """Image bytes -> uint8 (3, S, S) at the model's size (its preprocessing record)."""
-    image = decode_request_image(data, name)
+    image = decode_request_image(data, name, predictor.preprocessing.resized_size)
     try:
         return predictor.preprocessing.to_uint8(image)
     except PixelBudgetError as error:
