@@ -13,7 +13,8 @@ from _train_fixtures import tensor_data, tiny_config
 from resnets.train import train
 from resnets.train.callbacks import OVERRUN_FRACTION, OVERRUN_SECONDS
 from resnets.train.checkpoint import load_state
-from resnets.train.plan import MARGIN_FRACTION, MARGIN_SECONDS, MAX_PLANNED_EPOCHS, plan_epochs
+from resnets.train.plan import (MARGIN_FRACTION, MARGIN_SECONDS, MAX_PLANNED_EPOCHS, plan_epochs,
+                                size_scaled_step_seconds)
 
 pytestmark = pytest.mark.serial  # it measures step rates and keeps to a wall-clock budget
 
@@ -31,6 +32,41 @@ def test_plan_fills_the_budget_with_steps_and_validations():
 def test_plan_bounds():
     assert plan_epochs(1, 10.0, 100, 0.0, 1) == 1                  # nothing fits: one epoch
     assert plan_epochs(1e6, 1e-6, 1, 0.0, 1) == MAX_PLANNED_EPOCHS  # everything fits: the cap
+
+
+def test_plan_costs_each_epoch_at_its_own_size():
+    # a step time per epoch that never changes plans what the closed form plans
+    assert plan_epochs(600, 1.0, 10, 5.0, 4, 2.0, step_s_at=lambda e, n: 1.0) == plan_epochs(600, 1.0, 10, 5.0, 4, 2.0)
+    # the first half of any run's epochs at a quarter of the step cost (progressive resizing):
+    # 51 epochs = 26 at 2.5 + 5 s and 25 at 10 + 5 s = 570 s of the 577 usable; 52 would be 585
+    cheap_first_half = lambda epoch, epochs: 0.25 if epoch < epochs / 2 else 1.0  # noqa: E731
+    assert plan_epochs(600, 1.0, 10, 5.0, 1, step_s_at=cheap_first_half) == 51
+    assert plan_epochs(600, 1.0, 10, 5.0, 1) == 38  # the same steps all at full size
+
+
+def test_step_time_follows_the_image_area_between_the_measured_sizes():
+    at_size = size_scaled_step_seconds(full_s=1.0, small_s=0.4, full=64, small=32)
+    assert at_size(64) == pytest.approx(1.0) and at_size(32) == pytest.approx(0.4)
+    assert at_size(48) == pytest.approx(0.4 + 0.6 * (48**2 - 32**2) / (64**2 - 32**2))
+    assert size_scaled_step_seconds(1.0, 0.4, 32, 32)(32) == 1.0  # one size: nothing to interpolate
+
+
+def test_a_progressive_planned_run_fits_more_epochs_and_keeps_its_budget(tmp_path):
+    """With progressive resizing the early epochs are cheaper: the plan measures both ends and
+    fits more epochs than at full size, and the run still ends inside its budget."""
+    data = tensor_data(n_train=1000, n_val=100, size=32)
+    minutes, plans = 0.4, {}
+    for name, scale in (("full", 1.0), ("progressive", 0.5)):
+        started = time.time()
+        result = train(tiny_config(tmp_path / name, minutes=minutes, batch_size=64, progressive_resize=scale,
+                                   progressive_delay=0.8, progressive_finetune=0.2), data=data, started=started)
+        elapsed = time.time() - started
+        assert elapsed <= minutes * 60 * (1 + OVERRUN_FRACTION) + OVERRUN_SECONDS + 5, (name, elapsed)
+        plans[name] = json.loads((tmp_path / name / "config.json").read_text())["epochs"]
+        assert plans[name] == len(result.history)
+        if scale < 1:
+            assert result.history[0]["img_size"] == 16 and result.history[-1]["img_size"] == 32
+    assert plans["progressive"] > plans["full"], plans
 
 
 def test_a_planned_run_keeps_to_its_budget_and_completes_its_schedule(tmp_path):

@@ -20,6 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -44,53 +45,90 @@ class Plan:
     minutes: float
     epochs: int
     steps_per_epoch: int
-    step_s: float           # one optimizer step, measured
+    step_s: float           # one optimizer step at the full input size, measured
     val_s: float            # one validation pass, measured (0 without validation data)
     save_s: float           # an epoch's checkpoint, weights file, metrics and curves, measured
     spent_s: float          # already gone when planning (start-up, decoding)
+    train_s: float = 0.0    # every planned epoch's steps (sizes vary with progressive resizing)
+    small_step_s: float | None = None  # one step at the smallest progressive size, measured
 
     @property
     def planned_minutes(self) -> float:
         """When the run is expected to end, in minutes from the command's start."""
-        per_epoch = self.steps_per_epoch * self.step_s + self.val_s + self.save_s
-        return (self.spent_s + self.epochs * per_epoch) / 60
+        train_s = self.train_s or self.epochs * self.steps_per_epoch * self.step_s
+        return (self.spent_s + train_s + self.epochs * (self.val_s + self.save_s)) / 60
 
     def describe(self) -> str:
         return (f"{self.epochs} epoch(s) of {self.steps_per_epoch} steps, {self.step_s * 1000:.0f} ms a step"
                 f"{f', {self.val_s:.1f} s a validation' if self.val_s else ''}, {self.save_s:.1f} s a checkpoint, "
-                f"measured; "
+                f"{f' ({self.small_step_s * 1000:.0f} ms at the smallest size)' if self.small_step_s else ''}"
+                f", measured; "
                 f"{self.spent_s / 60:.1f} min spent before training; about {self.planned_minutes:.1f} of "
                 f"{self.minutes:g} minutes")
 
 
 def plan_epochs(seconds_left: float, step_s: float, steps_per_epoch: int, val_s: float, val_every: int,
-                save_s: float = 0.0) -> int:
+                save_s: float = 0.0, step_s_at: Callable[[int, int], float] | None = None) -> int:
     """The most epochs that fit in ``seconds_left`` (at least 1): every epoch's steps and checkpoint,
-    a validation every ``val_every`` epochs and always after the last one, and the safety margin."""
+    a validation every ``val_every`` epochs and always after the last one, and the safety margin.
+
+    ``step_s_at(epoch, epochs)``, when given, is the step time of each epoch of a run of that
+    length (progressive resizing makes early epochs cheaper, and where they end depends on the
+    length); otherwise every step takes ``step_s``."""
     usable = seconds_left * (1 - MARGIN_FRACTION) - MARGIN_SECONDS
-    per_epoch = steps_per_epoch * step_s + save_s + val_s / val_every
-    epochs = math.floor((usable - val_s * (1 - 1 / val_every)) / per_epoch) if per_epoch > 0 else MAX_PLANNED_EPOCHS
-    return int(min(max(epochs, 1), MAX_PLANNED_EPOCHS))
+    fixed = val_s * (1 - 1 / val_every)
+    per_epoch_extra = save_s + val_s / val_every
+    if step_s_at is None:
+        per_epoch = steps_per_epoch * step_s + per_epoch_extra
+        epochs = math.floor((usable - fixed) / per_epoch) if per_epoch > 0 else MAX_PLANNED_EPOCHS
+        return int(min(max(epochs, 1), MAX_PLANNED_EPOCHS))
+    best = 1
+    for epochs in range(1, MAX_PLANNED_EPOCHS + 1):
+        total = fixed + sum(steps_per_epoch * step_s_at(e, epochs) + per_epoch_extra for e in range(epochs))
+        if total > usable:
+            break
+        best = epochs
+    return best
+
+
+def size_scaled_step_seconds(full_s: float, small_s: float, full: int, small: int) -> Callable[[int], float]:
+    """Step seconds at any input size, interpolated on the image area between the two measured
+    sizes (a convolution's work grows with the area; the per-step overhead does not)."""
+    if full <= small:
+        return lambda size: full_s
+    return lambda size: small_s + (full_s - small_s) * (size * size - small * small) / (full * full - small * small)
 
 
 def make_plan(setup: TrainingSetup, minutes: float, started: float) -> Plan:
-    """Time a few steps and a validation pass (rank 0; every rank follows its plan)."""
+    """Time a few steps and a validation pass (rank 0; every rank follows its plan). With
+    progressive resizing, steps are timed at the smallest size too, and each epoch of the plan
+    is costed at its own size."""
     rng = ckpt.rng_state()
+    resize = setup.resize
     try:
         step_s = _step_seconds(setup)
+        small = resize.size_at(0, 1) if resize.enabled else setup.img_size
+        small_step_s = _step_seconds(setup, small) if small < setup.img_size else None
         val_s = _validation_seconds(setup)
         save_s = _checkpoint_seconds(setup)
     finally:
         ckpt.set_rng_state(rng)
     steps_per_epoch = -(-len(setup.train_loader) // setup.config.accum_steps)
+    step_s_at = None
+    if small_step_s is not None:
+        at_size = size_scaled_step_seconds(step_s, small_step_s, setup.img_size, small)
+        step_s_at = lambda epoch, epochs: at_size(resize.size_at(epoch, epochs))  # noqa: E731
     spent = time.time() - started
-    epochs = plan_epochs(minutes * 60 - spent, step_s, steps_per_epoch, val_s, setup.config.val_every, save_s)
+    epochs = plan_epochs(minutes * 60 - spent, step_s, steps_per_epoch, val_s, setup.config.val_every, save_s,
+                         step_s_at)
     epochs = int(all_reduce_sum(torch.tensor(float(epochs if setup.ctx.is_main else 0)), setup.ctx).item())
-    return Plan(minutes, epochs, steps_per_epoch, step_s, val_s, save_s, spent)
+    train_s = sum(steps_per_epoch * (step_s_at(e, epochs) if step_s_at else step_s) for e in range(epochs))
+    return Plan(minutes, epochs, steps_per_epoch, step_s, val_s, save_s, spent, train_s, small_step_s)
 
 
-def _step_seconds(setup: TrainingSetup) -> float:
-    """Seconds per optimizer step: forward, loss, backward and the run's own optimizer, on copies."""
+def _step_seconds(setup: TrainingSetup, size: int | None = None) -> float:
+    """Seconds per optimizer step: forward, loss, backward and the run's own optimizer, on copies
+    (at ``size`` when given: a progressive-resizing epoch's input size)."""
     config = setup.config
     trainee = copy.deepcopy(setup.trainee)
     classifier = trainee[-1] if setup.use_feature_cache else trainee.get_classifier()
@@ -99,6 +137,7 @@ def _step_seconds(setup: TrainingSetup) -> float:
     trial = dataclasses.replace(setup, trainee=trainee, forward=trainee, net=trainee, optimizer=optimizer,
                                 scheduler=scheduler, ema=None)
     trainer, meters = Trainer(trial, []), Meters(setup.device, setup.multi_label)
+    trainer.train_size = size or setup.img_size
     setup.train_loader.set_epoch(0)
     batches = list(itertools.islice(iter(setup.train_loader), TIMED_STEPS + 1))
     trainer.train_step(*batches[0], meters)
