@@ -192,7 +192,7 @@ def machine() -> dict:
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__}
 
 
-def plot(path: Path, reports: list[dict]) -> None:
+def plot(path: Path, reports: list[dict], data_name: str = "CIFAR-10 test", thresholds=THRESHOLDS) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -203,12 +203,12 @@ def plot(path: Path, reports: list[dict]) -> None:
         xs = [p["minutes"] for p in report["points"]]
         ys = [p["test_top1"] for p in report["points"]]
         ax.plot(xs, ys, marker="o", label=f"{report['model']} ({report['recipe']}): {ys[-1]:.2f} %")
-    for threshold in THRESHOLDS:
+    for threshold in thresholds:
         ax.axhline(threshold, color="grey", lw=0.5, ls=":")
     ax.set_xlabel("wall-clock minutes from the start (decoding and tests included)")
-    ax.set_ylabel("CIFAR-10 test top-1 (%)")
+    ax.set_ylabel(f"{data_name} top-1 (%)")
     ax.set_ylim(bottom=max(0, min(min(p["test_top1"] for p in r["points"]) for r in reports) - 5))
-    ax.set_title("CIFAR-10 time to accuracy")
+    ax.set_title(f"{data_name.split()[0]} time to accuracy")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()

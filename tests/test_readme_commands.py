@@ -94,6 +94,11 @@ SUBSTITUTED: dict[str, tuple[tuple[tuple[str, str], ...], str]] = {
     "python benchmarks/cifar10_time_to_accuracy.py --minutes 60 --baseline cifar10-resnet9-fast": (
         (("--minutes 60", "--minutes 0.1"),),
         "a 6-second budget; its default --data, $RESNETS_SHARED_DATA/cifar10-jpeg.zip, is the stand-in"),
+    "python benchmarks/imagenette_budget.py --minutes 14 --reference": (
+        (("--minutes 14", "--minutes 0.1"),),
+        "a 6-second budget; its default --data, $RESNETS_SHARED_DATA/imagenette-224-train.zip, is the stand-in"),
+    "resnets train --config imagenette-resnet20-budget --data imagenette-224-train.zip --minutes 14 --out runs/nette": (
+        (("--minutes 14", "--minutes 0.1"),), "a 6-second budget on the stand-in"),
     "resnets explain resnet50 photo.jpg --method scorecam --class tabby --layer layer3.5 --out cams/": (
         (("explain resnet50", "explain resnet18"), ("--layer layer3.5", "--layer layer1.1")),
         "ScoreCAM runs the model once per channel of the layer: 1024 ResNet-50 passes (minutes here) "
@@ -240,6 +245,8 @@ def make_stand_ins(root: Path) -> None:
     for split, count in (("train", 3), ("test", 1)):
         _tree(scratch / "cifar" / split, dict.fromkeys(CIFAR10, count), (32, 32), seed=len(split))
     _zip(scratch / "cifar", root / "cifar10-jpeg.zip")
+    _tree(scratch / "nette", {"n01440764": 10, "n02102040": 10}, (96, 80), seed=9)  # 10 % held out: 1 a class
+    _zip(scratch / "nette", root / "imagenette-224-train.zip")
     classes = ("cat", "dog", "emu")
     _tree(root / "photos", dict.fromkeys(classes, 5), (48, 40), seed=3)
     _tree(scratch / "photos-val" / "val", dict.fromkeys(classes, 2), (48, 40), seed=4)
