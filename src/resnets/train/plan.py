@@ -35,7 +35,11 @@ from .setup import TrainingSetup, build_run_optimizer
 MARGIN_SECONDS = 5.0
 MARGIN_FRACTION = 0.03
 MAX_PLANNED_EPOCHS = 1000
-TIMED_STEPS = 5  # after one untimed step (first-call allocations); their median is the step time
+TIMED_STEPS = 5  # their median is the step time
+# Untimed steps first: the first steps of a process at a new size run slower while the allocator and
+# oneDNN settle (measured: Imagenette at 64 px planned on 1,544 ms a step after one untimed step and
+# ran at 1,050 ms; after 3 untimed steps it measured 1,219 ms against the run's median of 1,136).
+WARMUP_STEPS = 3
 
 
 @dataclass(frozen=True)
@@ -60,9 +64,9 @@ class Plan:
 
     def describe(self) -> str:
         return (f"{self.epochs} epoch(s) of {self.steps_per_epoch} steps, {self.step_s * 1000:.0f} ms a step"
-                f"{f', {self.val_s:.1f} s a validation' if self.val_s else ''}, {self.save_s:.1f} s a checkpoint, "
                 f"{f' ({self.small_step_s * 1000:.0f} ms at the smallest size)' if self.small_step_s else ''}"
-                f", measured; "
+                f"{f', {self.val_s:.1f} s a validation' if self.val_s else ''}, {self.save_s:.1f} s a checkpoint, "
+                f"measured; "
                 f"{self.spent_s / 60:.1f} min spent before training; about {self.planned_minutes:.1f} of "
                 f"{self.minutes:g} minutes")
 
@@ -139,10 +143,12 @@ def _step_seconds(setup: TrainingSetup, size: int | None = None) -> float:
     trainer, meters = Trainer(trial, []), Meters(setup.device, setup.multi_label)
     trainer.train_size = size or setup.img_size
     setup.train_loader.set_epoch(0)
-    batches = list(itertools.islice(iter(setup.train_loader), TIMED_STEPS + 1))
-    trainer.train_step(*batches[0], meters)
+    first = list(itertools.islice(iter(setup.train_loader), WARMUP_STEPS + TIMED_STEPS))
+    batches = list(itertools.islice(itertools.cycle(first), WARMUP_STEPS + TIMED_STEPS))  # small sets: reused
+    for x, y in batches[:WARMUP_STEPS]:
+        trainer.train_step(x, y, meters)
     times = []
-    for x, y in batches[1:] or batches:
+    for x, y in batches[WARMUP_STEPS:]:
         began = time.perf_counter()
         trainer.train_step(x, y, meters)
         meters.read(setup.ctx)  # waits for the device
