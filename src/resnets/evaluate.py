@@ -15,7 +15,7 @@ from .data import BatchAugment, TensorLoader, decode_to_memory, load_splits
 from .data.dataset import ConcatDataset
 from .data.sources import VAL_SPLITS, open_source
 from .errors import ResnetsError
-from .explain import cam_class, class_activation_maps, shorten
+from .explain import cam_class, class_activation_maps, label_text
 from .fileio import atomic_write_text, save_figure
 from .inference import INT8_BACKENDS, check_backend
 from .metrics import collect_logits, topk_accuracy, tta_views
@@ -172,8 +172,8 @@ def plot_top_losses(images_u8: torch.Tensor, rows: list[dict[str, Any]], path: s
         ax.imshow(images_u8[k].permute(1, 2, 0).numpy(), interpolation="bilinear")
         if cams is not None:
             ax.imshow(cams[k], cmap="jet", alpha=0.4, interpolation="bilinear", vmin=0, vmax=1)
-        ax.set_title(f"predicted {shorten(row['predicted'], 22)} ({100 * row['probability']:.0f}%)\n"
-                     f"true {shorten(row['true'], 22)}, loss {row['loss']:.2f}", fontsize=10,
+        ax.set_title(f"predicted {label_text(row['predicted'], 22)} ({100 * row['probability']:.0f}%)\n"
+                     f"true {label_text(row['true'], 22)}, loss {row['loss']:.2f}", fontsize=10,
                      color="#b00020" if row["predicted"] != row["true"] else "black")
     return save_figure(fig, path)
 

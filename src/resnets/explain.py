@@ -28,6 +28,7 @@ from .errors import ResnetsError
 from .fileio import atomic_write_bytes, atomic_write_text
 from .metrics import probabilities, top_classes
 from .multilabel import is_multi_label
+from .textparse import shorten
 
 METHODS: dict[str, str] = {  # our name -> the grad-cam class
     "gradcam": "GradCAM",
@@ -251,10 +252,10 @@ def _label_box(draw: Any, top: list[dict[str, Any]], target_class: str, method: 
     there); the mapped class marked."""
     font_size = max(12, min(20, size[0] // 32))
     font = label_font(font_size)
-    lines = [(f"{'>' if t['class'] == target_class else ' '} {shorten(t['class'])}  {100 * t['probability']:.1f}%",
+    lines = [(f"{'>' if t['class'] == target_class else ' '} {label_text(t['class'])}  {100 * t['probability']:.1f}%",
               t["class"] == target_class) for t in top]
     if target_class not in [t["class"] for t in top]:
-        lines.append((f"> {shorten(target_class)} (mapped)", True))
+        lines.append((f"> {label_text(target_class)} (mapped)", True))
     lines.append((f"{method}", False))
     pad, step = font_size // 2, int(font_size * 1.3)
     width = max(draw.textlength(text, font=font) for text, _ in lines) + 2 * pad
@@ -266,9 +267,9 @@ def _label_box(draw: Any, top: list[dict[str, Any]], target_class: str, method: 
         draw.text((pad, top_y + pad + i * step), text, font=font, fill=colour)
 
 
-def shorten(name: str, limit: int = 28) -> str:
-    """``name`` cut to ``limit`` characters, an ellipsis marking the cut."""
-    return name if len(name) <= limit else name[:limit - 1] + "…"
+def label_text(name: str, limit: int = 28) -> str:
+    """A class name as drawn on an image: at most ``limit`` characters, "…" marking a cut."""
+    return shorten(name, limit, ellipsis="…")
 
 
 def label_font(size: int) -> Any:

@@ -41,12 +41,13 @@ _REPR = reprlib.Repr()
 _REPR.maxstring = _REPR.maxother = VALUE_CHARS
 
 
-def shorten(value: object, limit: int = VALUE_CHARS) -> str:
-    """``value`` as terminal-safe text of at most ``limit`` characters (``...`` marks a cut);
-    containers are summarised by :mod:`reprlib`, so even a huge or deep value costs little."""
+def shorten(value: object, limit: int = VALUE_CHARS, ellipsis: str = "...") -> str:
+    """``value`` as terminal-safe text of at most ``limit`` characters (``ellipsis`` marks a cut;
+    labels drawn on images use "…"); containers are summarised by :mod:`reprlib`, so even a huge
+    or deep value costs little."""
     text = value if isinstance(value, str) else _REPR.repr(value)
     text = printable(text[:limit + 1])
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[:limit - len(ellipsis)] + ellipsis
 
 
 def read_limited(path: str | os.PathLike, max_bytes: int) -> bytes:
