@@ -43,7 +43,8 @@ from resnets import create_model
 from resnets.bench import PEAK_PROBE, count_macs, matmul_probe, probe_gflops, time_interleaved
 from resnets.export import ONNX_INPUT, ONNX_OPSET, ONNX_OUTPUT
 from resnets.inference import (fold_batchnorm, onnxruntime_available, openvino_available, optimize_for_inference,
-                               ort_session, pin_input_shape)
+                               pin_input_shape)
+from resnets.weights.onnx import ort_session
 
 SIDE = 224
 PEERS = ("ort_torchvision_onnx", "openvino_torchvision_onnx", "torchvision_eager")

@@ -71,7 +71,7 @@ def exported(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_the_resolver_reads_the_record_of_an_exported_onnx_file(exported):
     weights, onnx_file = exported
-    model, original = load_model(onnx_file), load_model(weights)
+    model, original = load_model(onnx_file, onnx=True), load_model(weights)
     assert isinstance(model, OnnxModel) and model.model_name == "resnet20"
     assert model.class_names == CLASSES and model.preprocessing == original.preprocessing
     assert (model.in_chans, model.num_classes) == (3, 10)
@@ -89,7 +89,7 @@ def test_a_multi_label_model_stays_multi_label_through_its_onnx_file(tmp_path, p
     weights = save_weights(tmp_path / "ml.safetensors", model)
     status, _, err = run_cli(["export", weights, "--format", "onnx", "--out", tmp_path / "ml.onnx"], capsys)
     assert status in (0, None), err
-    onnx_model = load_model(tmp_path / "ml.onnx")
+    onnx_model = load_model(tmp_path / "ml.onnx", onnx=True)
     assert is_multi_label(onnx_model) and threshold_of(onnx_model) == 0.3
     answers = [json.loads(run_cli(["predict", path, photos[0], "--json", "--threshold", "0.01"], capsys)[1])[0]
                for path in (weights, tmp_path / "ml.onnx")]
@@ -223,6 +223,35 @@ def test_other_commands_refuse_a_foreign_onnx_file_in_one_line(command, photos, 
             "explain": ["explain", bad, photos[0], "--out", tmp_path / "cams"]}[command]
     line = one_line_exit_2(args, capsys)
     assert "ONNX" in line
+
+
+@pytest.mark.parametrize("command", ["summary", "export", "embed", "train"])
+def test_commands_that_need_a_module_refuse_the_onnx_file_in_one_line(command, exported, photos, tmp_path, capsys):
+    """summary, export, embed and train look into layers and parameters that an ONNX graph run by
+    onnxruntime does not have (export used to trace ORT's output as a constant, exit 0)."""
+    from _train_fixtures import write_folder_dataset
+
+    onnx_file = exported[1]
+    data = write_folder_dataset(tmp_path / "data", {"train": 2}, size=32)
+    args = {"summary": ["summary", onnx_file],
+            "export": ["export", onnx_file, "--format", "torchscript", "--out", tmp_path / "m.pt"],
+            "embed": ["embed", onnx_file, photos[0], "--out", tmp_path / "index.npy"],
+            "train": ["train", "--weights", onnx_file, "--data", data, "--epochs", "1", "--out", tmp_path / "run"]}
+    line = one_line_exit_2(args[command], capsys)
+    assert "ONNX file" in line and "exported from" in line, line
+    assert not any((tmp_path / name).exists() for name in ("m.pt", "index.npy"))
+
+
+def test_the_served_card_counts_an_onnx_files_architecture_without_running_it(exported):
+    pytest.importorskip("fastapi")
+    from resnets.predict import load_for_inference
+    from resnets.serve.server import ServeConfig, model_card
+
+    weights, onnx_file = exported
+    onnx_predictor = load_for_inference(onnx_file, backend="onnxruntime")
+    cards = [model_card(p, ServeConfig(name="m")) for p in (onnx_predictor, load_for_inference(weights))]
+    assert cards[0]["parameters"] == cards[1]["parameters"] > 0 and cards[0]["macs"] == cards[1]["macs"] > 0
+    assert onnx_predictor.plain.session is None  # no second session built to count
 
 
 def test_bench_names_what_it_measures_instead_of_a_file(exported, capsys):

@@ -33,7 +33,7 @@ from .errors import ResnetsError
 from .models import ResNet, list_models
 from .models.builder import build_registered_model
 from .weights.load import load_model_weights
-from .weights.onnx import OnnxModel, is_onnx_path, read_onnx_model
+from .weights.onnx import OnnxModel, is_onnx_path, onnx_file_refused, read_onnx_model
 
 
 def create_model(name: str | None = None, num_classes: int | None = None, in_chans: int | None = None,
@@ -85,16 +85,21 @@ def split_tag(reference: str) -> tuple[str, str | None]:
     return name, (tag or None) if sep else None
 
 
-def load_model(reference: str | os.PathLike, *, pretrained: bool = True) -> ResNet | OnnxModel:
+def load_model(reference: str | os.PathLike, *, pretrained: bool = True, onnx: bool = False) -> ResNet | OnnxModel:
     """The model ``reference`` names, in eval mode (see the module docstring for the forms).
 
     ``pretrained``: what a bare registered name means: its ``imagenet`` weights (True) or a
-    freshly initialised model (False).
+    freshly initialised model (False). ``onnx``: whether the caller can run the project's ONNX
+    file (inference only: it has no parameters, layers or gradients); otherwise such a file is
+    refused in one line, so that no command summarises, exports, embeds or trains a graph it
+    cannot look into.
     """
     if str(reference) == "":
         raise ResnetsError("no model given: pass a run directory, a weights or ONNX file, or a model name")
     path = weights_path(reference)
     if path is not None and is_onnx_path(path):
+        if not onnx:
+            raise onnx_file_refused(reference)
         return read_onnx_model(path).eval()
     if path is not None:
         return create_model(weights=str(path)).eval()

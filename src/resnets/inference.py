@@ -54,7 +54,7 @@ from .fileio import atomic_write_text, open_regular
 from .models import get_model_spec
 from .openvino import OpenVinoModule
 from .textparse import load_json
-from .weights.onnx import OnnxModel, checked_session, ort_session  # noqa: F401 - ort_session: its home was here
+from .weights.onnx import OnnxModel, checked_session
 
 BACKENDS: tuple[str, ...] = ("eager", "compile", "onnxruntime", "int8", "openvino", "openvino-int8")
 INT8_BACKENDS = ("int8", "openvino-int8")

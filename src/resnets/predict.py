@@ -77,7 +77,7 @@ def load_for_inference(checkpoint: str | os.PathLike, device: str | torch.device
     skip an export that would not pay back (see :meth:`InferenceModel.with_backend`).
     """
     device = resolve_device(device)
-    plain = load_model(checkpoint).to(device)
+    plain = load_model(checkpoint, onnx=True).to(device)
     classes = plain.class_names or [str(i) for i in range(plain.num_classes)]
     unoptimized = InferenceModel(plain, classes, plain.preprocessing, device, plain, backend="plain")
     return unoptimized.with_backend(backend, calibration_u8, images)

@@ -28,6 +28,7 @@ from .detect import infer_architecture
 from .format import checked_architecture, load_state_dict_checked, load_weights_file
 from .imagenet import imagenet_class_names
 from .keras import read_keras
+from .onnx import is_onnx_path, onnx_file_refused
 from .paddle import read_paddle
 from .pretrained import get_pretrained, load_pretrained_state_dict
 from .torch_checkpoint import read_torch_checkpoint
@@ -79,6 +80,8 @@ def detect_format(path: str | os.PathLike) -> str:
         return by_suffix[suffix]
     if len(head) >= 9 and head[8:9] == b"{":
         return "resnets"
+    if is_onnx_path(path):
+        raise onnx_file_refused(path)
     raise ResnetsError(f"cannot tell the format of {path}; pass --from (one of {', '.join(SOURCES[1:])})")
 
 

@@ -41,6 +41,13 @@ def is_onnx_path(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() == ONNX_SUFFIX
 
 
+def onnx_file_refused(reference: str | os.PathLike) -> ResnetsError:
+    """The one line for an ONNX file given where a model with layers and parameters is needed."""
+    return ResnetsError(f"{printable(str(reference))} is an ONNX file: it can be run (predict, evaluate, serve), "
+                        "not summarised, exported, embedded with or trained; pass the weights file or run "
+                        "directory it was exported from")
+
+
 def ort_session(graph: bytes | str, threads: int | None = None, level: str = "all", spinning: bool = False):
     """An ONNX Runtime CPU session as the inference backends run it.
 
