@@ -447,6 +447,28 @@ def test_content_length_over_the_limit_is_refused_before_the_body(server):
     assert reply.startswith("HTTP/1.1 413") and "--max-body-mb" in reply
 
 
+def test_a_client_that_leaves_mid_upload_is_a_499_not_a_server_error(server, assets, expected):
+    """Starlette's ClientDisconnect used to reach the catch-all: a 500 in the metrics and an ERROR
+    line with a traceback for what is the client's doing."""
+    _, images = assets
+    host, port = server.url.removeprefix("http://").split(":")
+    for _ in range(2):
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            conn.sendall(f"POST /predictions/{NAME} HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                         f"Content-Length: 100000\r\n\r\n".encode() + b"\xff\xd8" * 500)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+        if 'status="499"' in metrics:
+            break
+        time.sleep(0.2)
+    assert 'resnets_request_errors_total{endpoint="predictions",status="499"}' in metrics, metrics
+    assert 'status="500"' not in metrics
+    ok = httpx.post(f"{server.url}/predictions/{NAME}", content=images[0].read_bytes(), timeout=30)
+    assert ok.status_code == 200
+    assert_same_top(list(ok.json().items()), expected[images[0].name])
+
+
 @pytest.fixture(scope="module")
 def in_process(assets):
     from resnets.predict import load_for_inference

@@ -184,21 +184,18 @@ def test_a_request_over_max_batch_runs_in_batches_and_answers_as_one(predictor, 
     np.testing.assert_allclose(np.reshape(probs["data"], probs["shape"]), np.asarray(alone), atol=1e-5)
 
 
-def test_the_batcher_splits_a_large_tensor_into_max_batch_pieces():
-    sizes: list[int] = []
-
-    def model(batch: torch.Tensor) -> torch.Tensor:
-        sizes.append(len(batch))
-        return batch.flatten(1)[:, :3]
-
-    batcher = DynamicBatcher(model, max_batch=4)
+def test_the_batcher_takes_batches_of_at_most_max_batch():
+    """Splitting is the server's (Server.run_batches, tested above through a request of 14 at
+    --max-batch 4); the batcher refuses a larger batch rather than split it a second way."""
+    batcher = DynamicBatcher(lambda batch: batch.flatten(1)[:, :3], max_batch=4)
     try:
-        batch = torch.randn(10, 3, 2, 2)
-        probs = batcher.submit(batch).result(timeout=30)
+        with pytest.raises(ValueError, match="over max_batch 4"):
+            batcher.submit(torch.randn(5, 3, 2, 2))
+        batch = torch.randn(4, 3, 2, 2)
+        torch.testing.assert_close(batcher.submit(batch).result(timeout=30), torch.softmax(batch.flatten(1)[:, :3], 1))
     finally:
         batcher.close()
-    assert sizes == [4, 4, 2]
-    torch.testing.assert_close(probs, torch.softmax(batch.flatten(1)[:, :3], 1))
+    assert isinstance(batcher.submit(torch.randn(1, 3, 2, 2)).exception(timeout=5), RuntimeError)  # stopped
 
 
 # -- logging -------------------------------------------------------------------------------------
@@ -251,6 +248,33 @@ def test_live_answers_while_a_slow_request_is_worked_on(predictor, monkeypatch, 
             gate.set()
         assert live.status_code == 200 and ready.status_code == 200
         assert slow.result(timeout=30).status_code == 200
+
+
+def test_slow_explanations_never_hold_the_decode_threads(predictor, monkeypatch):
+    """Two explanations held in progress (ScoreCAM takes minutes on a CPU) with one decode worker:
+    an image request is still decoded and answered; the explanations run one at a time."""
+    import resnets.serve.app as app_module
+
+    gate, running, most = threading.Event(), [], [0]
+
+    def held(*args, **kwargs):
+        running.append(1)
+        most[0] = max(most[0], len(running))
+        gate.wait(20)
+        running.pop()
+        raise ServeError(400, "held explanation")
+
+    monkeypatch.setattr(app_module, "explain_image", held)
+    app, _ = recorded_app(predictor, workers=1)
+    with TestClient(app) as client, ThreadPoolExecutor(3) as pool:
+        slow = [pool.submit(client.post, f"/explain/{NAME}", content=tiny_png()) for _ in range(2)]
+        wait_until(lambda: running)
+        try:
+            answered = pool.submit(client.post, f"/predictions/{NAME}", content=tiny_png()).result(timeout=15)
+        finally:
+            gate.set()
+        assert answered.status_code == 200
+        assert [s.result(timeout=30).status_code for s in slow] == [400, 400] and most[0] == 1
 
 
 # -- supervised workers --------------------------------------------------------------------------
@@ -460,3 +484,19 @@ def test_parse_request_refuses_arbitrary_requests_with_a_4xx(header, binary, bin
     text = json.dumps(header).encode()
     body = text + binary if binary_header else text
     only_client_errors(lambda: parse_request(body, str(len(text)) if binary_header else None, LIMITS, SIZE))
+
+
+@pytest.mark.parametrize("topk", [0, -1, "3", 2.5, True])
+def test_a_bad_v2_topk_is_refused_before_any_image_is_decoded(topk, monkeypatch):
+    """It was checked when the answer was built, after decoding and running up to 256 images."""
+    import resnets.serve.v2 as v2_module
+
+    def no_decoding(*args):
+        raise AssertionError("image elements read before parameters.topk was checked")
+
+    monkeypatch.setattr(v2_module, "image_elements", no_decoding)
+    header = {"inputs": [{"name": "images", "shape": [1], "datatype": "BYTES", "data": ["aGVsbG8="]}],
+              "parameters": {"topk": topk}}
+    with pytest.raises(ServeError) as refused:
+        parse_request(json.dumps(header).encode(), None, LIMITS, SIZE)
+    assert refused.value.status == 400 and "topk" in refused.value.message

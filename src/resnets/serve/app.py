@@ -39,6 +39,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ..errors import ResnetsError, first_line
 from ..explain import explain_image
@@ -208,6 +209,12 @@ def _add_error_handlers(app: FastAPI) -> None:
         problems = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in error.errors())
         return noted_error(request, 422, f"invalid request: {shorten(problems, 300)}")
 
+    @app.exception_handler(ClientDisconnect)
+    async def _client_left(request: Request, error: ClientDisconnect) -> JSONResponse:
+        # nginx's 499: the client closed the connection mid-upload; no fault of the server's, so no
+        # 500 in the metrics and no traceback in the log (the answer goes nowhere)
+        return noted_error(request, 499, "the client closed the connection before its request was read")
+
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, error: Exception) -> JSONResponse:
         return noted_error(request, *internal_error(error))  # Guard answers these first; kept as a backstop
@@ -284,7 +291,7 @@ def _add_routes(app: FastAPI, server: Server) -> None:
                       layer: str | None = None) -> Response:
         server.check_model(model)
         data = await read_image_body(request)
-        result = await server.run(_explain, server, data, method, _target(target), layer)
+        result = await server.run_explain(_explain, server, data, method, _target(target), layer)
         return Response(result.overlay_png, media_type="image/png",
                         headers={"X-Top-Class": _header_safe(_top_name(result)),
                                  "X-Target-Class": _header_safe(str(getattr(result, "target_class", "")))})
@@ -307,9 +314,8 @@ def _target(target: str | None) -> int | str | None:
 def _explain(server: Server, data: bytes, method: str, target: Any, layer: str | None) -> Any:
     admit_images([(data, "request body")], server.config.limits)
     image = decode_request_image(data, "request body", server.predictor.preprocessing.resized_size)
-    with server.explain_lock:
-        return explain_image(server.predictor, image, method=method, target=target, layer=layer,
-                             topk=server.config.topk)
+    return explain_image(server.predictor, image, method=method, target=target, layer=layer,
+                         topk=server.config.topk)
 
 
 def _top_name(result: Any) -> str:

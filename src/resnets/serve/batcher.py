@@ -82,17 +82,19 @@ class DynamicBatcher:
             return True
 
     def submit(self, batch: torch.Tensor) -> Future:
-        """Queue a normalised float batch; the future resolves to its float32 probabilities
-        (a batch over ``max_batch`` runs as several, answered as one)."""
-        if self._closed:
-            future: Future = Future()
-            future.set_exception(RuntimeError("the batcher is stopped"))
-            return future
+        """Queue a normalised float batch of at most ``max_batch`` images (a request's larger batch
+        is split by :meth:`resnets.serve.server.Server.run_batches`, which prepares one piece while
+        the last runs); the future resolves to its float32 probabilities."""
+        if len(batch) > self.max_batch:
+            raise ValueError(f"a batch of {len(batch)} is over max_batch {self.max_batch}: submit it in pieces")
+        item = _Item(batch)
         self.ensure_running()
-        items = [_Item(piece) for piece in batch.split(self.max_batch)] if len(batch) else [_Item(batch)]
-        for item in items:
-            self._queue.put(item)
-        return items[0].future if len(items) == 1 else joined([item.future for item in items])
+        with self._lock:  # never behind close's stop marker, where nothing would answer it
+            if self._closed:
+                item.future.set_exception(RuntimeError("the batcher is stopped"))
+            else:
+                self._queue.put(item)
+        return item.future
 
     def close(self, timeout: float = 30.0) -> None:
         """Answer what is queued, then stop the worker."""
@@ -167,27 +169,3 @@ class DynamicBatcher:
         for item in items:
             item.future.set_result(probs[start:start + len(item.batch)])
             start += len(item.batch)
-
-
-def joined(futures: list[Future]) -> Future:
-    """One future for the pieces of a split request: their results concatenated in order, or the
-    first failure."""
-    whole: Future = Future()
-    whole.set_running_or_notify_cancel()
-    lock, left = threading.Lock(), [len(futures)]
-
-    def done(piece: Future) -> None:
-        with lock:
-            if whole.done():
-                return
-            error = piece.exception() if not piece.cancelled() else RuntimeError("a piece was cancelled")
-            if error is not None:
-                whole.set_exception(error)
-                return
-            left[0] -= 1
-            if left[0] == 0:
-                whole.set_result(torch.cat([f.result() for f in futures]))
-
-    for future in futures:
-        future.add_done_callback(done)
-    return whole

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -26,7 +25,10 @@ from ..preprocessing import PixelBudgetError
 from ..metrics import top_classes
 from ..multilabel import is_multi_label, labels_above, threshold_of
 from ..predict import InferenceModel
+from ..factory import create_model
+from ..models import list_models
 from ..summarize import summary
+from ..weights.onnx import OnnxModel
 from .admission import DEFAULT_MAX_IMAGES, DEFAULT_MAX_PIXELS, Limits, ServeError, admit_images
 from .batcher import DynamicBatcher
 from .metrics import ServeMetrics
@@ -113,7 +115,9 @@ class Server:
         self.batcher = DynamicBatcher(predictor.model, config.max_batch, config.max_wait_ms,
                                       on_batch=self.metrics.batch_size.observe,
                                       multi_label=self.threshold is not None, threads=config.threads)
-        self.explain_lock = threading.Lock()  # Grad-CAM hooks the one plain model: one at a time
+        # Grad-CAM hooks the one plain model: one explanation at a time, on a thread of its own, so that
+        # a slow one (ScoreCAM: a forward pass per channel) never holds a decode thread
+        self.explain_pool = SupervisedPool(1, name="resnets-explain")
         self.card = model_card(predictor, config)
         self.warm = False  # the warm-up pass ran
         self.closing = False
@@ -121,11 +125,12 @@ class Server:
     @property
     def ready(self) -> bool:
         """Whether a request would be answered now: warmed up, not stopping, every worker thread running."""
-        return self.warm and not self.closing and self.batcher.alive and self.pool.alive
+        return (self.warm and not self.closing and self.batcher.alive and self.pool.alive
+                and self.explain_pool.alive)
 
     def supervise(self) -> int:
         """Start again the worker threads that died (the watchdog calls this); how many."""
-        return int(self.batcher.ensure_running()) + self.pool.ensure_running()
+        return int(self.batcher.ensure_running()) + self.pool.ensure_running() + self.explain_pool.ensure_running()
 
     def warm_up(self) -> None:
         """One forward pass before the first request (backends that build lazily build now)."""
@@ -138,6 +143,7 @@ class Server:
         self.closing = True
         self.batcher.close()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.explain_pool.shutdown(wait=False, cancel_futures=True)
 
     def check_model(self, model: str) -> None:
         if model != self.config.name:
@@ -146,6 +152,10 @@ class Server:
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` in a decode thread (CPU work stays off the event loop)."""
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def run_explain(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on the explanation thread: one at a time, never on a decode thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.explain_pool, fn, *args)
 
     async def classify(self, images: list[tuple[bytes, str]]) -> torch.Tensor:
         """Probabilities (N, classes) of images given as (bytes, name): admitted from their headers,
@@ -208,9 +218,9 @@ class Server:
 def model_card(predictor: InferenceModel, config: ServeConfig) -> dict[str, Any]:
     """What the web page shows about the model (parameters and MACs counted as ``resnets summary``)."""
     plain = predictor.plain
-    counted = summary(plain, predictor.img_size)
+    parameters, macs = _counts(plain, predictor.img_size)
     return {"name": config.name, "architecture": getattr(plain, "model_name", type(plain).__name__),
-            "parameters": counted.total_params, "macs": counted.macs, "input_size": predictor.img_size,
+            "parameters": parameters, "macs": macs, "input_size": predictor.img_size,
             "num_classes": len(predictor.class_names), "classes": predictor.class_names,
             "preprocessing": predictor.preprocessing.describe(),
             "preprocessing_record": predictor.preprocessing.to_dict(), "backend": predictor.backend,
@@ -218,3 +228,14 @@ def model_card(predictor: InferenceModel, config: ServeConfig) -> dict[str, Any]
             "max_body_mb": config.max_body_mb, "max_images": config.max_images,
             "max_pixels": config.max_pixels, "multi_label": is_multi_label(plain),
             "threshold": threshold_of(plain) if is_multi_label(plain) else None}
+
+
+def _counts(plain: torch.nn.Module, size: int) -> tuple[int | None, int | None]:
+    """Parameters and MACs of the model; of an ONNX file's registered architecture (its graph is no
+    module to count, and running it here would build a second session), None if not registered."""
+    if isinstance(plain, OnnxModel):
+        if plain.model_name not in list_models():
+            return None, None
+        plain = create_model(plain.model_name, num_classes=plain.num_classes, in_chans=plain.in_chans)
+    counted = summary(plain, size)
+    return counted.total_params, counted.macs

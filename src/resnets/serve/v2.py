@@ -114,7 +114,8 @@ def parse_request(body: bytes, json_length: str | None, limits: Limits,
     images), every count checked against ``limits`` before elements are materialised."""
     header, binary = split_body(body, json_length)
     spec = single_input(header)
-    _requested_outputs(header)  # a request for an unknown output is refused before any work
+    _requested_outputs(header)  # a request for an unknown output or a bad topk is refused before any work
+    _topk(header, 1)
     if spec.get("datatype") == "BYTES":
         return header, image_elements(spec, binary, limits), None
     return header, [], float_tensor(spec, binary, size, limits)

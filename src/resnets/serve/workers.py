@@ -51,16 +51,17 @@ class SupervisedPool(Executor):
         return restarted
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
-        if self._closed:
-            raise RuntimeError("cannot schedule new futures after shutdown")
         self.ensure_running()
         future: Future = Future()
-        self._queue.put((future, fn, args, kwargs))
+        with self._lock:  # never after shutdown's stop markers: such a task would wait forever
+            if self._closed:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._queue.put((future, fn, args, kwargs))
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False, timeout: float = 30.0) -> None:
         """Stop taking work; ``cancel_futures``: cancel what is queued instead of running it."""
-        with self._lock:
+        with self._lock:  # closed, and no submit can put a task behind the stop markers
             self._closed = True
             threads = [t for t in self._threads if t is not None]
         if cancel_futures:
