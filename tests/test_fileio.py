@@ -145,3 +145,27 @@ def test_leftovers_of_killed_writes_are_removed_by_the_next_write_only_when_aban
     save_weights(target, torch.nn.Linear(2, 2))
     left = {p.name for p in tmp_path.iterdir()}
     assert left == {target.name, just_killed.name, live.name, foreign.name, other_target.name}
+
+
+def test_a_locked_run_folder_keeps_the_only_old_copy_and_a_live_writers_file(tmp_path):
+    """remove_leftovers (a resumed run's folder): a backup whose file is missing is the only old copy
+    (kept); a temporary file of a live process (resnets evaluate drawing into the run) is kept; a
+    user's dotfile that merely ends in .bak is not ours; the abandoned rest goes."""
+    from resnets.fileio import remove_leftovers
+
+    gone = dead_pid()
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as other:
+        try:
+            (tmp_path / "weights.safetensors").write_text("new")
+            kept = [tmp_path / f".state.pt.{gone}-0badc0de.bak",          # state.pt itself is missing
+                    tmp_path / f".confusion.png.{other.pid}-0123abcd.tmp",  # a live writer's
+                    tmp_path / ".notes.20240101.bak"]                       # the user's own file
+            removed = [tmp_path / f".weights.safetensors.{gone}-0badc0de.bak",  # its file is back
+                       tmp_path / f".state.pt.{gone}-0123abcd.tmp",
+                       tmp_path / ".metrics.jsonl.k2j4_x9q.tmp"]
+            for path in kept + removed:
+                path.write_text("old")
+            remove_leftovers(tmp_path)
+        finally:
+            other.kill()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["weights.safetensors"] + [p.name for p in kept])

@@ -39,6 +39,19 @@ def test_a_shard_cut_at_a_header_boundary_says_samples_are_missing(shard, kept):
     assert len(source.dataset(None)) == kept
 
 
+@pytest.mark.parametrize("damage", ["part of a header", "bytes that are no header"])
+def test_a_shard_cut_inside_a_header_or_damaged_after_a_member_says_samples_are_missing(shard, damage):
+    """tarfile also ends quietly on a header cut short (TruncatedHeaderError) or on a block that
+    is no header (InvalidHeaderError): the warning used to look only for nothing at all."""
+    with tarfile.open(shard) as archive:
+        cut = archive.getmembers()[4].offset  # two samples kept
+    data = shard.read_bytes()
+    shard.write_bytes(data[:cut + 100] if damage == "part of a header" else data[:cut] + b"\x07" * 1024)
+    with pytest.warns(BadImageWarning, match=r"is cut short: it ends at byte \d+ without tar's end-of-archive"):
+        source = open_source(shard)
+    assert len(source.dataset(None)) == 2
+
+
 def test_a_whole_shard_gives_no_warning(shard):
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -322,23 +322,30 @@ def _remove_abandoned(target: Path, suffix: str) -> None:
 
 
 def remove_leftovers(folder: str | os.PathLike) -> None:
-    """Remove every leftover of a killed write in ``folder`` (temporary files, backups) at once,
-    whatever its age: for a folder this process holds exclusively (a locked run folder), where
-    no other writer can be using one. Only names this module makes; this process's own are kept."""
-    patterns = [_leftover_pattern(r"[^/]+", suffix, literal=False) for suffix in (".tmp", ".bak")]
+    """Remove the leftovers of killed writes in ``folder`` (a run folder this process has locked)
+    at once, whatever their age: temporary files whose writer is gone (this process's own, and a
+    live one's, such as ``resnets evaluate`` drawing a figure into the run, are kept), and backups
+    whose file is back in place (one whose file is missing is the only old copy: kept). Only
+    names this module makes."""
+    patterns = [_leftover_pattern(r"(?P<name>[^/]+)", suffix, literal=False) for suffix in (".tmp", ".bak")]
     for entry in os.scandir(folder):
         match = next((m for m in (p.match(entry.name) for p in patterns) if m), None)
-        if match is None or match.group("pid") == str(os.getpid()):
+        if match is None or not (entry.is_file(follow_symlinks=False) or entry.is_symlink()):
             continue
-        if entry.is_file(follow_symlinks=False) or entry.is_symlink():
-            with contextlib.suppress(OSError):
-                os.unlink(entry.path)
+        pid = match.group("pid")
+        if pid is not None and (int(pid) == os.getpid() or _pid_alive(int(pid))):
+            continue
+        if entry.name.endswith(".bak") and not os.path.lexists(os.path.join(folder, match.group("name"))):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(entry.path)
 
 
 def _leftover_pattern(name: str, suffix: str, literal: bool = True) -> re.Pattern[str]:
     """``.NAME.PID-HEX8`` + suffix (``..NAME...tmp.PID-HEX8.tmp``: a temp of a temp, as a
-    writer that writes atomically itself makes), or the ``.NAME.XXXXXXXX.tmp`` of mkstemp."""
-    ours = r"(?P<pid>\d+)-[0-9a-f]{8}|[a-z0-9_]{8}"
+    writer that writes atomically itself makes), or the ``.NAME.XXXXXXXX.tmp`` of mkstemp (only
+    temporary files: a backup always carries its writer's pid)."""
+    ours = r"(?P<pid>\d+)-[0-9a-f]{8}" + (r"|[a-z0-9_]{8}" if suffix == ".tmp" else "")
     nested = r"(?:\.tmp\.\d+-[0-9a-f]{8})?" if suffix == ".tmp" else ""
     return re.compile(rf"^\.\.?{re.escape(name) if literal else name}\.(?:{ours}){nested}{re.escape(suffix)}$")
 

@@ -146,15 +146,16 @@ def _index_shard(path: Path, shard: int) -> list[tuple[Sample, int | None]]:
 
 
 def _check_end(handle: io.BufferedReader, offset: int, name: str) -> None:
-    """Warn when a shard stops where a tar header should be, without the zero blocks that end every
-    tar: it was cut short (an interrupted copy or download), and tarfile would end there silently,
-    dropping the samples that followed."""
+    """Warn when a shard does not end with the zero block that ends every tar, where tarfile
+    stopped: it was cut short (an interrupted copy or download: nothing left, or part of a header)
+    or damaged there (bytes that are no header), and tarfile ends silently in each case, dropping
+    the samples that followed."""
     size = os.fstat(handle.fileno()).st_size
     handle.seek(min(offset, size))
-    if not handle.read(tarfile.BLOCKSIZE):  # at or past the end of the file: no end-of-archive block
-        warnings.warn(f"shard {name} is cut short: it ends at byte {size} without tar's end-of-archive "
-                      f"blocks, so samples after its last complete member are missing; copy it again",
-                      BadImageWarning, stacklevel=2)
+    if handle.read(tarfile.BLOCKSIZE) != bytes(tarfile.BLOCKSIZE):
+        warnings.warn(f"shard {name} is cut short: it ends at byte {min(offset, size)} without tar's "
+                      f"end-of-archive blocks (the file has {size} bytes), so samples after its last "
+                      f"complete member are missing; copy it again", BadImageWarning, stacklevel=2)
 
 
 def _index_path(shard: Path) -> Path:
