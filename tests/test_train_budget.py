@@ -29,6 +29,16 @@ def test_plan_fills_the_budget_with_steps_and_validations():
     assert plan_epochs(600, 1.0, 10, 5.0, 1, save_s=2.0) == math.floor(usable / 17) == 33
 
 
+def test_the_planned_end_counts_the_validations_the_run_makes():
+    from resnets.train.plan import Plan
+
+    # 14 epochs of 10 s steps, a 30 s validation every 2nd epoch (7 of them) and a 1 s checkpoint each
+    plan = Plan(60, 14, 10, 1.0, 30.0, 1.0, 12.0, val_every=2)
+    assert plan.planned_minutes == pytest.approx((12 + 14 * 10 + 14 * 1 + 7 * 30) / 60)
+    assert Plan(60, 15, 10, 1.0, 30.0, 1.0, 12.0, val_every=2).planned_minutes == pytest.approx(
+        (12 + 15 * 10 + 15 * 1 + 8 * 30) / 60)  # and after the last, odd one
+
+
 def test_plan_bounds():
     assert plan_epochs(1, 10.0, 100, 0.0, 1) == 1                  # nothing fits: one epoch
     assert plan_epochs(1e6, 1e-6, 1, 0.0, 1) == MAX_PLANNED_EPOCHS  # everything fits: the cap

@@ -32,7 +32,10 @@ def _interrupted_while_starting(signum: int, frame: object) -> None:
 # process that imports this module without running main(), a spawned worker, keeps its usual
 # KeyboardInterrupt). A SIGINT that was ignored (a command started in the background) stays so.
 if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-    signal.signal(signal.SIGINT, _interrupted_while_starting)
+    try:
+        signal.signal(signal.SIGINT, _interrupted_while_starting)
+    except ValueError:  # imported off the main thread (a library user's worker): nothing to install
+        pass
 
 import argparse  # noqa: E402
 import difflib  # noqa: E402
@@ -272,6 +275,10 @@ def _interrupted_while_ending(signum: int, frame: object) -> None:
             stream.flush()
         except (OSError, ValueError):
             pass
+    try:
+        os.write(2, b"resnets: interrupted\n")  # the one line every interrupted command ends with
+    except OSError:
+        pass
     os._exit(130)
 
 

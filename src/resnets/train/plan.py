@@ -55,12 +55,14 @@ class Plan:
     spent_s: float          # already gone when planning (start-up, decoding)
     train_s: float = 0.0    # every planned epoch's steps (sizes vary with progressive resizing)
     small_step_s: float | None = None  # one step at the smallest progressive size, measured
+    val_every: int = 1      # a validation every val_every epochs and after the last
 
     @property
     def planned_minutes(self) -> float:
         """When the run is expected to end, in minutes from the command's start."""
         train_s = self.train_s or self.epochs * self.steps_per_epoch * self.step_s
-        return (self.spent_s + train_s + self.epochs * (self.val_s + self.save_s)) / 60
+        validations = self.epochs // self.val_every + (self.epochs % self.val_every > 0)
+        return (self.spent_s + train_s + self.epochs * self.save_s + validations * self.val_s) / 60
 
     def describe(self) -> str:
         return (f"{self.epochs} epoch(s) of {self.steps_per_epoch} steps, {self.step_s * 1000:.0f} ms a step"
@@ -127,7 +129,8 @@ def make_plan(setup: TrainingSetup, minutes: float, started: float) -> Plan:
                          step_s_at)
     epochs = int(all_reduce_sum(torch.tensor(float(epochs if setup.ctx.is_main else 0)), setup.ctx).item())
     train_s = sum(steps_per_epoch * (step_s_at(e, epochs) if step_s_at else step_s) for e in range(epochs))
-    return Plan(minutes, epochs, steps_per_epoch, step_s, val_s, save_s, spent, train_s, small_step_s)
+    return Plan(minutes, epochs, steps_per_epoch, step_s, val_s, save_s, spent, train_s, small_step_s,
+                setup.config.val_every)
 
 
 def _step_seconds(setup: TrainingSetup, size: int | None = None) -> float:
