@@ -369,3 +369,12 @@ def test_found_a_tall_tiff_is_refused_before_its_decode(child):
     answer = child.read("image", {"x.tif": TALL_16_BIT_TIFF})
     assert answer["outcome"] == "ResnetsError" and "would become 256x100663495" in answer["detail"], answer
     assert answer["grew_mb"] < 50, answer  # nothing decoded
+
+
+# Found by make fuzz: a weights record asking for groups=3 on BasicBlocks; building the model's
+# shapes raised the block's ValueError as a traceback. A record the blocks refuse is one line now.
+def test_found_a_weights_record_with_groups_on_basic_blocks_is_a_resnets_error(child):
+    seed = weights_seed()
+    assert b'\\"groups\\": 1' in seed
+    answer = child.read("weights", {"w.safetensors": seed.replace(b'\\"groups\\": 1', b'\\"groups\\": 3', 1)})
+    assert answer["outcome"] == "ResnetsError" and "cannot be built" in answer["detail"], answer

@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
-from ..errors import ResnetsError
+from ..errors import ResnetsError, first_line
 from ..fileio import atomic_write_bytes
 from ..models import ResNet, ResNetConfig, get_model_spec, list_models
 from ..multilabel import task_of
@@ -212,8 +212,11 @@ MAX_CLASSES = 1_000_000
 def _check_size_against_file(config: ResNetConfig, args: dict[str, Any], tensors: dict[str, torch.Tensor],
                              source: str) -> None:
     """Refuse a record whose model would hold more numbers than the file carries."""
-    with torch.device("meta"):
-        shapes = ResNet(config, **args)
+    try:
+        with torch.device("meta"):
+            shapes = ResNet(config, **args)
+    except (ValueError, TypeError) as error:  # a combination the blocks refuse (groups on a BasicBlock...)
+        raise ResnetsError(f"{source}: its architecture record cannot be built ({first_line(error)})") from None
     needed = sum(t.numel() for t in shapes.state_dict().values())
     present = sum(t.numel() for t in tensors.values())
     if needed > present:
