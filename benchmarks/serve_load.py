@@ -1,8 +1,8 @@
 """Load test of `resnets serve` against LitServe: concurrent clients sending real JPEGs.
 
 Load mode (default): a ResNet-50 with random-init weights (throughput does not depend on the
-weights) is served three ways, one at a time, each with the same inference backend (the
-``auto`` choice the first server makes, cached, is handed to the others by name):
+weights) is served three ways, all three started up front, each with the same inference backend
+(the ``auto`` choice the first server makes, cached, is handed to the others by name):
 
 - ``resnets_default``: ``resnets serve`` at its defaults (``--backend`` aside);
 - ``resnets_max_batch_1``: the same with ``--max-batch 1`` (no batching);
@@ -13,21 +13,34 @@ weights) is served three ways, one at a time, each with the same inference backe
   base64, as LitServe's image examples send it; ``decode_request`` decodes and crops as resnets
   does, ``predict`` runs the batch, the answer is the same top-5.
 
-At each of ``--clients`` (default 1, 4 and 16 concurrent clients) every server gets a warm-up
-of two requests per client, then ``--requests`` requests. Prints one JSON document on stdout
-(throughput, p50/p99 latency and errors per server and client count; the ratios of the default
-to the other two; whether the targets hold: the default at least 1.0x ``--max-batch 1`` and
-1.0x LitServe in throughput, its p99 no worse than LitServe's) and the same side by side as a
+The servers are measured interleaved, so that drift of the machine falls on all three alike: at
+each of ``--clients`` (default 1, 4 and 16 concurrent clients) every server gets a warm-up of two
+requests per client, then ``--rounds`` rounds; in each round every server in turn, in an order
+rotated by one each round, gets the same ``--requests`` requests. While one server has its turn
+the other two are stopped (SIGSTOP to their process groups; ``--no-pause`` leaves them running):
+an idle LitServe is not idle, its batching loop polls its queue every millisecond, about a sixth
+of a core here, and its wake-ups slowed the server being measured by far more than that. Before
+the rounds all three run idle for ``--idle-seconds`` and the cores each uses then are reported;
+the CPU time each uses during the others' turns (``/proc/PID/stat`` of its process group, before
+and after every turn: none when stopped) is reported too, with each server's CPU per request.
+
+Prints one JSON document on stdout: per server and client count the median throughput over the
+rounds (and each round's), p50/p99 latency of all rounds' requests pooled, errors and CPU; the
+ratios of the default to the other two (of the medians, and per round with their median and the
+rounds the default won); whether the targets hold: the default at least 1.0x ``--max-batch 1``
+and 1.0x LitServe in throughput, its p99 no worse than LitServe's. The same side by side as a
 table on stderr. ``--bench`` adds ``resnets.bench``'s batch-32 images/s of the same backend.
 
-Soak mode (``--soak``): ``--requests`` (default 5000) requests, every third one a bad input
-(non-image, truncated JPEG, a 100,000^2-pixel PNG header, empty body, wrong content type, a v2
-tensor of the wrong shape); reports 5xx answers (must be 0), good answers whose top-1 differs
-from the same model run in-process (must be 0) and the server's RSS after warm-up and after
-the soak (must stay within 10 %).
+Soak mode (``--soak``): ``--requests`` (default 5000) requests from as many clients as the largest
+of ``--clients`` (16), every third one a bad input (non-image, truncated JPEG, a 100,000^2-pixel
+PNG header, empty body, text declared as ``text/plain``, a v2 tensor of the wrong shape); reports
+5xx answers or dropped connections (must be 0), good answers that differ from the same model run
+in-process (must be 0), bad ones not answered 4xx (must be 0), and the server's RSS after a
+warm-up of ``--soak-warmup`` good requests (default 4 per client) and at the end, sampled every
+second in between: the growth must stay under 5 %.
 
-    PYTHONPATH=src python benchmarks/serve_load.py --requests 240
-    PYTHONPATH=src python benchmarks/serve_load.py --soak --model resnet18
+    flock /tmp/cpu.lock .venv/bin/python benchmarks/serve_load.py --rounds 9 --requests 90
+    flock /tmp/cpu.lock .venv/bin/python benchmarks/serve_load.py --soak
 """
 
 from __future__ import annotations
@@ -36,8 +49,6 @@ import argparse
 import base64
 import json
 import os
-import re
-import select
 import signal
 import statistics
 import struct
@@ -46,89 +57,19 @@ import sys
 import tempfile
 import threading
 import time
-import zipfile
 import zlib
 from pathlib import Path
 
-SHARED_DATA = os.environ.get("RESNETS_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
-DATA = Path(SHARED_DATA) / "imagenette-224-train.zip"
+from _serving import NAME, ServeProcess, expected_probabilities, free_port, is_wrong, jpegs, percentile_ms, \
+    save_random_model, wait_ready
+
 TARGETS = {"default_over_max_batch_1": 1.0, "default_over_litserve": 1.0, "p99_litserve_over_default": 1.0}
 SERVERS = ("resnets_default", "resnets_max_batch_1", "litserve")
+SOAK_GROWTH_LIMIT = 0.05  # issue 25: memory growth under 5 % from after the warm-up to the end
 
 
-def read_jpegs(count: int) -> list[bytes]:
-    with zipfile.ZipFile(DATA) as archive:
-        names = [n for n in sorted(archive.namelist()) if n.lower().endswith((".jpg", ".jpeg"))]
-        step = max(1, len(names) // count)
-        return [archive.read(n) for n in names[::step][:count]]
-
-
-def save_random_model(name: str, folder: Path) -> Path:
-    import torch
-
-    from resnets import create_model
-    from resnets.weights.format import save_weights
-
-    torch.manual_seed(0)
-    return save_weights(folder / f"{name}.safetensors", create_model(name).eval())
-
-
-class Server:
-    """``resnets serve`` in a process of its own; ``backend`` is what it says it runs."""
-
-    path = "/predictions/m"
-    health = "/v2/health/ready"
-
-    def __init__(self, weights: Path, *args: str) -> None:
-        command = [sys.executable, "-m", "resnets", "serve", str(weights), "--port", "0", "--name", "m", *args]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, start_new_session=True)
-        deadline = time.monotonic() + 300
-        self.url = self.backend = None
-        while self.url is None:
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise SystemExit(f"the server did not start: {command}")
-            if select.select([self.process.stdout], [], [], 1.0)[0]:
-                match = re.search(r"\((\S+)\) on (http://[\d.]+:\d+)/", self.process.stdout.readline())
-                self.backend, self.url = match.groups() if match else (None, None)
-        wait_ready(self.url + self.health, self.process)
-
-    def request(self, jpeg: bytes) -> dict:
-        return {"content": jpeg, "headers": {"Content-Type": "image/jpeg"}}
-
-    def rss_mb(self) -> float:
-        text = Path(f"/proc/{self.process.pid}/status").read_text()
-        return int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) / 1024
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(60)
-
-
-def wait_ready(url: str, process: subprocess.Popen, seconds: float = 300) -> None:
-    import httpx
-
-    deadline = time.monotonic() + seconds
-    while True:
-        if time.monotonic() > deadline or process.poll() is not None:
-            raise SystemExit(f"the server at {url} did not become ready")
-        try:
-            if httpx.get(url, timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class LitServeServer(Server):
-    """The same model behind LitServe (:func:`litserve_main`, in a process of its own)."""
+class LitServeServer(ServeProcess):
+    """The same model behind LitServe (:func:`litserve_main`, in a process group of its own)."""
 
     path = "/predict"
     health = "/health"
@@ -138,19 +79,22 @@ class LitServeServer(Server):
         command = [sys.executable, __file__, "--litserve-worker", str(weights), "--backend", backend,
                    "--port", str(port), "--litserve-batch", str(max_batch), "--litserve-timeout-ms", str(timeout_ms)]
         self.process = subprocess.Popen(command, start_new_session=True)
-        self.url, self.backend = f"http://127.0.0.1:{port}", backend
+        self.url, self.backend, self.log = f"http://127.0.0.1:{port}", backend, None
         wait_ready(self.url + self.health, self.process)
 
-    def request(self, jpeg: bytes) -> dict:
+    @staticmethod
+    def request(jpeg: bytes) -> dict:
         return {"json": {"image": base64.b64encode(jpeg).decode("ascii")}}
 
-    def stop(self) -> int:
+    def stop(self) -> tuple[int, float]:
+        start = time.monotonic()
         os.killpg(self.process.pid, signal.SIGTERM)  # LitServe's API and inference processes
         try:
-            return self.process.wait(60)
+            status = self.process.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
-            return self.process.wait(60)
+            status = self.process.wait(60)
+        return status, time.monotonic() - start
 
 
 def litserve_main(weights: str, backend: str, port: int, max_batch: int, timeout_ms: float) -> None:
@@ -244,21 +188,12 @@ def fire(url: str, requests: list[tuple[str, dict]], clients: int) -> tuple[list
     return results, time.perf_counter() - start
 
 
-def summarise(results: list[tuple[float, int, bytes]], seconds: float) -> dict:
-    latencies = sorted(r[0] for r in results)
-    return {"requests": len(results), "seconds": round(seconds, 2),
-            "throughput_rps": round(len(results) / seconds, 2),
-            "latency_p50_ms": round(1e3 * statistics.median(latencies), 1),
-            "latency_p99_ms": round(1e3 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 1),
-            "errors": sum(1 for r in results if r[1] != 200)}
-
-
-def image_requests(jpegs: list[bytes], count: int, server: Server | None = None) -> list[tuple[str, dict]]:
-    """``count`` requests cycling through ``jpegs``, in ``server``'s form (default: resnets serve's)."""
-    if server is None:
-        return [(Server.path, {"content": jpegs[i % len(jpegs)], "headers": {"Content-Type": "image/jpeg"}})
-                for i in range(count)]
-    return [(server.path, server.request(jpegs[i % len(jpegs)])) for i in range(count)]
+def image_requests(images: list[bytes], count: int, server: ServeProcess | None = None,
+                   offset: int = 0) -> list[tuple[str, dict]]:
+    """``count`` requests cycling through ``images`` from ``offset``, in ``server``'s form (default:
+    resnets serve's)."""
+    form = server or ServeProcess
+    return [(form.path, form.request(images[(offset + i) % len(images)])) for i in range(count)]
 
 
 def bench_rate(model: str, backend: str) -> float:
@@ -268,63 +203,163 @@ def bench_rate(model: str, backend: str) -> float:
     return next(r.images_per_s for r in report.rows if r.backend == backend)
 
 
-def start_server(kind: str, weights: Path, backend: str, args: argparse.Namespace) -> Server:
+def start_server(kind: str, weights: Path, backend: str, args: argparse.Namespace) -> ServeProcess:
     if kind == "litserve":
         return LitServeServer(weights, backend, args.litserve_batch, args.litserve_timeout_ms)
     flags = ["--backend", backend] + (["--max-batch", "1"] if kind == "resnets_max_batch_1" else [])
-    return Server(weights, *flags)
+    return ServeProcess(weights, *flags)
 
 
-def load_mode(args: argparse.Namespace, weights: Path, jpegs: list[bytes], backend: str) -> dict:
-    """Each server in turn, at each client count: warm-up, then ``--requests`` requests."""
+# -- load mode ---------------------------------------------------------------------------------
+def load_mode(args: argparse.Namespace, weights: Path, images: list[bytes], backend: str) -> dict:
+    """All three servers up front; at each client count, interleaved rounds (:func:`interleaved`)."""
+    servers: dict[str, ServeProcess] = {}
     rows: dict[str, dict] = {}
-    for kind in SERVERS:
-        server = start_server(kind, weights, backend, args)
-        backend = server.backend or backend  # auto's choice, passed on by name to the others
-        rows[kind] = {"backend": server.backend}
-        try:
-            for clients in args.clients:
-                fire(server.url, image_requests(jpegs, 2 * clients, server), clients)
-                rows[kind][str(clients)] = summarise(*fire(server.url, image_requests(jpegs, args.requests, server),
-                                                           clients))
-        finally:
-            rows[kind]["exit_status"] = server.stop()
-    result = {"servers": rows, "comparison": compare(rows, args.clients)}
+    try:
+        for kind in SERVERS:
+            servers[kind] = start_server(kind, weights, backend, args)
+            backend = servers[kind].backend or backend  # auto's choice, passed on by name to the others
+            rows[kind] = {"backend": servers[kind].backend, "rss_after_start_mb": round(servers[kind].memory_mb(), 1)}
+        for kind, cores in idle_cpu_cores(servers, args.idle_seconds).items():
+            rows[kind]["idle_cpu_cores"] = cores
+        for clients in args.clients:
+            for kind, row in interleaved(servers, images, clients, args.rounds, args.requests,
+                                         not args.no_pause).items():
+                rows[kind][str(clients)] = row
+    finally:
+        for kind, server in servers.items():
+            pause(server, False)
+            rows[kind]["exit_status"] = server.stop()[0]
+    result = {"rounds": args.rounds, "requests_per_turn": args.requests, "idle_servers_paused": not args.no_pause,
+              "servers": rows,
+              "comparison": compare(rows, args.clients)}
     result["targets_met"] = all(all(c["targets_met"].values()) for c in result["comparison"].values())
     if args.bench:
         result["bench_batch32_images_per_s"] = round(bench_rate(args.model, backend), 2)
     return result
 
 
+def pause(server: ServeProcess, stop: bool) -> None:
+    """SIGSTOP (``stop``) or SIGCONT to every process of ``server``'s process group."""
+    if server.process.poll() is None:
+        os.killpg(server.process.pid, signal.SIGSTOP if stop else signal.SIGCONT)
+
+
+def idle_cpu_cores(servers: dict[str, ServeProcess], seconds: float) -> dict[str, float]:
+    """The cores each server uses while all of them run and none has requests, over ``seconds``."""
+    for server in servers.values():
+        pause(server, False)
+    before, start = {k: s.cpu_seconds() for k, s in servers.items()}, time.perf_counter()
+    time.sleep(seconds)
+    after, wall = {k: s.cpu_seconds() for k, s in servers.items()}, time.perf_counter() - start
+    return {k: round((after[k] - before[k]) / wall, 4) for k in servers}
+
+
+def interleaved(servers: dict[str, ServeProcess], images: list[bytes], clients: int, rounds: int,
+                requests: int, pause_idle: bool = True) -> dict[str, dict]:
+    """``rounds`` rounds of ``requests`` requests from ``clients`` threads to each server in turn (the
+    order rotated each round; every server gets the same images in a round), after a warm-up; per
+    server the rounds' throughputs and median, pooled latencies, errors, the CPU it used per request
+    (and the clients' CPU), and the CPU it used while another server had its turn (``pause_idle``:
+    it was stopped with SIGSTOP meanwhile, so none)."""
+    kinds = list(servers)
+    for kind in kinds:
+        pause(servers[kind], False)
+    for kind in kinds:
+        fire(servers[kind].url, image_requests(images, 2 * clients, servers[kind]), clients)
+    rates: dict[str, list[float]] = {k: [] for k in kinds}
+    latencies: dict[str, list[float]] = {k: [] for k in kinds}
+    errors = dict.fromkeys(kinds, 0)
+    idle_cpu, idle_wall = dict.fromkeys(kinds, 0.0), dict.fromkeys(kinds, 0.0)
+    busy_cpu, client_cpu = dict.fromkeys(kinds, 0.0), dict.fromkeys(kinds, 0.0)
+    for r in range(rounds):
+        for kind in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:
+            server, others = servers[kind], [k for k in kinds if k != kind]
+            batch = image_requests(images, requests, server, offset=r * requests)
+            for k in kinds:
+                pause(servers[k], pause_idle and k != kind)
+            cpu_before, start = {k: servers[k].cpu_seconds() for k in kinds}, time.perf_counter()
+            own_before = time.process_time()
+            results, seconds = fire(server.url, batch, clients)
+            client_cpu[kind] += time.process_time() - own_before
+            cpu_after, wall = {k: servers[k].cpu_seconds() for k in kinds}, time.perf_counter() - start
+            busy_cpu[kind] += cpu_after[kind] - cpu_before[kind]
+            for k in others:
+                idle_cpu[k] += cpu_after[k] - cpu_before[k]
+                idle_wall[k] += wall
+            rates[kind].append(len(results) / seconds)
+            latencies[kind].extend(latency for latency, _, _ in results)
+            errors[kind] += sum(1 for _, status, _ in results if status != 200)
+        print(f"clients {clients}, round {r + 1}/{rounds}: "
+              + ", ".join(f"{k} {rates[k][-1]:.2f} req/s" for k in kinds), file=sys.stderr, flush=True)
+    for kind in kinds:
+        pause(servers[kind], False)
+    return {k: {"throughput_rps": round(statistics.median(rates[k]), 2),
+                "throughput_rounds": [round(rate, 2) for rate in rates[k]],
+                "requests": len(latencies[k]), "latency_p50_ms": percentile_ms(latencies[k], 0.5),
+                "latency_p99_ms": percentile_ms(latencies[k], 0.99), "errors": errors[k],
+                "server_cpu_ms_per_request": round(1e3 * busy_cpu[k] / len(latencies[k]), 1),
+                "client_cpu_ms_per_request": round(1e3 * client_cpu[k] / len(latencies[k]), 1),
+                "cpu_in_others_turns_s": round(idle_cpu[k], 2), "others_turns_s": round(idle_wall[k], 1)}
+            for k in kinds}
+
+
 def compare(rows: dict[str, dict], clients: list[int]) -> dict:
-    """Per client count: the default's throughput over the other two, LitServe's p99 over the default's."""
+    """Per client count: the default's median throughput over the other two's (and the same per round,
+    with its median and the rounds the default won), LitServe's pooled p99 over the default's."""
     comparison = {}
     for count in map(str, clients):
         default, single, lit = (rows[kind][count] for kind in SERVERS)
         ratios = {"default_over_max_batch_1": round(default["throughput_rps"] / single["throughput_rps"], 3),
                   "default_over_litserve": round(default["throughput_rps"] / lit["throughput_rps"], 3),
                   "p99_litserve_over_default": round(lit["latency_p99_ms"] / default["latency_p99_ms"], 3)}
-        comparison[count] = {**ratios, "targets_met": {k: v >= TARGETS[k] for k, v in ratios.items()}}
+        per_round = {"default_over_max_batch_1": [round(a / b, 3) for a, b in zip(
+                         default["throughput_rounds"], single["throughput_rounds"])],
+                     "default_over_litserve": [round(a / b, 3) for a, b in zip(
+                         default["throughput_rounds"], lit["throughput_rounds"])]}
+        comparison[count] = {**ratios, "round_ratios": per_round,
+                             "round_ratio_medians": {k: round(statistics.median(v), 3) for k, v in per_round.items()},
+                             "rounds_won": {k: sum(v >= 1.0 for v in values) for k, values in per_round.items()},
+                             "targets_met": {k: v >= TARGETS[k] for k, v in ratios.items()}}
     return comparison
 
 
 def table(result: dict, clients: list[int]) -> str:
-    """The three servers side by side: req/s, p50/p99 ms, errors; then the ratios."""
-    lines = [f"{'clients':>7}  " + "  ".join(f"{kind:>30}" for kind in SERVERS) + "  default/mb1  default/lit  "
-             "p99 lit/default"]
+    """The three servers side by side: median req/s (the rounds' range), p50/p99 ms, errors; the
+    ratios (of the medians, median of the rounds', rounds the default won); then the servers' CPU."""
+    rounds = result["rounds"]
+    lines = [f"{'clients':>7}  " + "  ".join(f"{kind:>36}" for kind in SERVERS)
+             + f"  {'default/mb1':>17}  {'default/lit':>17}  p99 lit/default"]
     for count in map(str, clients):
         cells = []
         for kind in SERVERS:
             row = result["servers"][kind][count]
-            cells.append(f"{row['throughput_rps']:7.2f} req/s {row['latency_p50_ms']:6.0f}/"
-                         f"{row['latency_p99_ms']:6.0f} ms" + (f" {row['errors']}err" if row["errors"] else ""))
-        ratio = result["comparison"][count]
-        lines.append(f"{count:>7}  " + "  ".join(f"{cell:>30}" for cell in cells)
-                     + f"  {ratio['default_over_max_batch_1']:10.2f}x  {ratio['default_over_litserve']:10.2f}x  "
-                       f"{ratio['p99_litserve_over_default']:14.2f}x")
+            cells.append(f"{row['throughput_rps']:5.2f} ({min(row['throughput_rounds']):5.2f}-"
+                         f"{max(row['throughput_rounds']):5.2f}) {row['latency_p50_ms']:4.0f}/"
+                         f"{row['latency_p99_ms']:4.0f} ms" + (f" {row['errors']}err" if row["errors"] else ""))
+        c = result["comparison"][count]
+        won = c["rounds_won"]
+        paired = c["round_ratio_medians"]
+        lines.append(f"{count:>7}  " + "  ".join(f"{cell:>36}" for cell in cells)
+                     + "".join(f"  {c[k]:5.2f}x {paired[k]:4.2f}x {won[k]}/{rounds}"
+                               for k in ("default_over_max_batch_1", "default_over_litserve"))
+                     + f"  {c['p99_litserve_over_default']:14.2f}x")
+    servers = result["servers"]
+    idle = ", ".join(f"{kind} {servers[kind]['idle_cpu_cores']:.3f}" for kind in SERVERS)
+    turns = ", ".join(f"{kind} {sum(servers[kind][str(c)]['cpu_in_others_turns_s'] for c in clients):.2f} s in "
+                      f"{sum(servers[kind][str(c)]['others_turns_s'] for c in clients):.0f} s" for kind in SERVERS)
+    cpu = "; ".join(f"{kind} " + "/".join(f"{servers[kind][str(c)]['server_cpu_ms_per_request']:.0f}" for c in clients)
+                    for kind in SERVERS)
+    lines += [f"cells: median req/s over {rounds} rounds (range), p50/p99 ms pooled; ratios: of the medians, "
+              "the median of the rounds' ratios, rounds the default won.",
+              f"CPU cores used idle, all running: {idle}.",
+              f"CPU used during the other servers' turns "
+              f"({'stopped' if result['idle_servers_paused'] else 'running'}): {turns}.",
+              f"server CPU ms per request: {cpu} (at {'/'.join(map(str, clients))} clients)"]
     return "\n".join(lines)
 
 
+# -- soak mode ---------------------------------------------------------------------------------
 def bad_inputs(jpeg: bytes, size: int) -> list[tuple[str, dict]]:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
@@ -332,72 +367,97 @@ def bad_inputs(jpeg: bytes, size: int) -> list[tuple[str, dict]]:
     bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0))
             + chunk(b"IEND", b""))
     tensor = {"name": "input", "datatype": "FP32", "shape": [1, 3, size - 1, size], "data": [0.0] * 4}
-    return [("/predictions/m", {"content": b"definitely not an image"}),
-            ("/predictions/m", {"content": jpeg[:len(jpeg) // 2]}),
-            ("/predictions/m", {"content": bomb}),
-            ("/predictions/m", {"content": b""}),
-            ("/predictions/m", {"content": jpeg, "headers": {"Content-Type": "text/plain"}}),
-            ("/v2/models/m/infer", {"json": {"inputs": [tensor]}})]
+    predictions = f"/predictions/{NAME}"
+    return [(predictions, {"content": b"definitely not an image"}),
+            (predictions, {"content": jpeg[:len(jpeg) // 2]}),
+            (predictions, {"content": bomb}),
+            (predictions, {"content": b""}),
+            (predictions, {"content": b"plain text", "headers": {"Content-Type": "text/plain"}}),
+            (f"/v2/models/{NAME}/infer", {"json": {"inputs": [tensor]}})]
 
 
-def expected_top1(weights: Path, jpegs: list[bytes], backend: str) -> list[str]:
-    import torch
+class MemorySampler:
+    """The server's RSS every ``every`` seconds, in a thread, until stopped: (seconds, MiB) each."""
 
-    from resnets.data.images import decode_image
-    from resnets.predict import load_for_inference
+    def __init__(self, server: ServeProcess, every: float = 1.0) -> None:
+        self.server, self.every, self.samples = server, every, []
+        self.stopping, self.start = threading.Event(), time.monotonic()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
 
-    predictor = load_for_inference(weights, backend=backend)
-    batch = torch.cat([predictor.normalise(predictor.preprocessing.to_uint8(decode_image(j, "x"))[None])
-                       for j in jpegs])
-    with torch.inference_mode():
-        return [predictor.class_names[i] for i in predictor.model(batch).argmax(1).tolist()]
+    def _run(self) -> None:
+        while not self.stopping.wait(self.every):
+            self.samples.append((round(time.monotonic() - self.start, 1), round(self.server.memory_mb(), 1)))
+
+    def stop(self) -> list[tuple[float, float]]:
+        self.stopping.set()
+        self.thread.join()
+        return self.samples
 
 
-def soak_mode(args: argparse.Namespace, weights: Path, jpegs: list[bytes], backend: str) -> dict:
-    expected = expected_top1(weights, jpegs, backend)
+def soak_mode(args: argparse.Namespace, weights: Path, images: list[bytes], backend: str) -> dict:
+    classes, expected = expected_probabilities(weights, images, backend)
+    index = {name: i for i, name in enumerate(classes)}
     from resnets.models import get_model_spec
 
-    bad = bad_inputs(jpegs[0], get_model_spec(args.model).input_size)
+    bad = bad_inputs(images[0], get_model_spec(args.model).input_size)
     requests, truth = [], []
     for i in range(args.requests):
         if i % 3 == 2:
             requests.append(bad[(i // 3) % len(bad)])
             truth.append(None)
         else:
-            requests.append(image_requests(jpegs, i + 1)[i])
-            truth.append(expected[i % len(jpegs)])
+            requests.append(image_requests(images, 1, offset=i)[0])
+            truth.append(i % len(images))
     flags = [item for flag, value in (("--max-batch", args.max_batch), ("--max-wait-ms", args.max_wait_ms),
                                       ("--workers", args.workers)) if value is not None for item in (flag, str(value))]
-    server = Server(weights, "--backend", backend, *flags)
+    server = ServeProcess(weights, "--backend", backend, *flags)
     clients = max(args.clients)
     try:
-        fire(server.url, image_requests(jpegs, 4 * clients), clients)
-        rss_warm = server.rss_mb()
+        fire(server.url, image_requests(images, args.soak_warmup or 4 * clients), clients)
+        rss_warm = server.memory_mb()
+        sampler = MemorySampler(server)
         results, seconds = fire(server.url, requests, clients)
-        rss_after = server.rss_mb()
+        samples = sampler.stop()
+        rss_after, peak = server.memory_mb(), server.memory_mb("VmHWM")
     finally:
-        status = server.stop()
+        status = server.stop()[0]
     five_xx = sum(1 for _, code, _ in results if code >= 500 or code == 0)
-    wrong = sum(1 for (_, code, body), want in zip(results, truth)
-                if want is not None and (code != 200 or next(iter(json.loads(body))) != want))
+    wrong = sum(1 for (_, code, body), want in zip(results, truth) if want is not None and (
+        code != 200 or is_wrong([(index[name], p) for name, p in json.loads(body).items()], expected[want])))
     bad_not_4xx = sum(1 for (_, code, _), want in zip(results, truth) if want is None and not 400 <= code < 500)
     growth = rss_after / rss_warm - 1
-    return {"requests": len(results), "bad_requests": truth.count(None), "seconds": round(seconds, 1),
+    quarters = [samples[min(len(samples) - 1, len(samples) * q // 4)][1] for q in (1, 2, 3)] if samples else []
+    return {"requests": len(results), "bad_requests": truth.count(None), "clients": clients,
+            "warmup_requests": args.soak_warmup or 4 * clients, "seconds": round(seconds, 1),
+            "throughput_rps": round(len(results) / seconds, 2),
             "responses_5xx_or_dropped": five_xx, "wrong_good_answers": wrong, "bad_not_answered_4xx": bad_not_4xx,
-            "rss_after_warmup_mb": round(rss_warm, 1), "rss_after_soak_mb": round(rss_after, 1),
-            "rss_growth": round(growth, 3), "exit_status": status,
-            "passed": five_xx == 0 and wrong == 0 and bad_not_4xx == 0 and growth <= 0.10 and status == 0}
+            "rss_after_warmup_mb": round(rss_warm, 1), "rss_at_quarters_mb": quarters,
+            "rss_max_sampled_mb": max((s[1] for s in samples), default=None),
+            "rss_after_soak_mb": round(rss_after, 1), "peak_rss_mb": round(peak, 1),
+            "rss_growth": round(growth, 4), "rss_growth_limit": SOAK_GROWTH_LIMIT, "rss_samples": samples,
+            "exit_status": status,
+            "passed": five_xx == 0 and wrong == 0 and bad_not_4xx == 0 and growth < SOAK_GROWTH_LIMIT
+            and status == 0}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--backend", default="auto")
-    parser.add_argument("--requests", type=int, help="requests per server and client count (default 240; soak 5000)")
-    parser.add_argument("--clients", default="1,4,16", help="comma-separated concurrent clients (soak: the first)")
+    parser.add_argument("--requests", type=int, help="requests per server and round (default 60; soak: in all, "
+                        "default 5000)")
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds per client count (default 9)")
+    parser.add_argument("--no-pause", action="store_true", help="leave the servers that wait for their turn "
+                        "running (default: stopped with SIGSTOP; LitServe polls its queue every millisecond when idle)")
+    parser.add_argument("--idle-seconds", type=float, default=10.0, help="all servers idle and running, before "
+                        "the rounds: the CPU each uses then is reported (default 10)")
+    parser.add_argument("--clients", default="1,4,16", help="comma-separated concurrent clients (soak: the largest)")
     parser.add_argument("--max-batch", type=int, help="soak: the server's --max-batch (default: its own)")
     parser.add_argument("--max-wait-ms", type=float, help="soak: the server's --max-wait-ms (default: its own)")
     parser.add_argument("--workers", type=int, help="soak: the server's --workers (default: its own)")
+    parser.add_argument("--soak-warmup", type=int, help="soak: good requests before the first RSS reading "
+                        "(default 4 per client)")
     parser.add_argument("--litserve-batch", type=int, default=32, help="LitServe's max_batch_size (default 32, "
                         "as resnets serve's --max-batch)")
     parser.add_argument("--litserve-timeout-ms", type=float, default=10.0, help="LitServe's batch_timeout in ms "
@@ -411,21 +471,24 @@ def main() -> None:
     if args.litserve_worker:
         return litserve_main(args.litserve_worker, args.backend, args.port, args.litserve_batch,
                              args.litserve_timeout_ms)
-    args.requests = args.requests or (5000 if args.soak else 240)
+    args.requests = args.requests or (5000 if args.soak else 60)
     args.clients = [int(c) for c in args.clients.split(",")]
     from resnets.inference import check_backend
 
     backend = check_backend(args.backend)
-    jpegs = read_jpegs(args.images)
+    images = jpegs(args.images)
+    started = time.monotonic()
     with tempfile.TemporaryDirectory() as folder:
         weights = save_random_model(args.model, Path(folder))
         run = soak_mode if args.soak else load_mode
-        result = run(args, weights, jpegs, backend)
+        result = run(args, weights, images, backend)
     if not args.soak:
         print(table(result, args.clients), file=sys.stderr)
-    print(json.dumps({"model": args.model, "weights": "random init (throughput only)", "backend": backend,
-                      "clients": args.clients, "requests": args.requests, "cpus": os.cpu_count(),
-                      "mode": "soak" if args.soak else "load", **result}, indent=1))
+    print(json.dumps({"command": " ".join(["python", *sys.argv]), "model": args.model,
+                      "weights": "random init (throughput only)", "backend": backend, "clients": args.clients,
+                      "requests": args.requests, "cpus": len(os.sched_getaffinity(0)),
+                      "mode": "soak" if args.soak else "load", "wall_s": round(time.monotonic() - started, 1),
+                      **result}, indent=1))
 
 
 if __name__ == "__main__":

@@ -11,12 +11,13 @@ eight 1x1 PNGs (admitted: they run). A thread polls ``/v2/health/live`` and ``/v
 throughout. Then SIGTERM, timed to the process's exit. A second server, fresh, gets normal traffic
 only for ``--baseline-minutes``: the latency to compare with.
 
-Prints one JSON document: the server's peak RSS (VmHWM), RSS after the warm-up and at the end,
-normal requests answered with p50/p99 latency beside the baseline's, answers by status (normal and
-hostile apart), 5xx count, wrong answers (a normal answer whose probabilities differ from the same
-model run in-process on the same images by more than 1e-3, or whose top-1 differs where the
-in-process margin is over 1e-4), health-probe failures and their slowest answer, server log lines,
-and seconds from SIGTERM to exit.
+Prints one JSON document: the server's peak RSS (VmHWM), RSS after the warm-up, every 30 s and at
+the end, normal requests answered with p50/p99 latency beside the baseline's, answers by status
+(normal and hostile apart), 5xx count, wrong answers (a normal answer whose probabilities differ
+from the same model run in-process on the same images by more than 1e-3, or whose top-1 differs
+where the in-process margin is over 1e-4), health-probe failures and their slowest answer, server
+log lines, and seconds from SIGTERM to exit. The server's start-up, the images and the in-process
+answers are ``benchmarks/_serving.py``'s, shared with ``serve_load.py``.
 
     flock /tmp/cpu.lock .venv/bin/python benchmarks/serve_soak.py --minutes 10 --baseline-minutes 3
 """
@@ -29,45 +30,20 @@ import io
 import json
 import os
 import random
-import re
-import select
-import signal
-import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import zipfile
 import zlib
 from collections import Counter
 from pathlib import Path
 
-SHARED_DATA = Path(os.environ.get("RESNETS_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
-IMAGENETTE = SHARED_DATA / "imagenette-224-train.zip"
-NAME = "m"
+from _serving import IMAGENETTE, NAME, ServeProcess, expected_probabilities, is_wrong, jpegs, percentile_ms, \
+    save_random_model
 
 
 # -- inputs --------------------------------------------------------------------------------------
-def normal_jpegs(count: int) -> list[bytes]:
-    """Imagenette JPEGs when the shared data is there, else smooth random colour fields as JPEGs."""
-    if IMAGENETTE.is_file():
-        with zipfile.ZipFile(IMAGENETTE) as archive:
-            names = [n for n in sorted(archive.namelist()) if n.lower().endswith((".jpg", ".jpeg"))]
-            return [archive.read(n) for n in names[::max(1, len(names) // count)][:count]]
-    import numpy as np
-    from PIL import Image
-
-    rng, images = np.random.default_rng(0), []
-    for _ in range(count):
-        small = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8))
-        out = io.BytesIO()
-        small.resize((320, 256), Image.Resampling.BICUBIC).save(out, "JPEG", quality=90)
-        images.append(out.getvalue())
-    return images
-
-
 def png(width: int, height: int, pixels: bool = False) -> bytes:
     """A PNG of ``width`` x ``height``: real pixels, or a header declaring them over almost no data."""
     if pixels:
@@ -114,58 +90,6 @@ def hostile_requests(jpeg: bytes) -> list[tuple[str, str, dict]]:
             ("json_100000_deep", infer, {"content": deep, "headers": {"Content-Type": "application/json"}}),
             ("fp32_wrong_shape", infer, {"json": {"inputs": [tensor]}}),
             ("8_tiny_pngs_admitted", infer, v2_images([tiny] * 8))]
-
-
-# -- the server ----------------------------------------------------------------------------------
-def save_random_model(name: str, folder: Path) -> Path:
-    import torch
-
-    from resnets.factory import create_model
-    from resnets.weights.format import save_weights
-
-    torch.manual_seed(0)
-    model = create_model(name).eval()  # random init: no pretrained weights, nothing downloaded
-    return save_weights(folder / f"{name}.safetensors", model,
-                        class_names=[f"class{i:04d}" for i in range(model.num_classes)])
-
-
-class Server:
-    def __init__(self, weights: Path, log: Path, *args: str) -> None:
-        command = [sys.executable, "-m", "resnets", "serve", str(weights), "--port", "0", "--name", NAME, *args]
-        with open(log, "w") as stderr:
-            self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
-        self.log = log
-        deadline, self.url = time.monotonic() + 300, None
-        while self.url is None:
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise SystemExit(f"the server did not start: {command}\n{log.read_text()[-2000:]}")
-            if select.select([self.process.stdout], [], [], 1.0)[0]:
-                match = re.search(r"on (http://[\d.]+:\d+)/", self.process.stdout.readline())
-                self.url = match.group(1) if match else None
-        import httpx
-
-        while True:
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-
-    def memory_mb(self, field: str = "VmRSS") -> float:
-        text = Path(f"/proc/{self.process.pid}/status").read_text()
-        return int(re.search(rf"{field}:\s+(\d+)", text).group(1)) / 1024
-
-    def stop(self) -> tuple[int, float]:
-        """SIGTERM; (exit status, seconds to exit)."""
-        start = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            status = self.process.wait(300)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            status = self.process.wait()
-        return status, time.monotonic() - start
 
 
 # -- traffic -------------------------------------------------------------------------------------
@@ -247,32 +171,6 @@ class Prober:
 
 
 # -- answers -------------------------------------------------------------------------------------
-def expected_probabilities(weights: Path, jpegs: list[bytes], backend: str) -> tuple[list[str], object]:
-    """The model's class names and its probabilities (images, classes) computed in this process."""
-    import torch
-
-    from resnets.data.images import decode_image
-    from resnets.metrics import probabilities
-    from resnets.predict import load_for_inference
-
-    predictor = load_for_inference(weights, backend=backend)
-    with torch.inference_mode():
-        rows = [probabilities(predictor.model(predictor.normalise(
-            predictor.preprocessing.to_uint8(decode_image(j, "image"))[None])), False)[0] for j in jpegs]
-    return list(predictor.class_names), torch.stack(rows).numpy()
-
-
-def is_wrong(probs, expected) -> bool:
-    """Whether the server's probabilities (of some classes) differ from the in-process ones."""
-    import numpy as np
-
-    indices, values = zip(*probs)
-    if np.abs(np.asarray(values) - expected[list(indices)]).max() > 1e-3:
-        return True
-    ranked = np.sort(expected)[::-1]
-    return int(np.argmax(expected)) != indices[int(np.argmax(values))] and ranked[0] - ranked[1] > 1e-4
-
-
 def wrong_answers(results: list, classes: list[str], expected) -> int:
     index = {name: i for i, name in enumerate(classes)}
     wrong = 0
@@ -291,18 +189,11 @@ def wrong_answers(results: list, classes: list[str], expected) -> int:
 
 
 # -- the runs ------------------------------------------------------------------------------------
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(1e3 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
-
-
 def phase(weights: Path, folder: Path, args: argparse.Namespace, minutes: float, hostile: list,
           normal: list[bytes], truth: tuple) -> dict:
     """One server under ``minutes`` of traffic after a warm-up, then SIGTERM while the clients still send."""
     log = folder / f"server-{'hostile' if hostile else 'baseline'}.log"
-    server = Server(weights, log, "--backend", args.backend, "--max-batch", str(args.max_batch))
+    server = ServeProcess(weights, "--backend", args.backend, "--max-batch", str(args.max_batch), log=log)
     traffic = Traffic(server.url, normal, hostile, args.clients, args.hostile_share if hostile else 0.0)
     time.sleep(args.warmup_s)
     rss_after_warmup = server.memory_mb()
@@ -325,16 +216,17 @@ def phase(weights: Path, folder: Path, args: argparse.Namespace, minutes: float,
         {r[1] for r in results if r[0] == "hostile"})}
     return {"minutes": minutes, "normal_answered": len(normal_ok),
             "normal_per_s": round(len(normal_ok) / (60 * minutes), 2),
-            "normal_p50_ms": percentile(normal_ok, 0.5), "normal_p99_ms": percentile(normal_ok, 0.99),
+            "normal_p50_ms": percentile_ms(normal_ok, 0.5), "normal_p99_ms": percentile_ms(normal_ok, 0.99),
             "hostile_sent": sum(1 for r in results if r[0] == "hostile"),
             "answers_by_status": by_status, "hostile_by_kind": hostile_kinds,
             "errors_5xx": sum(1 for r in results if r[2] >= 500), "transport_errors": sum(1 for r in results if r[2] == 0),
             "wrong_answers": wrong_answers(results, *truth),
             "health_probes": len(probes), "health_not_200": sum(1 for p in probes if p[1] != 200),
-            "health_slowest_ms": percentile([p[2] for p in probes], 1.0),
-            "live_p99_ms": percentile([p[2] for p in probes if p[0].endswith("live")], 0.99),
+            "health_slowest_ms": percentile_ms([p[2] for p in probes], 1.0),
+            "live_p99_ms": percentile_ms([p[2] for p in probes if p[0].endswith("live")], 0.99),
             "peak_rss_mb": round(peak, 1), "rss_after_warmup_mb": round(rss_after_warmup, 1),
             "rss_max_sampled_mb": round(max(rss_samples, default=rss_end), 1), "rss_end_mb": round(rss_end, 1),
+            "rss_every_30s_mb": [round(m, 1) for m in rss_samples[::30]],
             "memory_growth_mb": round(rss_end - rss_after_warmup, 1),
             "memory_growth_pct": round(100 * (rss_end - rss_after_warmup) / rss_after_warmup, 1),
             "server_log_lines": len(log.read_text().splitlines()),
@@ -356,8 +248,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="serve-soak-") as tmp:
         folder = Path(tmp)
-        weights = save_random_model(args.model, folder)
-        normal = normal_jpegs(args.images)
+        weights = save_random_model(args.model, folder, numbered_classes=True)
+        normal = jpegs(args.images)
         truth = expected_probabilities(weights, normal, args.backend)
         report = {"command": " ".join(["python", *sys.argv]), "model": args.model, "backend": args.backend,
                   "clients": args.clients, "hostile_share": args.hostile_share, "cores": len(os.sched_getaffinity(0)),
