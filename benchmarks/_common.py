@@ -12,6 +12,12 @@ import torch
 SHARED_DATA = Path(os.environ.get("RESNETS_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
+def parse_with_train_overrides(parser, argv: list[str]):
+    """``parser``'s arguments, and the ``resnets train`` flags after ``--`` that override the recipe."""
+    split = argv.index("--") if "--" in argv else len(argv)
+    return parser.parse_args(argv[:split]), argv[split + 1:]
+
+
 def subset(images: torch.Tensor, labels: torch.Tensor, count: int | None, seed: int = 0):
     if not count or count >= len(labels):
         return images, labels

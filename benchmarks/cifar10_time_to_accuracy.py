@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED_DATA, subset  # noqa: E402
+from _common import SHARED_DATA, parse_with_train_overrides, subset  # noqa: E402
 
 THRESHOLDS = (90.0, 92.0, 93.0, 94.0)
 # The budget's planning: the loop around the steps (augmentation, meters: ~8 % on the 2-core CPU),
@@ -77,10 +77,7 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--train-subset", type=int, help="train on this many images (quick checks)")
     p.add_argument("--out", default="runs/bench-cifar10")
-    argv = sys.argv[1:]
-    split = argv.index("--") if "--" in argv else len(argv)
-    args = p.parse_args(argv[:split])
-    return args, argv[split + 1:]
+    return parse_with_train_overrides(p, sys.argv[1:])
 
 
 def decode(args: argparse.Namespace):

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED_DATA  # noqa: E402
+from _common import SHARED_DATA, parse_with_train_overrides  # noqa: E402
 from cifar10_time_to_accuracy import benchmark_recipe, machine, minutes_to, plot, train_config  # noqa: E402
 
 THRESHOLDS = (70.0, 75.0, 80.0)
@@ -70,11 +70,9 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--tta", default="flip", help="test-time augmentation of the final score (flip, multicrop, none)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="runs/bench-imagenette-budget")
-    argv = sys.argv[1:]
-    split = argv.index("--") if "--" in argv else len(argv)
-    args = p.parse_args(argv[:split])
+    args, overrides = parse_with_train_overrides(p, sys.argv[1:])
     args.epochs = "auto"
-    return args, argv[split + 1:]
+    return args, overrides
 
 
 def decode(args: argparse.Namespace, size: int):
