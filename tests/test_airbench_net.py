@@ -52,6 +52,32 @@ def test_airbench94_has_the_published_parameter_count_layer_by_layer():
     assert sum(p.numel() for p in airbench.parameters()) == 6_573_120
 
 
+def test_airbench94_residual_is_resnet9s_layout_at_airbench_widths():
+    """airbench94 with ResNet-9's residual pairs (after the first and last groups) in place of its
+    plain convs: the same stem, widths, head and techniques, counted layer by layer."""
+    from resnets.models.blocks import ConvPool, ResidualPair
+    torch.manual_seed(0)
+    model = create_model("airbench94_residual")
+    assert [[type(b) for b in stage] for stage in model.stages()] == [
+        [ConvPool, ResidualPair], [ConvPool], [ConvPool, ResidualPair]]
+    pair = {"layer1.1": 64, "layer3.1": 256}
+    expected = {k: v for k, v in LAYER_PARAMETERS.items() if not k.startswith(("layer1.1", "layer2.1", "layer3.1"))}
+    for prefix, width in pair.items():
+        for half in ("1", "2"):
+            expected[f"{prefix}.conv{half}"] = 9 * width * width
+            expected[f"{prefix}.bn{half}"] = 2 * width
+    counts: dict[str, int] = {}
+    for name, param in model.named_parameters():
+        counts[name.rsplit(".", 1)[0]] = counts.get(name.rsplit(".", 1)[0], 0) + param.numel()
+    assert counts == expected and sum(counts.values()) == 2_009_784
+    assert model.config.head_scale == 1 / 256 and isinstance(model.layer1[1].relu, nn.GELU)
+    x = torch.randn(2, 64, 16, 16)
+    block = model.layer1[1].eval()
+    with torch.no_grad():  # the pair adds its branch to the identity
+        branch = block.relu(block.bn2(block.conv2(block.relu(block.bn1(block.conv1(x))))))
+        torch.testing.assert_close(block(x), x + branch)
+
+
 def _by_hand(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """airbench94's forward pass written out from its definition: the features and the logits."""
     x = F.gelu(model.conv1(x))
@@ -134,9 +160,10 @@ def test_norm_settings_and_defaults_of_other_nets():
 
 
 def test_head_weight_starts_at_unit_std():
-    for name in ("airbench94", "resnet9_cifar_airbench"):
+    for name, width in (("airbench94", 256), ("resnet9_cifar_airbench", 512)):
         model = create_model(name)
         assert model.fc.weight.std().item() == pytest.approx(1.0, abs=1e-5)
+        assert model.config.head_scale == 1 / width  # logits divided by the width, as airbench's
         model.reset_classifier(3)
         assert model.fc.weight.std().item() == pytest.approx(1.0, abs=1e-5)
 
