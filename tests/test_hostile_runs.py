@@ -196,9 +196,23 @@ def test_lock_file_released_after_failure(folder_data, tmp_path, run_cli):
     import fcntl
 
     run = tmp_path / "run"
+    run.mkdir()  # the user's own empty folder stays
     assert run_cli(*train_args(tmp_path / "missing", run))[0] == 2
     with open(run / LOCK, "a") as handle:  # nobody holds it any more
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_a_run_that_fails_before_writing_leaves_no_folder(folder_data, tmp_path, run_cli):
+    """A mistyped --weights (or data path) left an empty run folder holding only its lock, which
+    the corrected command then refused as 'already holds a run'."""
+    bad_weights = tmp_path / "weights.safetensors"
+    bad_weights.write_bytes(b"not safetensors")
+    run = tmp_path / "new" / "deeper" / "run"
+    status, _, err = run_cli(*train_args(folder_data, run, "--weights", str(bad_weights)))
+    one_line_error(status, err)
+    assert not (tmp_path / "new").exists()  # every folder the command made is gone again
+    assert run_cli(*train_args(folder_data, run))[0] == 0  # the corrected command just runs
+    assert (run / "weights.safetensors").is_file()
 
 
 def test_a_blown_up_run_with_a_nan_validation_is_not_published(tmp_path):

@@ -48,25 +48,47 @@ def own_run_dir(run_dir: str | Path, resume: bool, overwrite: bool) -> Iterator[
     """Hold ``run_dir`` for one run: locked against other runs, checked (or cleared) for this one.
 
     A new run (``resume`` false) wants an empty folder; with ``overwrite`` the old content is
-    moved aside into ``.overwritten`` first. The lock is released on every exit path.
+    moved aside into ``.overwritten`` first. The lock is released on every exit path. A folder
+    this call made is removed again when the run fails before writing anything into it (a
+    mistyped ``--weights`` leaves no empty run folder that the next try would have to clear).
     """
     run_dir = Path(run_dir)
     if resume and not run_dir.is_dir():
         raise ResnetsError(f"cannot resume {run_dir}: no such run directory")
     if run_dir.exists() and not run_dir.is_dir():
         raise ResnetsError(f"--out {run_dir} is a file, not a run directory")
+    made = [folder for folder in (run_dir, *run_dir.parents) if not os.path.lexists(folder)]
     run_dir.mkdir(parents=True, exist_ok=True)
-    with _flock(run_dir):
+    with _flock(run_dir) as lock_fd:
         remove_leftovers(run_dir)  # a killed save's temporary files: no other writer can be in here now
         if not resume:
             _claim_for_new_run(run_dir, overwrite)
-        yield run_dir
+        try:
+            yield run_dir
+        except BaseException:
+            if made:
+                _remove_if_unused(made, lock_fd)
+            raise
+
+
+def _remove_if_unused(made: list[Path], lock_fd: int) -> None:
+    """Remove the folders ``own_run_dir`` made (innermost first) if the run left nothing but its
+    lock there. The lock file goes while still held, so no other run can take it in between."""
+    run_dir = made[0]
+    if [entry.name for entry in run_dir.iterdir()] != [LOCK]:
+        return
+    with contextlib.suppress(OSError):
+        if lock_fd >= 0 and os.path.samestat(os.fstat(lock_fd), os.lstat(run_dir / LOCK)):
+            os.unlink(run_dir / LOCK)
+        for folder in made:
+            folder.rmdir()  # an OSError (not empty, gone) stops here: what others wrote stays
 
 
 @contextlib.contextmanager
-def _flock(run_dir: Path) -> Iterator[None]:
+def _flock(run_dir: Path) -> Iterator[int]:
+    """Hold ``run_dir``'s lock file; yields its descriptor (-1 where there is no flock)."""
     if sys.platform == "win32":  # no flock: the folder checks still apply
-        yield
+        yield -1
         return
     import fcntl
 
@@ -79,7 +101,7 @@ def _flock(run_dir: Path) -> Iterator[None]:
                                f"wait for it to end or choose another --out") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())  # for people: which process holds it
-        yield
+        yield fd
     finally:
         os.close(fd)  # releases the lock
 
