@@ -15,7 +15,7 @@ alike), at batch 1 and batch 32, 224 px, random weights (the same in every conte
 - ``matmul_peak``: a 4096 x 4096 fp32 matmul, for scale (GFLOP/s in the same rounds).
 
 Ratios are images/s over the best exact peer's (the three above). Each contender's turn in a
-round is an untimed call and a timed one (``resnets.bench.time_interleaved`` with ``settle``): a call right after another
+round is an untimed call and a timed one (``resnets.timing.time_interleaved`` with ``settle``): a call right after another
 runtime's pays for that runtime's threads still spinning, which cost the contender that always
 came next up to 50 % at batch 1 when turns were single calls. ``--ablation`` instead times,
 in the same rounds, the ONNX Runtime and OpenVINO variants that each change one thing of the
@@ -40,7 +40,8 @@ import torch
 import torchvision
 
 from resnets import create_model
-from resnets.bench import PEAK_PROBE, count_macs, matmul_probe, probe_gflops, time_interleaved
+from resnets.bench import PEAK_PROBE, count_macs, matmul_probe, probe_gflops
+from resnets.timing import time_interleaved
 from resnets.export import ONNX_INPUT, ONNX_OPSET, ONNX_OUTPUT
 from resnets.inference import (fold_batchnorm, onnxruntime_available, openvino_available, optimize_for_inference,
                                pin_input_shape)

@@ -27,7 +27,7 @@ from torch import nn
 from torchvision.io import decode_jpeg
 
 from resnets import create_model
-from resnets.bench import time_interleaved
+from resnets.timing import time_interleaved
 from resnets.inference import INT8_BACKENDS, onnxruntime_available, openvino_available, optimize_for_inference
 from resnets.models.registry import CIFAR_MEAN, CIFAR_STD
 

@@ -26,7 +26,7 @@ import torchvision
 from torch import nn
 
 from resnets import create_model
-from resnets.bench import time_interleaved
+from resnets.timing import time_interleaved
 
 CASES = {"resnet20": (32, 128, 10), "resnet50": (224, 16, 1000)}  # side, batch, classes
 TARGET = 1.3

@@ -31,7 +31,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("resnets.factory", "resnets.weights"),
     ("resnets.models",),
     ("resnets.preprocessing", "resnets.fileio", "resnets.errors", "resnets.terminal", "resnets.safepickle",
-     "resnets.device", "resnets.multilabel", "resnets.metrics", "resnets.textparse", "resnets.settings"),
+     "resnets.device", "resnets.multilabel", "resnets.metrics", "resnets.textparse", "resnets.settings",
+     "resnets.timing"),
 ]
 MAX_CLASS_LINES = 250
 MAX_FUNCTION_LINES = 60

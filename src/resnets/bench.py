@@ -28,6 +28,7 @@ from .fileio import save_figure
 from .inference import INT8_BACKENDS, check_backend, optimize_for_inference
 from .models import get_model_spec, list_models
 from .summarize import summary
+from .timing import time_interleaved
 from .weights.onnx import is_onnx_path
 
 REFERENCE = "torchvision"
@@ -94,28 +95,6 @@ def probe_gflops(seconds: Sequence[float], flops: float) -> float:
 def count_macs(model: nn.Module, input_size: Sequence[int]) -> int:
     """Multiply-adds of one forward pass at batch 1, counted as `resnets summary` counts them."""
     return summary(model, (1, *input_size)).macs
-
-
-def time_interleaved(runners: dict[str, Callable[[], object]], repeats: int,
-                     warmup: int, settle: bool = False) -> dict[str, list[float]]:
-    """Seconds per call of each runner; one call of each per round, so noise hits all alike.
-
-    With ``settle`` a runner's turn is an untimed call, then the timed one: a call right after
-    another runtime's pays for that runtime's threads still spinning (PyTorch's OpenMP threads
-    after eager or a matmul; ORT's with spinning on), up to 50 % at batch 1 and always on the
-    same runner, as the order is fixed. The untimed call takes that cost."""
-    for _ in range(warmup):
-        for run in runners.values():
-            run()
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(repeats):
-        for name, run in runners.items():
-            if settle:
-                run()
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def percentile(values: Sequence[float], q: float) -> float:

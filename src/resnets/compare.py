@@ -16,7 +16,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from .bench import build_model, check_model_names, count_macs, time_interleaved
+from .bench import build_model, check_model_names, count_macs
+from .timing import time_interleaved
 from .errors import ResnetsError
 from .fileio import save_figure
 from .inference import INT8_BACKENDS, check_backend, optimize_for_inference

@@ -54,6 +54,7 @@ from .fileio import atomic_write_text, open_regular
 from .models import get_model_spec
 from .openvino import OpenVinoModule
 from .textparse import load_json
+from .timing import time_interleaved
 from .weights.onnx import OnnxModel, checked_session
 
 BACKENDS: tuple[str, ...] = ("eager", "compile", "onnxruntime", "int8", "openvino", "openvino-int8")
@@ -368,15 +369,9 @@ def probe_backends(modules: dict[str, Callable[[Tensor], Tensor]], example: Tens
     the timed one: a runtime's threads still spinning after its call (PyTorch's OpenMP threads)
     slow the next call, which is then another runtime's; the untimed call takes that cost, and
     the timed one sees the module as it runs in use, called after itself."""
-    times: dict[str, list[float]] = {name: [] for name in modules}
+    runners = {name: (lambda module=module: module(example)) for name, module in modules.items()}
     with torch.inference_mode():
-        for round_ in range(warmup + runs):
-            for name, module in modules.items():
-                module(example)
-                start = time.perf_counter()
-                module(example)
-                if round_ >= warmup:
-                    times[name].append(time.perf_counter() - start)
+        times = time_interleaved(runners, runs, warmup, settle=True)
     return {name: round(1e3 * statistics.median(seconds), 3) for name, seconds in times.items()}
 
 
