@@ -97,6 +97,27 @@ def test_a_fault_that_slips_past_the_checks_is_one_line_and_exit_2(packed, tmp_p
     assert str(copy) in line and "truncated in place" in line
 
 
+def test_the_fault_line_names_the_first_of_two_databases_too(packed, tmp_path):
+    """Train and val as two LMDB files: the line named only the one opened last, though the
+    first one shrank."""
+    first, second = tmp_path / "train.lmdb", tmp_path / "val.lmdb"
+    for copy in (first, second):
+        copy.write_bytes(packed.read_bytes())
+    child = run_child(f"""
+        from resnets.data import open_dataset, lmdbstore
+        lmdbstore._Opened.check_unchanged = lambda self: None  # the race: truncated after the check
+        train = open_dataset({str(first)!r}, split="train")
+        train[0]
+        open_dataset({str(second)!r}, split="train")[0]
+        with open({str(first)!r}, "r+b") as handle:
+            handle.truncate(8192)
+        train[len(train) - 1]
+        print("read a truncated page")
+    """)
+    line = one_line_error(child.returncode, child.stderr)
+    assert str(first) in line and str(second) in line and "truncated in place" in line
+
+
 @pytest.mark.serial  # races a truncation against a running training
 @pytest.mark.parametrize("workers", [0, 2])
 def test_train_stream_survives_its_database_truncated_in_place(packed, tmp_path, workers):
@@ -244,6 +265,9 @@ def test_a_full_disk_at_a_new_run_save_is_one_line_and_leaves_no_torn_file(folde
     monkeypatch.undo()
     line = one_line_error(status, err)
     assert "No space left on device" in line and name in line, line
+    if name == "config.json":  # the run wrote nothing else: the folder the command made is gone again
+        assert not run.exists()
+        return
     assert not (run / name).exists()
     assert not [p.name for p in run.iterdir() if p.name.endswith((".tmp", ".bak"))]
 

@@ -139,9 +139,17 @@ def _open_env(path: Path) -> _Opened:
             except lmdb.Error as error:
                 raise ResnetsError(f"cannot open LMDB database {printable(str(path))}: {error}") from None
             opened = _ENVIRONMENTS[key] = _Opened(env, data_file)
-            exit_on_bus_error(f"{printable(str(data_file))} was truncated in place while being read "
-                              f"(a memory-mapped LMDB database); files written before are intact")
+            _name_mapped_files_on_bus_error()
         return opened
+
+
+def _name_mapped_files_on_bus_error() -> None:
+    """The SIGBUS line names every database this process has mapped (train and val may be two
+    files, and the fault does not say which one shrank)."""
+    files = sorted({str(opened.data_file) for key, opened in _ENVIRONMENTS.items() if key[0] == os.getpid()})
+    which = " or ".join(printable(name) for name in files)
+    exit_on_bus_error(f"{which} was truncated in place while being read (a memory-mapped LMDB database); "
+                      "files written before are intact")
 
 
 def record_key(index: int) -> bytes:
