@@ -41,10 +41,10 @@ import torchvision
 
 from resnets import create_model
 from resnets.bench import PEAK_PROBE, count_macs, matmul_probe, probe_gflops
-from resnets.timing import time_interleaved
 from resnets.export import ONNX_INPUT, ONNX_OPSET, ONNX_OUTPUT
 from resnets.inference import (fold_batchnorm, onnxruntime_available, openvino_available, optimize_for_inference,
                                pin_input_shape)
+from resnets.timing import time_interleaved
 from resnets.weights.onnx import ort_session
 
 SIDE = 224

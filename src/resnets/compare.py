@@ -17,10 +17,10 @@ from typing import Callable, Sequence
 import torch
 
 from .bench import build_model, check_model_names, count_macs
-from .timing import time_interleaved
 from .errors import ResnetsError
 from .fileio import save_figure
 from .inference import INT8_BACKENDS, check_backend, optimize_for_inference
+from .timing import time_interleaved
 
 DEFAULT_MODELS: tuple[str, ...] = ("resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0",
                                    "regnet_y_400mf", "densenet121", "vgg16")
